@@ -1,0 +1,59 @@
+"""The ragplug error hierarchy.
+
+Every error ragplug raises on purpose derives from :class:`RagplugError`, so callers can catch the
+whole family in one ``except``. The subclasses also derive from the matching built-in (``ValueError``,
+``KeyError``, ``ImportError``) so code written against the built-ins keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DuplicateIdError",
+    "EncoderMismatchError",
+    "FilterError",
+    "InvalidInputError",
+    "MissingExtraError",
+    "RagplugError",
+    "StoreCorruptedError",
+    "StoreError",
+    "UnknownIdError",
+]
+
+
+class RagplugError(Exception):
+    """Base class of every error ragplug raises on purpose."""
+
+
+class InvalidInputError(RagplugError, ValueError):
+    """An argument is invalid: empty corpus or query, ``k <= 0``, wrong shapes, and so on."""
+
+
+class FilterError(InvalidInputError):
+    """A metadata filter is malformed or uses an unknown operator."""
+
+
+class DuplicateIdError(InvalidInputError):
+    """The same id appears twice in one call, or an ``add`` names ids that already exist."""
+
+
+class UnknownIdError(RagplugError, KeyError):
+    """An id given to ``get`` / ``delete`` is not in the store."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable.
+        return str(self.args[0]) if self.args else ""
+
+
+class MissingExtraError(RagplugError, ImportError):
+    """An optional dependency is missing; the message names the ``pip install`` line that adds it."""
+
+
+class StoreError(RagplugError):
+    """A store cannot be read or written."""
+
+
+class StoreCorruptedError(StoreError):
+    """A persisted store is truncated, corrupted, or written in an unknown format version."""
+
+
+class EncoderMismatchError(StoreError):
+    """A persisted store was written by another encoder (different model or dimension)."""

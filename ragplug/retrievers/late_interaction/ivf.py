@@ -1,0 +1,154 @@
+"""Approximate first stage for corpora too large to scan exactly: centroid candidate generation.
+
+The idea is PLAID's and XTR's, written for numpy:
+
+1. Cluster all token vectors with spherical k-means; every token gets the code of its centroid, and
+   each centroid keeps the list of documents owning a token in it (inverted lists, CSR layout).
+2. At query time each query vector probes its ``n_probe`` most similar centroids. A document's
+   approximate score is, per query vector, the best probed-centroid similarity among its tokens' codes,
+   or the weakest probed similarity when it has none there (an imputed value, as in XTR); summed over
+   query vectors. This costs a ``(n_query, n_centroids)`` product and a scatter-max over the probed lists.
+3. The ``n_candidates`` best documents are then scored with exact MaxSim (:mod:`.maxsim`).
+
+``n_probe`` and ``n_candidates`` trade recall for speed (see :class:`ApproximateConfig`).
+k-means is implemented here (a few Lloyd iterations on a sample) to keep the engine numpy-only.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from ragplug.errors import InvalidInputError
+
+__all__ = ["ApproximateConfig", "CentroidIndex"]
+
+logger = logging.getLogger(__name__)
+
+_ASSIGN_CHUNK = 8192
+
+
+@dataclass(frozen=True)
+class ApproximateConfig:
+    """Settings of the approximate search; checked at construction."""
+
+    n_probe: int = field(default=8, metadata={"help": "centroids probed per query vector (more: better recall)"})
+    n_candidates: int = field(
+        default=256, metadata={"help": "documents re-scored with exact MaxSim (at least 4 * k are used)"}
+    )
+    n_centroids: int | None = field(
+        default=None, metadata={"help": "k-means centroids; None picks a power of two near 2*sqrt(n_tokens)"}
+    )
+    kmeans_iterations: int = field(default=8, metadata={"help": "Lloyd iterations"})
+    kmeans_sample: int = field(default=131072, metadata={"help": "token vectors sampled to fit k-means"})
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("n_probe", "n_candidates", "kmeans_iterations", "kmeans_sample"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                msg = f"ApproximateConfig.{name} must be a positive integer, got {value!r}"
+                raise InvalidInputError(msg)
+        if self.n_centroids is not None and (not isinstance(self.n_centroids, int) or self.n_centroids < 1):
+            msg = f"ApproximateConfig.n_centroids must be a positive integer or None, got {self.n_centroids!r}"
+            raise InvalidInputError(msg)
+
+    def centroids_for(self, n_tokens: int) -> int:
+        if self.n_centroids is not None:
+            return max(1, min(self.n_centroids, n_tokens))
+        wanted = 2 * math.sqrt(max(n_tokens, 1))
+        return max(1, min(n_tokens, 2 ** max(4, round(math.log2(wanted)))))
+
+
+def _normalise(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return (x / norms).astype(np.float32, copy=False)
+
+
+def _assign(vectors: npt.NDArray[np.float32], centroids: npt.NDArray[np.float32]) -> npt.NDArray[np.int32]:
+    codes = np.empty(len(vectors), dtype=np.int32)
+    centroids_t = np.ascontiguousarray(centroids.T)
+    for lo in range(0, len(vectors), _ASSIGN_CHUNK):
+        codes[lo : lo + _ASSIGN_CHUNK] = np.argmax(vectors[lo : lo + _ASSIGN_CHUNK] @ centroids_t, axis=1)
+    return codes
+
+
+class CentroidIndex:
+    """Centroids, one code per token, and per-centroid document lists over a packed token matrix."""
+
+    def __init__(self, centroids: npt.NDArray[np.float32], codes: npt.NDArray[np.int32]) -> None:
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self.codes = np.ascontiguousarray(codes, dtype=np.int32)
+        self._lists: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None = None
+
+    @classmethod
+    def fit(cls, vectors: npt.NDArray[np.float32], config: ApproximateConfig) -> CentroidIndex:
+        """Spherical k-means on a sample of ``vectors``, then assign every vector to its centroid."""
+        rng = np.random.default_rng(config.seed)
+        n_centroids = config.centroids_for(len(vectors))
+        sample_size = min(len(vectors), max(config.kmeans_sample, n_centroids))
+        sample = _normalise(vectors[np.sort(rng.choice(len(vectors), sample_size, replace=False))])
+        centroids = sample[rng.choice(sample_size, n_centroids, replace=False)].copy()
+        for _ in range(config.kmeans_iterations):
+            codes = _assign(sample, centroids)
+            sums = np.zeros_like(centroids)
+            np.add.at(sums, codes, sample)
+            counts = np.bincount(codes, minlength=n_centroids)
+            empty = counts == 0
+            if empty.any():  # re-seed empty clusters with random sample points
+                sums[empty] = sample[rng.choice(sample_size, int(empty.sum()), replace=False)]
+            centroids = _normalise(sums)
+        logger.debug("k-means: %d centroids from %d sampled vectors", n_centroids, sample_size)
+        return cls(centroids, _assign(vectors, centroids))
+
+    def assign(self, vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.int32]:
+        return _assign(vectors, self.centroids)
+
+    # -- maintenance, driven by the store ------------------------------------------------------------
+    def append(self, vectors: npt.NDArray[np.float32]) -> None:
+        self.codes = np.concatenate([self.codes, self.assign(vectors)])
+        self._lists = None
+
+    def keep(self, token_mask: npt.NDArray[np.bool_]) -> None:
+        self.codes = self.codes[token_mask]
+        self._lists = None
+
+    def invalidate(self) -> None:
+        self._lists = None
+
+    def _inverted_lists(self, lengths: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        if self._lists is None:
+            n_docs = len(lengths)
+            doc_of_token = np.repeat(np.arange(n_docs, dtype=np.int64), lengths)
+            pairs = np.unique(self.codes.astype(np.int64) * n_docs + doc_of_token)
+            list_codes, list_docs = np.divmod(pairs, max(n_docs, 1))
+            offsets = np.zeros(len(self.centroids) + 1, dtype=np.int64)
+            np.cumsum(np.bincount(list_codes, minlength=len(self.centroids)), out=offsets[1:])
+            self._lists = (offsets, list_docs)
+        return self._lists
+
+    # -- search ---------------------------------------------------------------------------------------
+    def approximate_scores(
+        self, query: npt.NDArray[np.float32], lengths: npt.NDArray[np.int64], n_probe: int
+    ) -> npt.NDArray[np.float32]:
+        """Approximate MaxSim of ``query`` for every document (see the module docstring)."""
+        offsets, list_docs = self._inverted_lists(lengths)
+        n_docs, n_query = len(lengths), len(query)
+        sims = query @ self.centroids.T  # (n_query, n_centroids)
+        n_probe = min(n_probe, sims.shape[1])
+        probe = np.argpartition(-sims, n_probe - 1, axis=1)[:, :n_probe]
+        probe_sims = np.take_along_axis(sims, probe, axis=1)
+        table = np.repeat(probe_sims.min(axis=1, keepdims=True), n_docs, axis=1)  # imputed values
+        flat_codes = probe.ravel()
+        list_lens = offsets[flat_codes + 1] - offsets[flat_codes]
+        local = np.cumsum(list_lens) - list_lens
+        rows = np.repeat(offsets[flat_codes] - local, list_lens) + np.arange(int(list_lens.sum()))
+        query_rows = np.repeat(np.repeat(np.arange(n_query, dtype=np.int64), n_probe), list_lens)
+        values = np.repeat(probe_sims.ravel(), list_lens)
+        np.maximum.at(table.reshape(-1), query_rows * n_docs + list_docs[rows], values)
+        return table.sum(axis=0)

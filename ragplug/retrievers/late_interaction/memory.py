@@ -1,0 +1,495 @@
+"""The embedded default store: every vector in memory, exact MaxSim, persisted to a folder.
+
+Layout: one contiguous ``(n_tokens, dim)`` float32 matrix with per-document ``starts`` / ``lengths``
+(grown by doubling, compacted on delete), plus ids, metadata and texts in parallel lists. Search is
+exact MaxSim (:mod:`.maxsim`) or, for large corpora, centroid candidate generation followed by exact
+re-scoring (:mod:`.ivf`); :class:`SearchMode` picks one, ``AUTO`` by corpus size.
+
+On disk (:meth:`InMemoryMultiVectorStore.save`) a store is a folder holding ``manifest.json`` and data
+files named with a unique suffix: ``vectors-*.safetensors`` (vectors, starts, lengths), ``records-*.json``
+(ids, metadata, texts) and optionally ``ivf-*.safetensors`` (centroids and codes). New data files are
+written first, each via temp file + rename; ``manifest.json`` is then replaced atomically and names the
+files it belongs to, with their SHA-256. A crash at any point leaves the previous manifest and its files
+intact. :meth:`~InMemoryMultiVectorStore.load` verifies the format version, checksums and shapes, and
+refuses a store written by another encoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ragplug.errors import (
+    DuplicateIdError,
+    EncoderMismatchError,
+    InvalidInputError,
+    StoreCorruptedError,
+    StoreError,
+    UnknownIdError,
+)
+from ragplug.retrievers.late_interaction.base import (
+    EncoderIdentity,
+    FloatMatrix,
+    Hit,
+    Record,
+    as_matrix,
+    check_ids,
+    check_k,
+)
+from ragplug.retrievers.late_interaction.filters import Filter, compile_filter
+from ragplug.retrievers.late_interaction.ivf import ApproximateConfig, CentroidIndex
+from ragplug.retrievers.late_interaction.maxsim import maxsim_all, maxsim_subset
+
+__all__ = ["FORMAT_VERSION", "InMemoryMultiVectorStore", "SearchMode"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT_NAME = "ragplug.multivector"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class SearchMode(str, Enum):
+    """How a store searches."""
+
+    EXACT = "exact"
+    """Exact MaxSim against every document."""
+    APPROXIMATE = "approximate"
+    """Centroid candidate generation, then exact MaxSim over the candidates."""
+    AUTO = "auto"
+    """Approximate once the store holds at least ``approximate_min_tokens`` tokens, else exact."""
+
+
+class InMemoryMultiVectorStore:
+    """A :class:`~ragplug.retrievers.late_interaction.base.MultiVectorStore` held in memory.
+
+    >>> import numpy as np
+    >>> store = InMemoryMultiVectorStore()
+    >>> store.add([Record("a", np.eye(2, dtype=np.float32), {"n": 1}), Record("b", -np.eye(2, dtype=np.float32))])
+    >>> [(h.id, h.score) for h in store.search(np.array([[1.0, 0.0]], dtype=np.float32), k=2)]
+    [('a', 1.0), ('b', 0.0)]
+    """
+
+    def __init__(
+        self,
+        dim: int | None = None,
+        *,
+        encoder: EncoderIdentity | None = None,
+        mode: SearchMode | str = SearchMode.AUTO,
+        approximate: ApproximateConfig | None = None,
+        approximate_min_tokens: int = 200_000,
+    ) -> None:
+        if encoder is not None and dim is not None and encoder.dim != dim:
+            msg = f"dim={dim} disagrees with the encoder's dimension {encoder.dim}"
+            raise InvalidInputError(msg)
+        self._dim = dim if dim is not None else (encoder.dim if encoder else None)
+        self.encoder = encoder
+        self.mode = SearchMode(mode)
+        self.approximate = approximate or ApproximateConfig()
+        self.approximate_min_tokens = approximate_min_tokens
+        self._vectors: FloatMatrix = np.empty((0, self._dim or 0), dtype=np.float32)
+        self._n_tokens = 0
+        self._starts = np.empty(0, dtype=np.int64)
+        self._lengths = np.empty(0, dtype=np.int64)
+        self._ids: list[str] = []
+        self._row: dict[str, int] = {}
+        self._metadata: list[dict[str, Any]] = []
+        self._texts: list[str | None] = []
+        self._ivf: CentroidIndex | None = None
+        self._lock = threading.RLock()
+
+    # -- introspection --------------------------------------------------------------------------------
+    @property
+    def dim(self) -> int | None:
+        return self._dim
+
+    @property
+    def n_tokens(self) -> int:
+        return self._n_tokens
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, id: object) -> bool:
+        return id in self._row
+
+    def ids(self) -> list[str]:
+        return list(self._ids)
+
+    def metadata(self) -> list[tuple[str, dict[str, Any]]]:
+        """``(id, metadata)`` of every record, in insertion order, without copying vectors."""
+        with self._lock:
+            return [(id_, dict(m)) for id_, m in zip(self._ids, self._metadata, strict=True)]
+
+    def records(self) -> Iterator[Record]:
+        """Every record, in insertion order."""
+        for row in range(len(self._ids)):
+            yield self._record(row)
+
+    def _record(self, row: int) -> Record:
+        lo = int(self._starts[row])
+        vectors = self._vectors[lo : lo + int(self._lengths[row])].copy()
+        return Record(self._ids[row], vectors, dict(self._metadata[row]), self._texts[row])
+
+    # -- writes ---------------------------------------------------------------------------------------
+    def _validate(self, records: Sequence[Record]) -> tuple[list[FloatMatrix], list[dict[str, Any]]]:
+        if not records:
+            msg = "no records given"
+            raise InvalidInputError(msg)
+        check_ids([r.id for r in records])
+        dim = self._dim
+        matrices = []
+        for record in records:
+            matrix = as_matrix(record.vectors, dim, f"vectors of {record.id!r}")
+            dim = matrix.shape[1]
+            matrices.append(matrix)
+        metadatas = []
+        for record in records:
+            if not isinstance(record.metadata, dict):
+                msg = f"metadata of {record.id!r} must be a dict, got {type(record.metadata).__name__}"
+                raise InvalidInputError(msg)
+            try:
+                metadatas.append(json.loads(json.dumps(record.metadata)))
+            except (TypeError, ValueError) as err:
+                msg = f"metadata of {record.id!r} must be JSON-serialisable: {err}"
+                raise InvalidInputError(msg) from err
+        return matrices, metadatas
+
+    def add(self, records: Sequence[Record]) -> None:
+        """Add new records; raises :class:`DuplicateIdError` (and adds nothing) if an id exists."""
+        with self._lock:
+            matrices, metadatas = self._validate(records)
+            existing = [r.id for r in records if r.id in self._row]
+            if existing:
+                msg = f"ids already in the store: {existing[:10]}; use upsert to replace them"
+                raise DuplicateIdError(msg)
+            self._append(records, matrices, metadatas)
+
+    def upsert(self, records: Sequence[Record]) -> None:
+        """Add records, replacing those whose id exists."""
+        with self._lock:
+            matrices, metadatas = self._validate(records)
+            replaced = [r.id for r in records if r.id in self._row]
+            if replaced:
+                self._remove(replaced)
+            self._append(records, matrices, metadatas)
+
+    def delete(self, ids: Sequence[str]) -> None:
+        """Delete records by id; raises :class:`UnknownIdError` (and deletes nothing) if one is missing."""
+        with self._lock:
+            ids = check_ids(ids)
+            missing = [i for i in ids if i not in self._row]
+            if missing:
+                msg = f"unknown ids: {missing[:10]}"
+                raise UnknownIdError(msg)
+            self._remove(ids)
+
+    def get(self, ids: Sequence[str]) -> list[Record]:
+        """Records by id, in the order asked; raises :class:`UnknownIdError` for a missing id."""
+        with self._lock:
+            ids = check_ids(ids)
+            missing = [i for i in ids if i not in self._row]
+            if missing:
+                msg = f"unknown ids: {missing[:10]}"
+                raise UnknownIdError(msg)
+            return [self._record(self._row[i]) for i in ids]
+
+    def _append(self, records: Sequence[Record], matrices: list[FloatMatrix], metadatas: list[dict[str, Any]]) -> None:
+        new = np.concatenate(matrices)
+        if self._dim is None:
+            self._dim = new.shape[1]
+            self._vectors = np.empty((0, self._dim), dtype=np.float32)
+        needed = self._n_tokens + len(new)
+        if needed > len(self._vectors):
+            grown = np.empty((max(needed, 2 * len(self._vectors), 1024), self._dim), dtype=np.float32)
+            grown[: self._n_tokens] = self._vectors[: self._n_tokens]
+            self._vectors = grown
+        self._vectors[self._n_tokens : needed] = new
+        lengths = np.array([len(m) for m in matrices], dtype=np.int64)
+        self._starts = np.concatenate([self._starts, self._n_tokens + np.cumsum(lengths) - lengths])
+        self._lengths = np.concatenate([self._lengths, lengths])
+        self._n_tokens = needed
+        for record, metadata in zip(records, metadatas, strict=True):
+            self._row[record.id] = len(self._ids)
+            self._ids.append(record.id)
+            self._metadata.append(metadata)
+            self._texts.append(record.text)
+        if self._ivf is not None:
+            self._ivf.append(new)
+
+    def _remove(self, ids: Sequence[str]) -> None:
+        drop = np.zeros(len(self._ids), dtype=bool)
+        drop[[self._row[i] for i in ids]] = True
+        keep_tokens = np.repeat(~drop, self._lengths)
+        kept = self._vectors[: self._n_tokens][keep_tokens]
+        self._vectors = np.ascontiguousarray(kept)
+        self._n_tokens = len(kept)
+        self._lengths = self._lengths[~drop]
+        self._starts = np.cumsum(self._lengths) - self._lengths
+        keep_rows = np.flatnonzero(~drop)
+        self._ids = [self._ids[r] for r in keep_rows]
+        self._metadata = [self._metadata[r] for r in keep_rows]
+        self._texts = [self._texts[r] for r in keep_rows]
+        self._row = {id_: row for row, id_ in enumerate(self._ids)}
+        if self._ivf is not None:
+            if self._n_tokens:
+                self._ivf.keep(keep_tokens)
+            else:
+                self._ivf = None
+
+    # -- search ---------------------------------------------------------------------------------------
+    def build_index(self, config: ApproximateConfig | None = None) -> None:
+        """(Re)fit the centroid index used by approximate search. Called lazily by the first approximate
+        search; call it again after the corpus has changed a lot, so the centroids follow the data."""
+        with self._lock:
+            if config is not None:
+                self.approximate = config
+            if not self._n_tokens:
+                msg = "cannot build an index over an empty store"
+                raise InvalidInputError(msg)
+            self._ivf = CentroidIndex.fit(self._vectors[: self._n_tokens], self.approximate)
+
+    def _resolve_mode(self, mode: SearchMode | str | None) -> SearchMode:
+        chosen = SearchMode(mode) if mode is not None else self.mode
+        if chosen is SearchMode.AUTO:
+            return SearchMode.APPROXIMATE if self._n_tokens >= self.approximate_min_tokens else SearchMode.EXACT
+        return chosen
+
+    def search(
+        self,
+        query: FloatMatrix,
+        *,
+        k: int = 10,
+        filter: Filter | None = None,
+        mode: SearchMode | str | None = None,
+        n_probe: int | None = None,
+        n_candidates: int | None = None,
+    ) -> list[Hit]:
+        """The ``k`` best records for ``query`` by MaxSim, best first, among those matching ``filter``."""
+        k = check_k(k)
+        predicate = compile_filter(filter)
+        with self._lock:
+            if not self._ids:
+                return []
+            query = as_matrix(query, self._dim, "query")
+            allowed = None
+            if filter is not None:
+                allowed = np.fromiter((predicate(m) for m in self._metadata), dtype=bool, count=len(self._ids))
+                if not allowed.any():
+                    return []
+            vectors = self._vectors[: self._n_tokens]
+            if self._resolve_mode(mode) is SearchMode.APPROXIMATE:
+                if self._ivf is None:
+                    self.build_index()
+                assert self._ivf is not None
+                approx = self._ivf.approximate_scores(query, self._lengths, n_probe or self.approximate.n_probe)
+                if allowed is not None:
+                    approx[~allowed] = -np.inf
+                n_cand = min(len(approx), max(n_candidates or self.approximate.n_candidates, 4 * k))
+                if allowed is not None:
+                    n_cand = min(n_cand, int(allowed.sum()))
+                docs = np.argpartition(-approx, n_cand - 1)[:n_cand]
+                scores = maxsim_subset(query, vectors, self._starts, self._lengths, docs)
+            elif allowed is not None and allowed.mean() < 0.5:
+                docs = np.flatnonzero(allowed)
+                scores = maxsim_subset(query, vectors, self._starts, self._lengths, docs)
+            else:
+                scores = maxsim_all(query, vectors, self._starts, self._lengths)
+                docs = np.arange(len(scores))
+                if allowed is not None:
+                    scores = scores.copy()
+                    scores[~allowed] = -np.inf
+                    docs, scores = docs[allowed], scores[allowed]
+            top = np.argsort(-scores, kind="stable")[:k]
+            return [
+                Hit(self._ids[d], float(scores[t]), dict(self._metadata[d]), self._texts[d])
+                for t, d in ((t, int(docs[t])) for t in top)
+            ]
+
+    # -- persistence ----------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the store to the folder ``path`` atomically (see the module docstring)."""
+        from safetensors.numpy import save_file
+
+        folder = Path(path)
+        with self._lock:
+            if self._dim is None:
+                msg = "cannot save an empty store that has no dimension yet"
+                raise InvalidInputError(msg)
+            folder.mkdir(parents=True, exist_ok=True)
+            suffix = uuid.uuid4().hex[:12]
+            files: dict[str, str] = {}
+            tensors: dict[str, np.ndarray[Any, Any]] = {
+                "vectors": self._vectors[: self._n_tokens],
+                "starts": self._starts,
+                "lengths": self._lengths,
+            }
+            files["vectors"] = _write_atomic(folder, f"vectors-{suffix}.safetensors", lambda p: save_file(tensors, p))
+            records = {"ids": self._ids, "metadata": self._metadata, "texts": self._texts}
+            files["records"] = _write_atomic(
+                folder, f"records-{suffix}.json", lambda p: Path(p).write_text(json.dumps(records), encoding="utf-8")
+            )
+            if self._ivf is not None:
+                ivf = {"centroids": self._ivf.centroids, "codes": self._ivf.codes}
+                files["ivf"] = _write_atomic(folder, f"ivf-{suffix}.safetensors", lambda p: save_file(ivf, p))
+            manifest = {
+                "format": FORMAT_NAME,
+                "format_version": FORMAT_VERSION,
+                "dim": self._dim,
+                "encoder": self.encoder.to_dict() if self.encoder else None,
+                "n_records": len(self._ids),
+                "n_tokens": self._n_tokens,
+                "mode": self.mode.value,
+                "approximate": {k: getattr(self.approximate, k) for k in self.approximate.__dataclass_fields__},
+                "approximate_min_tokens": self.approximate_min_tokens,
+                "files": files,
+                "sha256": {name: _sha256(folder / fname) for name, fname in files.items()},
+            }
+            old = _read_manifest(folder) if (folder / MANIFEST).exists() else None
+            _write_atomic(folder, MANIFEST, lambda p: Path(p).write_text(json.dumps(manifest, indent=1), "utf-8"))
+            if old is not None:  # the new manifest is in place: the old data files are garbage now
+                for fname in old.get("files", {}).values():
+                    if fname not in files.values():
+                        (folder / fname).unlink(missing_ok=True)
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike[str], *, encoder: EncoderIdentity | None = None
+    ) -> InMemoryMultiVectorStore:
+        """Load a store saved by :meth:`save`; with ``encoder``, refuse one written by another encoder."""
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        folder = Path(path)
+        manifest = _read_manifest(folder)
+        if manifest.get("format") != FORMAT_NAME:
+            msg = f"{folder} is not a ragplug multi-vector store (format {manifest.get('format')!r})"
+            raise StoreCorruptedError(msg)
+        if manifest.get("format_version") != FORMAT_VERSION:
+            msg = (
+                f"{folder} was written in format version {manifest.get('format_version')!r}; "
+                f"this ragplug reads version {FORMAT_VERSION}"
+            )
+            raise StoreCorruptedError(msg)
+        try:
+            files = dict(manifest["files"])
+            checksums = dict(manifest["sha256"])
+            dim = int(manifest["dim"])
+            stored_encoder = EncoderIdentity.from_dict(manifest["encoder"]) if manifest.get("encoder") else None
+        except (KeyError, TypeError, ValueError) as err:
+            msg = f"{folder / MANIFEST} is incomplete: {err}"
+            raise StoreCorruptedError(msg) from err
+        if encoder is not None:
+            if stored_encoder is None:
+                msg = f"{folder} does not record which encoder wrote it; cannot check it against {encoder.name!r}"
+                raise EncoderMismatchError(msg)
+            if (stored_encoder.dim, stored_encoder.fingerprint) != (encoder.dim, encoder.fingerprint):
+                msg = (
+                    f"{folder} was written by encoder {stored_encoder.name!r} (dim {stored_encoder.dim}, "
+                    f"fingerprint {stored_encoder.fingerprint}), not by {encoder.name!r} (dim {encoder.dim}, "
+                    f"fingerprint {encoder.fingerprint}); re-index with this encoder or load it with the other one"
+                )
+                raise EncoderMismatchError(msg)
+        for name, fname in files.items():
+            file = folder / fname
+            if not file.is_file():
+                msg = f"{folder}: data file {fname} named by the manifest is missing"
+                raise StoreCorruptedError(msg)
+            if _sha256(file) != checksums.get(name):
+                msg = f"{folder}: data file {fname} is truncated or corrupted (checksum mismatch)"
+                raise StoreCorruptedError(msg)
+        try:
+            tensors = load_file(str(folder / files["vectors"]))
+            records = json.loads((folder / files["records"]).read_text(encoding="utf-8"))
+            ivf = load_file(str(folder / files["ivf"])) if "ivf" in files else None
+        except (SafetensorError, OSError, ValueError, KeyError) as err:
+            msg = f"{folder}: cannot read the store's data files: {err}"
+            raise StoreCorruptedError(msg) from err
+        store = cls(
+            dim,
+            encoder=stored_encoder,
+            mode=manifest.get("mode", SearchMode.AUTO.value),
+            approximate=ApproximateConfig(**manifest.get("approximate", {})),
+            approximate_min_tokens=int(manifest.get("approximate_min_tokens", 200_000)),
+        )
+        try:
+            vectors, starts, lengths = tensors["vectors"], tensors["starts"], tensors["lengths"]
+            ids, metadata, texts = records["ids"], records["metadata"], records["texts"]
+            consistent = (
+                vectors.ndim == 2
+                and vectors.shape[1] == dim
+                and len(starts) == len(lengths) == len(ids) == len(metadata) == len(texts) == manifest["n_records"]
+                and int(lengths.sum()) == len(vectors) == manifest["n_tokens"]
+                and bool((lengths > 0).all())
+                and bool((starts == np.cumsum(lengths) - lengths).all())
+                and len(set(ids)) == len(ids)
+            )
+        except (KeyError, TypeError, AttributeError) as err:
+            msg = f"{folder}: the store's data files are inconsistent: {err}"
+            raise StoreCorruptedError(msg) from err
+        if not consistent:
+            msg = f"{folder}: the store's data files are inconsistent with each other or with the manifest"
+            raise StoreCorruptedError(msg)
+        store._vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        store._n_tokens = len(vectors)
+        store._starts = starts.astype(np.int64)
+        store._lengths = lengths.astype(np.int64)
+        store._ids = list(ids)
+        store._row = {id_: row for row, id_ in enumerate(ids)}
+        store._metadata = list(metadata)
+        store._texts = list(texts)
+        if ivf is not None and len(ivf["codes"]) == len(vectors):
+            store._ivf = CentroidIndex(ivf["centroids"], ivf["codes"])
+        return store
+
+
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with file.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    file = folder / MANIFEST
+    if not file.is_file():
+        msg = f"{folder} holds no ragplug store ({MANIFEST} not found)"
+        raise StoreError(msg)
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        msg = f"{file} is truncated or corrupted: {err}"
+        raise StoreCorruptedError(msg) from err
+    if not isinstance(manifest, dict):
+        msg = f"{file} is not a JSON object"
+        raise StoreCorruptedError(msg)
+    return manifest
+
+
+def _write_atomic(folder: Path, name: str, write: Any) -> str:
+    """Write ``folder/name`` through a temp file in the same folder, fsync, then rename into place."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, folder / name)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return name
+
+
