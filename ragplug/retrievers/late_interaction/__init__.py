@@ -16,6 +16,7 @@ from ragplug.retrievers.late_interaction.filters import Filter, compile_filter
 from ragplug.retrievers.late_interaction.index import LateInteractionIndex
 from ragplug.retrievers.late_interaction.ivf import ApproximateConfig
 from ragplug.retrievers.late_interaction.memory import InMemoryMultiVectorStore, SearchMode
+from ragplug.retrievers.late_interaction.rerank import rerank
 
 __all__ = [
     "ApproximateConfig",
@@ -29,4 +30,5 @@ __all__ = [
     "Record",
     "SearchMode",
     "compile_filter",
+    "rerank",
 ]

@@ -133,9 +133,7 @@ class LateInteractionIndex:
                 chunk_meta = {**meta, "parent_id": id_, "chunk_index": n, "start_index": chunk.start}
                 pieces.append((f"{id_}#{n}", chunk, chunk_meta))
         vectors = self.encoder.encode_documents([c.item for _, c, _ in pieces], show_progress=show_progress)
-        records = [
-            Record(rid, vec, meta, chunk.text) for (rid, chunk, meta), vec in zip(pieces, vectors, strict=True)
-        ]
+        records = [Record(rid, vec, meta, chunk.text) for (rid, chunk, meta), vec in zip(pieces, vectors, strict=True)]
         if upsert:
             replaced = [i for i in ids if i in self._children or i in self.store]
             if replaced:

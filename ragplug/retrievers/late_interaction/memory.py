@@ -364,9 +364,7 @@ class InMemoryMultiVectorStore:
                         (folder / fname).unlink(missing_ok=True)
 
     @classmethod
-    def load(
-        cls, path: str | os.PathLike[str], *, encoder: EncoderIdentity | None = None
-    ) -> InMemoryMultiVectorStore:
+    def load(cls, path: str | os.PathLike[str], *, encoder: EncoderIdentity | None = None) -> InMemoryMultiVectorStore:
         """Load a store saved by :meth:`save`; with ``encoder``, refuse one written by another encoder."""
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
@@ -491,5 +489,3 @@ def _write_atomic(folder: Path, name: str, write: Any) -> str:
         Path(tmp).unlink(missing_ok=True)
         raise
     return name
-
-

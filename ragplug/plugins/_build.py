@@ -1,0 +1,45 @@
+"""Shared construction helpers for the framework plugins (framework-free)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ragplug.retrievers.late_interaction import Encoder, LateInteractionIndex, MultiVectorStore
+
+
+def make_encoder(model: str | Path | Encoder, encoder_kwargs: dict[str, Any] | None) -> Encoder:
+    """An :class:`Encoder` from a hub id / folder (loaded as a ColBERT checkpoint) or an encoder as is."""
+    if isinstance(model, str | Path):
+        from ragplug.retrievers.colbert import ColBERTEncoder
+
+        return ColBERTEncoder(model, **(encoder_kwargs or {}))
+    return model
+
+
+def build_index(
+    texts: Sequence[str],
+    *,
+    metadatas: Sequence[dict[str, Any] | None] | None,
+    ids: Sequence[str] | None,
+    model: str | Path | Encoder,
+    store: MultiVectorStore | None,
+    chunk: bool,
+    encoder_kwargs: dict[str, Any] | None,
+    show_progress: bool,
+) -> LateInteractionIndex:
+    """Load the encoder, make the index (chunking long texts when the encoder can) and add ``texts``."""
+    encoder = make_encoder(model, encoder_kwargs)
+    chunker = encoder.chunker() if chunk and hasattr(encoder, "chunker") else None
+    index = LateInteractionIndex(encoder, store, chunker=chunker)
+    index.add(list(texts), ids=ids, metadatas=metadatas, show_progress=show_progress)
+    return index
+
+
+def load_index(
+    path: str | Path, model: str | Path | Encoder, encoder_kwargs: dict[str, Any] | None
+) -> LateInteractionIndex:
+    encoder = make_encoder(model, encoder_kwargs)
+    chunker = encoder.chunker() if hasattr(encoder, "chunker") else None
+    return LateInteractionIndex.load(path, encoder, chunker=chunker)

@@ -1,0 +1,249 @@
+"""LangChain retriever and reranker over ragplug's late-interaction engine.
+
+Thin glue only: retrieval happens in :class:`~ragplug.retrievers.late_interaction.LateInteractionIndex`;
+this module converts hits into ``Document`` objects (``id``, metadata, and the MaxSim ``score`` in
+``metadata["score"]``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForRetrieverRun,
+    CallbackManagerForRetrieverRun,
+    Callbacks,
+)
+from langchain_core.documents import BaseDocumentCompressor, Document
+from langchain_core.retrievers import BaseRetriever
+from langchain_core.tools import BaseTool, create_retriever_tool
+from pydantic import BaseModel, ConfigDict, Field
+
+from ragplug.errors import InvalidInputError
+from ragplug.plugins._build import build_index, load_index, make_encoder
+from ragplug.retrievers.colbert.encoder import DEFAULT_MODEL
+from ragplug.retrievers.late_interaction import Encoder, Hit, LateInteractionIndex, MultiVectorStore, rerank
+from ragplug.retrievers.late_interaction.base import check_k
+from ragplug.retrievers.late_interaction.filters import Filter, compile_filter
+
+__all__ = ["ColBERTReranker", "ColBERTRetriever"]
+
+
+def _to_document(hit: Hit) -> Document:
+    return Document(page_content=hit.text or "", id=hit.id, metadata={**hit.metadata, "score": hit.score})
+
+
+class ColBERTRetriever(BaseRetriever):
+    """ColBERT (late interaction, MaxSim) retrieval as a LangChain retriever.
+
+    ``k`` and ``filter`` set at construction are defaults; ``invoke(query, k=..., filter=...)`` overrides
+    them per call. Extra ``search_kwargs`` (e.g. ``{"mode": "approximate"}``) go to the store's search.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    index: LateInteractionIndex
+    k: int = 4
+    filter: dict[str, Any] | None = None
+    search_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    def model_post_init(self, context: Any, /) -> None:
+        check_k(self.k)
+        compile_filter(self.filter)
+
+    # -- construction ---------------------------------------------------------------------------------
+    @classmethod
+    def from_texts(
+        cls,
+        texts: Sequence[str],
+        metadatas: Sequence[dict[str, Any] | None] | None = None,
+        ids: Sequence[str] | None = None,
+        model: str | Path | Encoder = DEFAULT_MODEL,
+        store: MultiVectorStore | None = None,
+        k: int = 4,
+        *,
+        chunk: bool = True,
+        encoder_kwargs: dict[str, Any] | None = None,
+        show_progress: bool = False,
+        **kwargs: Any,
+    ) -> ColBERTRetriever:
+        """Encode ``texts`` with ``model`` (hub id, folder or :class:`Encoder`) into ``store`` (default: in memory).
+
+        Long texts are split into overlapping token windows when ``chunk`` is true; their chunks carry
+        ``parent_id``, ``chunk_index`` and ``start_index`` in their metadata.
+        """
+        index = build_index(
+            texts,
+            metadatas=metadatas,
+            ids=ids,
+            model=model,
+            store=store,
+            chunk=chunk,
+            encoder_kwargs=encoder_kwargs,
+            show_progress=show_progress,
+        )
+        return cls(index=index, k=k, **kwargs)
+
+    @classmethod
+    def from_documents(
+        cls,
+        documents: Sequence[Document],
+        ids: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> ColBERTRetriever:
+        """Like :meth:`from_texts`; ids come from ``ids`` or else from each ``Document.id`` when all have one."""
+        texts, metadatas, doc_ids = _unpack(documents, ids)
+        return cls.from_texts(texts, metadatas=metadatas, ids=doc_ids, **kwargs)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        model: str | Path | Encoder = DEFAULT_MODEL,
+        *,
+        encoder_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> ColBERTRetriever:
+        """Load an index saved with :meth:`save`; refuses one written by another encoder."""
+        return cls(index=load_index(path, model, encoder_kwargs), **kwargs)
+
+    def save(self, path: str | Path) -> None:
+        """Persist the in-memory index to the folder ``path`` (atomically)."""
+        self.index.save(path)
+
+    # -- writes ---------------------------------------------------------------------------------------
+    def add_documents(
+        self, documents: Sequence[Document], ids: Sequence[str] | None = None, **kwargs: Any
+    ) -> list[str]:
+        """Add documents (``upsert=True`` replaces existing ids); returns their ids."""
+        texts, metadatas, doc_ids = _unpack(documents, ids)
+        return self.index.add(texts, ids=doc_ids, metadatas=metadatas, **kwargs)
+
+    async def aadd_documents(
+        self, documents: Sequence[Document], ids: Sequence[str] | None = None, **kwargs: Any
+    ) -> list[str]:
+        return await asyncio.to_thread(self.add_documents, documents, ids, **kwargs)
+
+    def add_texts(
+        self,
+        texts: Sequence[str],
+        metadatas: Sequence[dict[str, Any] | None] | None = None,
+        ids: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> list[str]:
+        return self.index.add(list(texts), ids=ids, metadatas=metadatas, **kwargs)
+
+    def delete(self, ids: Sequence[str]) -> None:
+        """Delete documents (all their chunks) or single chunks by id."""
+        self.index.delete(ids)
+
+    async def adelete(self, ids: Sequence[str]) -> None:
+        await self.index.adelete(ids)
+
+    def get_by_ids(self, ids: Sequence[str]) -> list[Document]:
+        """Stored documents by id (a parent id returns its chunks)."""
+        return [Document(page_content=r.text or "", id=r.id, metadata=dict(r.metadata)) for r in self.index.get(ids)]
+
+    # -- retrieval ------------------------------------------------------------------------------------
+    def _options(self, k: int | None, filter: Filter | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {
+            **self.search_kwargs,
+            **kwargs,
+            "k": self.k if k is None else k,
+            "filter": self.filter if filter is None else filter,
+        }
+
+    def _get_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: CallbackManagerForRetrieverRun,
+        k: int | None = None,
+        filter: Filter | None = None,
+        **kwargs: Any,
+    ) -> list[Document]:
+        hits = self.index.search(query, **self._options(k, filter, kwargs))
+        return [_to_document(h) for h in hits]
+
+    async def _aget_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: AsyncCallbackManagerForRetrieverRun,
+        k: int | None = None,
+        filter: Filter | None = None,
+        **kwargs: Any,
+    ) -> list[Document]:
+        hits = await self.index.asearch(query, **self._options(k, filter, kwargs))
+        return [_to_document(h) for h in hits]
+
+    def as_tool(
+        self,
+        args_schema: type[BaseModel] | None = None,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        arg_types: dict[str, type] | None = None,
+    ) -> BaseTool:
+        """A tool for agents: takes ``query``, returns the passages as text (and the ``Document``s as artifact)."""
+        if args_schema is not None or arg_types is not None:
+            return super().as_tool(args_schema, name=name, description=description, arg_types=arg_types)
+        return create_retriever_tool(
+            self,
+            name or "search_documents",
+            description or "Search the indexed documents and return the passages most relevant to the query.",
+            response_format="content_and_artifact",
+        )
+
+
+def _unpack(
+    documents: Sequence[Document], ids: Sequence[str] | None
+) -> tuple[list[str], list[dict[str, Any]], list[str] | None]:
+    documents = list(documents)
+    if not documents:
+        msg = "no documents given"
+        raise InvalidInputError(msg)
+    texts = [d.page_content for d in documents]
+    metadatas = [dict(d.metadata) for d in documents]
+    if ids is None and all(d.id for d in documents):
+        ids = [str(d.id) for d in documents]
+    return texts, metadatas, (list(ids) if ids is not None else None)
+
+
+class ColBERTReranker(BaseDocumentCompressor):
+    """Re-order documents from any retriever by ColBERT MaxSim against the query; keeps the ``top_n`` best.
+
+    Each returned document gets ``metadata["relevance_score"]``. Use it in a
+    ``ContextualCompressionRetriever`` or directly.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    encoder: Encoder
+    top_n: int | None = 3
+
+    @classmethod
+    def from_model(
+        cls, model: str | Path = DEFAULT_MODEL, *, top_n: int | None = 3, **encoder_kwargs: Any
+    ) -> ColBERTReranker:
+        return cls(encoder=make_encoder(model, encoder_kwargs), top_n=top_n)
+
+    def compress_documents(
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+    ) -> Sequence[Document]:
+        ranked = rerank(self.encoder, query, [d.page_content for d in documents], self.top_n)
+        out = []
+        for position, score in ranked:
+            doc = documents[position]
+            out.append(
+                Document(page_content=doc.page_content, id=doc.id, metadata={**doc.metadata, "relevance_score": score})
+            )
+        return out
+
+    async def acompress_documents(
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+    ) -> Sequence[Document]:
+        return await asyncio.to_thread(self.compress_documents, documents, query, callbacks)

@@ -1,0 +1,209 @@
+"""LlamaIndex retriever and reranker over ragplug's late-interaction engine.
+
+Thin glue only: hits become ``NodeWithScore(TextNode)``; LlamaIndex ``MetadataFilters`` are translated
+into ragplug's filter language (``==, !=, >, >=, <, <=, in, nin`` with ``and`` / ``or``; other
+operators raise :class:`~ragplug.errors.FilterError`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from llama_index.core.bridge.pydantic import ConfigDict, Field
+from llama_index.core.callbacks import CallbackManager
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.retrievers import BaseRetriever
+from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle, TextNode
+from llama_index.core.vector_stores.types import FilterCondition, FilterOperator, MetadataFilter, MetadataFilters
+
+from ragplug.errors import FilterError, InvalidInputError
+from ragplug.plugins._build import build_index, load_index, make_encoder
+from ragplug.retrievers.colbert.encoder import DEFAULT_MODEL
+from ragplug.retrievers.late_interaction import Encoder, Hit, LateInteractionIndex, MultiVectorStore, rerank
+from ragplug.retrievers.late_interaction.base import check_k
+from ragplug.retrievers.late_interaction.filters import Filter, compile_filter
+
+__all__ = ["ColBERTRerank", "ColBERTRetriever", "to_ragplug_filter"]
+
+_OPERATORS = {
+    FilterOperator.EQ: "$eq",
+    FilterOperator.NE: "$ne",
+    FilterOperator.GT: "$gt",
+    FilterOperator.GTE: "$gte",
+    FilterOperator.LT: "$lt",
+    FilterOperator.LTE: "$lte",
+    FilterOperator.IN: "$in",
+    FilterOperator.NIN: "$nin",
+}
+
+
+def to_ragplug_filter(filters: MetadataFilters | Filter | None) -> Filter | None:
+    """Translate LlamaIndex ``MetadataFilters`` (nested too) into a ragplug filter dict; dicts pass through."""
+    if filters is None or isinstance(filters, dict):
+        return filters
+    if not isinstance(filters, MetadataFilters):
+        msg = f"filters must be MetadataFilters or a ragplug filter dict, got {type(filters).__name__}"
+        raise FilterError(msg)
+    parts: list[dict[str, Any]] = []
+    for item in filters.filters:
+        if isinstance(item, MetadataFilters):
+            sub = to_ragplug_filter(item)
+            if sub:
+                parts.append(dict(sub))
+            continue
+        assert isinstance(item, MetadataFilter)
+        op = _OPERATORS.get(FilterOperator(item.operator))
+        if op is None:
+            msg = f"filter operator {item.operator!r} on {item.key!r} is not supported; use one of {sorted(_OPERATORS)}"
+            raise FilterError(msg)
+        parts.append({item.key: {op: item.value}})
+    if not parts:
+        return None
+    condition = filters.condition or FilterCondition.AND
+    if condition not in (FilterCondition.AND, FilterCondition.OR):
+        msg = f"filter condition {condition!r} is not supported; use and / or"
+        raise FilterError(msg)
+    return parts[0] if len(parts) == 1 else {f"${condition.value}": parts}
+
+
+def _to_node(hit: Hit) -> NodeWithScore:
+    return NodeWithScore(node=TextNode(id_=hit.id, text=hit.text or "", metadata=dict(hit.metadata)), score=hit.score)
+
+
+class ColBERTRetriever(BaseRetriever):
+    """ColBERT (late interaction, MaxSim) retrieval as a LlamaIndex retriever.
+
+    Args:
+        index: the engine (see :meth:`from_texts` / :meth:`from_documents` to build one).
+        similarity_top_k: how many nodes to return.
+        filters: ``MetadataFilters`` or a ragplug filter dict applied to every query.
+        search_kwargs: passed to the store's search (e.g. ``{"mode": "approximate"}``).
+    """
+
+    def __init__(
+        self,
+        index: LateInteractionIndex,
+        *,
+        similarity_top_k: int = 4,
+        filters: MetadataFilters | Filter | None = None,
+        search_kwargs: dict[str, Any] | None = None,
+        callback_manager: CallbackManager | None = None,
+        verbose: bool = False,
+    ) -> None:
+        self.index = index
+        self.similarity_top_k = check_k(similarity_top_k)
+        self.filters = to_ragplug_filter(filters)
+        compile_filter(self.filters)
+        self.search_kwargs = dict(search_kwargs or {})
+        super().__init__(callback_manager=callback_manager, verbose=verbose)
+
+    @classmethod
+    def from_texts(
+        cls,
+        texts: Sequence[str],
+        metadatas: Sequence[dict[str, Any] | None] | None = None,
+        ids: Sequence[str] | None = None,
+        model: str | Path | Encoder = DEFAULT_MODEL,
+        store: MultiVectorStore | None = None,
+        *,
+        chunk: bool = True,
+        encoder_kwargs: dict[str, Any] | None = None,
+        show_progress: bool = False,
+        **kwargs: Any,
+    ) -> ColBERTRetriever:
+        index = build_index(
+            texts,
+            metadatas=metadatas,
+            ids=ids,
+            model=model,
+            store=store,
+            chunk=chunk,
+            encoder_kwargs=encoder_kwargs,
+            show_progress=show_progress,
+        )
+        return cls(index, **kwargs)
+
+    @classmethod
+    def from_documents(cls, documents: Sequence[BaseNode], **kwargs: Any) -> ColBERTRetriever:
+        """Build from LlamaIndex ``Document``s or nodes; their ``id_`` and metadata are kept."""
+        texts, metadatas, ids = _unpack(documents)
+        return cls.from_texts(texts, metadatas=metadatas, ids=ids, **kwargs)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        model: str | Path | Encoder = DEFAULT_MODEL,
+        *,
+        encoder_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> ColBERTRetriever:
+        return cls(load_index(path, model, encoder_kwargs), **kwargs)
+
+    def save(self, path: str | Path) -> None:
+        self.index.save(path)
+
+    def insert(self, documents: Sequence[BaseNode], *, upsert: bool = False) -> list[str]:
+        """Add documents or nodes (``upsert=True`` replaces existing ids); returns their ids."""
+        texts, metadatas, ids = _unpack(documents)
+        return self.index.add(texts, ids=ids, metadatas=metadatas, upsert=upsert)
+
+    async def ainsert(self, documents: Sequence[BaseNode], *, upsert: bool = False) -> list[str]:
+        return await asyncio.to_thread(self.insert, documents, upsert=upsert)
+
+    def delete(self, ids: Sequence[str]) -> None:
+        """Delete by id (a document id removes all its chunks)."""
+        self.index.delete(ids)
+
+    async def adelete(self, ids: Sequence[str]) -> None:
+        await self.index.adelete(ids)
+
+    def _options(self) -> dict[str, Any]:
+        return {**self.search_kwargs, "k": self.similarity_top_k, "filter": self.filters}
+
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        return [_to_node(h) for h in self.index.search(query_bundle.query_str, **self._options())]
+
+    async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        return [_to_node(h) for h in await self.index.asearch(query_bundle.query_str, **self._options())]
+
+
+def _unpack(documents: Sequence[BaseNode]) -> tuple[list[str], list[dict[str, Any]], list[str]]:
+    documents = list(documents)
+    if not documents:
+        msg = "no documents given"
+        raise InvalidInputError(msg)
+    texts = [d.get_content(metadata_mode=MetadataMode.NONE) for d in documents]
+    return texts, [dict(d.metadata) for d in documents], [d.node_id for d in documents]
+
+
+class ColBERTRerank(BaseNodePostprocessor):
+    """Re-order retrieved nodes by ColBERT MaxSim against the query; keeps the ``top_n`` best."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    encoder: Any = Field(description="a ragplug Encoder (e.g. ColBERTEncoder)")
+    top_n: int = Field(default=3, description="nodes kept")
+
+    @classmethod
+    def from_model(cls, model: str | Path = DEFAULT_MODEL, *, top_n: int = 3, **encoder_kwargs: Any) -> ColBERTRerank:
+        return cls(encoder=make_encoder(model, encoder_kwargs), top_n=top_n)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "ColBERTRerank"
+
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        if query_bundle is None:
+            msg = "ColBERTRerank needs the query (query_bundle)"
+            raise InvalidInputError(msg)
+        if not nodes:
+            return []
+        texts = [n.node.get_content(metadata_mode=MetadataMode.NONE) for n in nodes]
+        ranked = rerank(self.encoder, query_bundle.query_str, texts, self.top_n)
+        return [NodeWithScore(node=nodes[i].node, score=score) for i, score in ranked]
