@@ -1,0 +1,295 @@
+"""The in-memory multi-vector store: CRUD by id, exact and approximate MaxSim, persistence, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ragplug.errors import (
+    DuplicateIdError,
+    EncoderMismatchError,
+    FilterError,
+    InvalidInputError,
+    StoreCorruptedError,
+    StoreError,
+    UnknownIdError,
+)
+from ragplug.retrievers.late_interaction import (
+    ApproximateConfig,
+    EncoderIdentity,
+    InMemoryMultiVectorStore,
+    Record,
+    SearchMode,
+)
+from ragplug.retrievers.late_interaction.maxsim import maxsim_all
+
+DIM = 8
+
+
+def _unit(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _records(n: int, seed: int = 0, dim: int = DIM) -> list[Record]:
+    rng = np.random.default_rng(seed)
+    return [
+        Record(f"doc{i}", _unit(rng, int(rng.integers(1, 9)), dim), {"i": i, "even": i % 2 == 0}, f"text {i}")
+        for i in range(n)
+    ]
+
+
+def _reference_scores(query: np.ndarray, records: list[Record]) -> dict[str, float]:
+    """A deliberately naive MaxSim: one document at a time."""
+    return {r.id: float(sum((q @ r.vectors.T).max() for q in query)) for r in records}
+
+
+@pytest.fixture
+def store() -> InMemoryMultiVectorStore:
+    s = InMemoryMultiVectorStore()
+    s.add(_records(30))
+    return s
+
+
+def test_exact_search_matches_reference(store: InMemoryMultiVectorStore) -> None:
+    records = _records(30)
+    query = _unit(np.random.default_rng(9), 5)
+    ref = _reference_scores(query, records)
+    hits = store.search(query, k=30, mode="exact")
+    assert [h.id for h in hits] == sorted(ref, key=lambda i: -ref[i])
+    for hit in hits:
+        assert hit.score == pytest.approx(ref[hit.id], abs=1e-5)
+        assert hit.text == f"text {hit.metadata['i']}"
+
+
+def test_blocked_scoring_matches_unblocked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ragplug.retrievers.late_interaction import maxsim
+
+    records = _records(50, seed=3)
+    vectors = np.concatenate([r.vectors for r in records])
+    lengths = np.array([len(r.vectors) for r in records])
+    starts = np.cumsum(lengths) - lengths
+    query = _unit(np.random.default_rng(4), 3)
+    whole = maxsim_all(query, vectors, starts, lengths)
+    monkeypatch.setattr(maxsim, "BLOCK_TOKENS", 7)  # many small blocks, documents never split
+    np.testing.assert_allclose(maxsim.maxsim_all(query, vectors, starts, lengths), whole, atol=1e-6)
+
+
+def test_k_and_filter(store: InMemoryMultiVectorStore) -> None:
+    query = _unit(np.random.default_rng(1), 4)
+    hits = store.search(query, k=5, filter={"even": True})
+    assert len(hits) == 5 and all(h.metadata["even"] for h in hits)
+    ref = _reference_scores(query, [r for r in _records(30) if r.metadata["even"]])
+    assert [h.id for h in hits] == sorted(ref, key=lambda i: -ref[i])[:5]
+    few = store.search(query, k=5, filter={"i": {"$in": [3, 4]}})
+    assert sorted(h.id for h in few) == ["doc3", "doc4"]
+    assert store.search(query, k=5, filter={"i": {"$gt": 1000}}) == []
+    with pytest.raises(FilterError):
+        store.search(query, k=5, filter={"i": {"$like": 3}})
+
+
+def test_add_upsert_get_delete(store: InMemoryMultiVectorStore) -> None:
+    assert len(store) == 30 and "doc3" in store
+    new = Record("doc3", np.ones((2, DIM), np.float32) / np.sqrt(DIM), {"i": 99}, "replaced")
+    with pytest.raises(DuplicateIdError, match="doc3"):
+        store.add([new])
+    store.upsert([new])
+    (got,) = store.get(["doc3"])
+    assert got.text == "replaced" and got.metadata == {"i": 99}
+    np.testing.assert_allclose(got.vectors, new.vectors)
+    store.delete(["doc3", "doc10"])
+    assert len(store) == 29 - 1 and "doc3" not in store
+    query = _unit(np.random.default_rng(2), 3)
+    remaining = [r for r in _records(30) if r.id not in ("doc3", "doc10")]
+    ref = _reference_scores(query, remaining)
+    assert [h.id for h in store.search(query, k=28)] == sorted(ref, key=lambda i: -ref[i])
+
+
+def test_failed_calls_change_nothing(store: InMemoryMultiVectorStore) -> None:
+    before = store.ids()
+    with pytest.raises(UnknownIdError, match="nope"):
+        store.delete(["doc1", "nope"])
+    with pytest.raises(DuplicateIdError):
+        store.add([Record("x", np.ones((1, DIM), np.float32)), Record("x", np.ones((1, DIM), np.float32))])
+    with pytest.raises(InvalidInputError, match="dimension"):
+        store.add([Record("y", np.ones((1, DIM), np.float32)), Record("z", np.ones((1, DIM + 1), np.float32))])
+    with pytest.raises(InvalidInputError, match="NaN"):
+        store.upsert([Record("doc1", np.full((1, DIM), np.nan, np.float32))])
+    with pytest.raises(InvalidInputError, match="JSON"):
+        store.add([Record("w", np.ones((1, DIM), np.float32), {"bad": object()})])
+    assert store.ids() == before
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        (lambda s: s.search(np.ones((1, DIM), np.float32), k=0), InvalidInputError),
+        (lambda s: s.search(np.ones((1, DIM), np.float32), k=-1), InvalidInputError),
+        (lambda s: s.search(np.ones((1, DIM), np.float32), k=2.5), InvalidInputError),
+        (lambda s: s.search(np.ones((0, DIM), np.float32), k=1), InvalidInputError),
+        (lambda s: s.search(np.ones((2, DIM + 1), np.float32), k=1), InvalidInputError),
+        (lambda s: s.add([]), InvalidInputError),
+        (lambda s: s.add([Record("", np.ones((1, DIM), np.float32))]), InvalidInputError),
+        (lambda s: s.add([Record("e", np.ones((0, DIM), np.float32))]), InvalidInputError),
+        (lambda s: s.get(["missing"]), UnknownIdError),
+        (lambda s: s.delete("doc1"), InvalidInputError),
+        (lambda s: s.delete(["doc1", "doc1"]), DuplicateIdError),
+    ],
+)
+def test_bad_input(store: InMemoryMultiVectorStore, call, error) -> None:
+    with pytest.raises(error):
+        call(store)
+    assert len(store) == 30
+
+
+def test_empty_store_search_returns_nothing() -> None:
+    assert InMemoryMultiVectorStore(dim=DIM).search(np.ones((1, DIM), np.float32), k=3) == []
+
+
+def _clustered_corpus(n_families: int, seed: int = 0) -> tuple[list[Record], np.ndarray]:
+    """Families of 10 documents sharing 6 specific vectors, plus tokens drawn from 64 shared topics.
+
+    A query made from a family's vectors has that family as its unambiguous exact top 10.
+    """
+    rng = np.random.default_rng(seed)
+    topics = _unit(rng, 64, 32)
+    families = np.stack([_unit(rng, 6, 32) for _ in range(n_families)])
+    out = []
+    for f in range(n_families):
+        for j in range(10):
+            shared = topics[rng.choice(64, size=int(rng.integers(4, 12)))]
+            vecs = np.concatenate([families[f], shared])
+            vecs = vecs + 0.05 * rng.standard_normal(vecs.shape).astype(np.float32)  # noise norm ~0.3
+            out.append(Record(f"d{f * 10 + j}", vecs / np.linalg.norm(vecs, axis=1, keepdims=True), {"g": j % 3}))
+    return out, families
+
+
+def test_approximate_search_recall_against_exact() -> None:
+    records, families = _clustered_corpus(200)
+    store = InMemoryMultiVectorStore(approximate=ApproximateConfig(n_probe=4, n_candidates=40))
+    store.add(records)
+    rng = np.random.default_rng(5)
+    recalls = []
+    for q in range(20):
+        family = families[int(rng.integers(len(families)))]
+        query = family + 0.05 * rng.standard_normal(family.shape).astype(np.float32)
+        exact = {h.id for h in store.search(query, k=10, mode="exact")}
+        approx = store.search(query, k=10, mode="approximate", filter={"g": {"$in": [0, 1, 2]}} if q % 2 else None)
+        recalls.append(len(exact & {h.id for h in approx}) / 10)
+        exact_scores = {h.id: h.score for h in store.search(query, k=len(records), mode="exact")}
+        for hit in approx:  # approximate hits carry exact MaxSim scores
+            assert hit.score == pytest.approx(exact_scores[hit.id], abs=1e-4)
+    assert np.mean(recalls) >= 0.95
+    # The knob: with one probe and the minimum of candidates, recall drops; probing everything restores it.
+    query = families[0] + 0.05 * rng.standard_normal(families[0].shape).astype(np.float32)
+    exact_top = [h.id for h in store.search(query, k=10, mode="exact")]
+    wide = [h.id for h in store.search(query, k=10, mode="approximate", n_probe=4096, n_candidates=2000)]
+    assert wide == exact_top
+
+
+def test_approximate_index_follows_adds_and_deletes() -> None:
+    records, families = _clustered_corpus(30, seed=1)
+    store = InMemoryMultiVectorStore(mode=SearchMode.APPROXIMATE)
+    store.add(records[:200])
+    store.build_index()
+    store.add(records[200:])  # families 20..29 arrive after the centroids were fitted
+    store.delete([f"d{i}" for i in range(0, 300, 3)])
+    hits = store.search(families[25], k=5)
+    assert {int(h.id[1:]) // 10 for h in hits} == {25}
+    assert all(int(h.id[1:]) % 3 != 0 for h in hits)
+
+
+def test_auto_mode_switches_on_size() -> None:
+    store = InMemoryMultiVectorStore(approximate_min_tokens=100)
+    store.add(_records(5))
+    assert store._resolve_mode(None) is SearchMode.EXACT
+    store.add(_records(60, seed=2)[5:])
+    assert store._resolve_mode(None) is SearchMode.APPROXIMATE
+
+
+def test_approximate_config_is_validated() -> None:
+    with pytest.raises(InvalidInputError, match="n_probe"):
+        ApproximateConfig(n_probe=0)
+    with pytest.raises(InvalidInputError, match="n_centroids"):
+        ApproximateConfig(n_centroids=0)
+
+
+IDENTITY = EncoderIdentity("tiny", DIM, "abc123")
+
+
+def test_save_load_roundtrip(tmp_path: Path, store: InMemoryMultiVectorStore) -> None:
+    store.encoder = IDENTITY
+    store.build_index()
+    store.save(tmp_path / "idx")
+    loaded = InMemoryMultiVectorStore.load(tmp_path / "idx", encoder=IDENTITY)
+    assert loaded.ids() == store.ids() and loaded.encoder == IDENTITY
+    query = _unit(np.random.default_rng(3), 4)
+    for mode in ("exact", "approximate"):
+        assert loaded.search(query, k=7, mode=mode) == store.search(query, k=7, mode=mode)
+    # saving again replaces the data files and removes the old ones
+    loaded.delete(["doc0"])
+    loaded.save(tmp_path / "idx")
+    files = sorted(p.name for p in (tmp_path / "idx").iterdir())
+    assert len([f for f in files if f.startswith("vectors-")]) == 1
+    assert not [f for f in files if f.endswith(".tmp")]
+    assert len(InMemoryMultiVectorStore.load(tmp_path / "idx")) == 29
+
+
+def test_load_refuses_other_encoder(tmp_path: Path, store: InMemoryMultiVectorStore) -> None:
+    store.encoder = IDENTITY
+    store.save(tmp_path / "idx")
+    with pytest.raises(EncoderMismatchError, match="written by encoder 'tiny'"):
+        InMemoryMultiVectorStore.load(tmp_path / "idx", encoder=EncoderIdentity("other", DIM, "zzz"))
+    with pytest.raises(EncoderMismatchError):
+        InMemoryMultiVectorStore.load(tmp_path / "idx", encoder=EncoderIdentity("tiny", DIM * 2, "abc123"))
+
+
+def _manifest(folder: Path) -> dict:
+    return json.loads((folder / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize("target", ["vectors", "records"])
+def test_truncated_data_file_is_detected(tmp_path: Path, store: InMemoryMultiVectorStore, target: str) -> None:
+    store.save(tmp_path / "idx")
+    file = tmp_path / "idx" / _manifest(tmp_path / "idx")["files"][target]
+    file.write_bytes(file.read_bytes()[:-40])
+    with pytest.raises(StoreCorruptedError, match="corrupted"):
+        InMemoryMultiVectorStore.load(tmp_path / "idx")
+
+
+def test_corrupted_manifest_and_missing_store(tmp_path: Path, store: InMemoryMultiVectorStore) -> None:
+    with pytest.raises(StoreError, match="no ragplug store"):
+        InMemoryMultiVectorStore.load(tmp_path / "nothing")
+    store.save(tmp_path / "idx")
+    manifest = tmp_path / "idx" / "manifest.json"
+    text = manifest.read_text()
+    manifest.write_text(text[: len(text) // 2])
+    with pytest.raises(StoreCorruptedError):
+        InMemoryMultiVectorStore.load(tmp_path / "idx")
+    data = json.loads(text)
+    data["format_version"] = 99
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(StoreCorruptedError, match="format version 99"):
+        InMemoryMultiVectorStore.load(tmp_path / "idx")
+
+
+def test_crash_during_save_leaves_previous_store_intact(
+    tmp_path: Path, store: InMemoryMultiVectorStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.save(tmp_path / "idx")
+    store.delete(["doc1", "doc2"])
+
+    def explode(*args, **kwargs):
+        raise OSError("disk full")
+
+    import safetensors.numpy
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", explode)
+    with pytest.raises(OSError, match="disk full"):
+        store.save(tmp_path / "idx")
+    loaded = InMemoryMultiVectorStore.load(tmp_path / "idx")
+    assert len(loaded) == 30 and "doc1" in loaded
+    assert not [p for p in (tmp_path / "idx").iterdir() if p.name.endswith(".tmp")]
