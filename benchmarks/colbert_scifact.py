@@ -219,6 +219,9 @@ def build_ragplug(
 
 
 def truncation_stats(tokenizer: Any, texts: list[str], maxlen: int) -> dict[str, Any]:
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # "sequence longer than the maximum" is what we count here
     lengths = np.array([len(r) for r in tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]])
     return {
         "doc_maxlen": maxlen,

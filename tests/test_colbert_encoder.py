@@ -23,9 +23,7 @@ def _reference(folder: Path, ids: list[int], attention: list[int], dense: Path) 
     model = BertModel.from_pretrained(folder).eval()
     weight = load_file(str(dense))["linear.weight"]
     with torch.inference_mode():
-        hidden = model(
-            input_ids=torch.tensor([ids]), attention_mask=torch.tensor([attention])
-        ).last_hidden_state[0]
+        hidden = model(input_ids=torch.tensor([ids]), attention_mask=torch.tensor([attention])).last_hidden_state[0]
     return torch.nn.functional.normalize(hidden @ weight.T, dim=-1).numpy()
 
 

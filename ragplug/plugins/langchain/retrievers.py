@@ -50,9 +50,11 @@ class ColBERTRetriever(BaseRetriever):
     filter: dict[str, Any] | None = None
     search_kwargs: dict[str, Any] = Field(default_factory=dict)
 
-    def model_post_init(self, context: Any, /) -> None:
-        check_k(self.k)
-        compile_filter(self.filter)
+    def __init__(self, **kwargs: Any) -> None:
+        # Checked before pydantic runs, so bad values raise ragplug errors rather than a ValidationError.
+        check_k(kwargs.get("k", 4))
+        compile_filter(kwargs.get("filter"))
+        super().__init__(**kwargs)
 
     # -- construction ---------------------------------------------------------------------------------
     @classmethod
