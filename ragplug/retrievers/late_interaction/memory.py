@@ -188,22 +188,20 @@ class InMemoryMultiVectorStore:
     def delete(self, ids: Sequence[str]) -> None:
         """Delete records by id; raises :class:`UnknownIdError` (and deletes nothing) if one is missing."""
         with self._lock:
-            ids = check_ids(ids)
-            missing = [i for i in ids if i not in self._row]
-            if missing:
-                msg = f"unknown ids: {missing[:10]}"
-                raise UnknownIdError(msg)
-            self._remove(ids)
+            self._remove(self._known(ids))
 
     def get(self, ids: Sequence[str]) -> list[Record]:
         """Records by id, in the order asked; raises :class:`UnknownIdError` for a missing id."""
         with self._lock:
-            ids = check_ids(ids)
-            missing = [i for i in ids if i not in self._row]
-            if missing:
-                msg = f"unknown ids: {missing[:10]}"
-                raise UnknownIdError(msg)
-            return [self._record(self._row[i]) for i in ids]
+            return [self._record(self._row[i]) for i in self._known(ids)]
+
+    def _known(self, ids: Sequence[str]) -> list[str]:
+        ids = check_ids(ids)
+        missing = [i for i in ids if i not in self._row]
+        if missing:
+            msg = f"unknown ids: {missing[:10]}"
+            raise UnknownIdError(msg)
+        return ids
 
     def _append(self, records: Sequence[Record], matrices: list[FloatMatrix], metadatas: list[dict[str, Any]]) -> None:
         new = np.concatenate(matrices)
