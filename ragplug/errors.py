@@ -8,14 +8,19 @@ whole family in one ``except``. The subclasses also derive from the matching bui
 from __future__ import annotations
 
 __all__ = [
+    "AdapterError",
+    "AdapterMismatchError",
+    "ContextLengthError",
     "DuplicateIdError",
     "EncoderMismatchError",
     "FilterError",
     "InvalidInputError",
     "MissingExtraError",
     "RagplugError",
+    "SchemaError",
     "StoreCorruptedError",
     "StoreError",
+    "UnknownAdapterError",
     "UnknownIdError",
 ]
 
@@ -57,3 +62,26 @@ class StoreCorruptedError(StoreError):
 
 class EncoderMismatchError(StoreError):
     """A persisted store was written by another encoder (different model or dimension)."""
+
+
+class AdapterError(RagplugError):
+    """A LoRA adapter cannot be loaded, removed, merged or used as asked."""
+
+
+class UnknownAdapterError(AdapterError, KeyError):
+    """A request names an adapter that is not loaded."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class AdapterMismatchError(AdapterError, InvalidInputError):
+    """An adapter was trained for another base model (module names or shapes differ)."""
+
+
+class SchemaError(InvalidInputError):
+    """A JSON schema (structured output or tool parameters) is invalid or rejected by the grammar compiler."""
+
+
+class ContextLengthError(InvalidInputError):
+    """A prompt does not fit the model's context window with room for the requested new tokens."""

@@ -1,0 +1,1 @@
+"""Local LLMs with adapters (framework-free)."""

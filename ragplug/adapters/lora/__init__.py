@@ -1,0 +1,21 @@
+"""Local LLMs with named LoRA adapters (transformers + peft), framework-free.
+
+Needs ``pip install "ragplug[lora]"``. Importing this package does not import torch; constructing a
+:class:`LoRAModel` does.
+"""
+
+from ragplug.adapters.lora.config import GenerationConfig, LoadConfig
+from ragplug.adapters.lora.engine import ChatResult, GenerationRequest, GenerationResult, LoRAModel
+from ragplug.adapters.lora.tools import ToolCall, ToolSpec, parse_tool_calls
+
+__all__ = [
+    "ChatResult",
+    "GenerationConfig",
+    "GenerationRequest",
+    "GenerationResult",
+    "LoRAModel",
+    "LoadConfig",
+    "ToolCall",
+    "ToolSpec",
+    "parse_tool_calls",
+]

@@ -1,0 +1,76 @@
+"""Typed settings of the local LLM: generation parameters and loading options, checked at construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ragplug.errors import InvalidInputError
+
+__all__ = ["GenerationConfig", "LoadConfig"]
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How one request is decoded."""
+
+    max_new_tokens: int = field(default=256, metadata={"help": "upper bound on generated tokens"})
+    temperature: float = field(default=0.0, metadata={"help": "0 = greedy decoding"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass (with temperature > 0)"})
+    stop: tuple[str, ...] = field(default=(), metadata={"help": "strings that end the answer (not included)"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            msg = f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}"
+            raise InvalidInputError(msg)
+        if not isinstance(self.temperature, int | float) or self.temperature < 0:
+            msg = f"temperature must be a number >= 0, got {self.temperature!r}"
+            raise InvalidInputError(msg)
+        if not isinstance(self.top_p, int | float) or not 0 < self.top_p <= 1:
+            msg = f"top_p must be in (0, 1], got {self.top_p!r}"
+            raise InvalidInputError(msg)
+        if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):
+            msg = f"stop must be a sequence of non-empty strings, got {self.stop!r}"
+            raise InvalidInputError(msg)
+        object.__setattr__(self, "stop", tuple(self.stop))
+
+    @property
+    def sampling_key(self) -> tuple[bool, float, float]:
+        """Requests with equal keys can share one ``generate`` call."""
+        do_sample = self.temperature > 0
+        return (do_sample, float(self.temperature) if do_sample else 0.0, float(self.top_p) if do_sample else 1.0)
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """How the base model is loaded and served."""
+
+    dtype: str = field(
+        default="auto", metadata={"help": "'auto' (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16"}
+    )
+    device: str | None = field(default=None, metadata={"help": "cpu / cuda / cuda:N; default cuda when available"})
+    device_map: str | dict[str, int | str] | None = field(default=None, metadata={"help": "accelerate device map"})
+    quantization: Literal["4bit", "8bit"] | None = field(default=None, metadata={"help": "bitsandbytes, GPU only"})
+    max_batch_size: int = field(default=8, metadata={"help": "requests gathered into one generate call"})
+    batch_window_ms: float = field(default=5.0, metadata={"help": "how long the scheduler waits to fill a batch"})
+    truncation: Literal["error", "left"] = field(
+        default="error",
+        metadata={"help": "prompt longer than the context: raise ContextLengthError, or drop the oldest tokens"},
+    )
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            msg = f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}"
+            raise InvalidInputError(msg)
+        if self.quantization not in (None, "4bit", "8bit"):
+            msg = f"quantization must be None, '4bit' or '8bit', got {self.quantization!r}"
+            raise InvalidInputError(msg)
+        if not isinstance(self.max_batch_size, int) or self.max_batch_size < 1:
+            msg = f"max_batch_size must be a positive integer, got {self.max_batch_size!r}"
+            raise InvalidInputError(msg)
+        if not isinstance(self.batch_window_ms, int | float) or self.batch_window_ms < 0:
+            msg = f"batch_window_ms must be >= 0, got {self.batch_window_ms!r}"
+            raise InvalidInputError(msg)
+        if self.truncation not in ("error", "left"):
+            msg = f"truncation must be 'error' or 'left', got {self.truncation!r}"
+            raise InvalidInputError(msg)

@@ -1,0 +1,684 @@
+"""A local causal LM with named LoRA adapters, served in shared ``generate`` calls.
+
+:class:`LoRAModel` loads a base model with transformers and any number of named LoRA adapters with
+peft. Every request names its adapter (``None`` = the base model). Requests arriving together — from
+threads or from asyncio — are gathered by a scheduler thread into one ``generate`` call per sampling
+setting, whatever their adapters: peft's ``adapter_names=`` routes each row through its own adapter
+(mixed-adapter batches). Each row keeps its own stop strings, token budget, grammar (for tool calls and
+structured output, see :mod:`.grammar`), streaming sink and cancellation flag, enforced from a
+stopping criterion and a logits processor that see every decoding step.
+
+Prompt length policy (``LoadConfig.truncation``): ``"error"`` raises
+:class:`~ragplug.errors.ContextLengthError` when prompt + ``max_new_tokens`` exceeds the context
+window; ``"left"`` keeps the most recent tokens that fit (the oldest turns, system prompt included, are
+cut first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ragplug._extras import require
+from ragplug.adapters.lora.config import GenerationConfig, LoadConfig
+from ragplug.adapters.lora.grammar import GrammarBackend, GrammarRow
+from ragplug.adapters.lora.tools import ToolCall, ToolSpec, forced_call_schema, parse_tool_calls, resolve_tool_choice
+from ragplug.errors import (
+    AdapterError,
+    AdapterMismatchError,
+    ContextLengthError,
+    InvalidInputError,
+    UnknownAdapterError,
+)
+
+__all__ = ["ChatResult", "GenerationRequest", "GenerationResult", "LoRAModel"]
+
+logger = logging.getLogger(__name__)
+
+BASE = "__base__"  # peft's name for "no adapter" in adapter_names
+
+
+@dataclass
+class GenerationRequest:
+    """One prompt to complete. ``on_text`` receives streamed text deltas from the serving thread."""
+
+    prompt_ids: list[int]
+    adapter: str | None = None
+    config: GenerationConfig = field(default_factory=GenerationConfig)
+    schema: dict[str, Any] | None = None
+    on_text: Callable[[str], None] | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    future: Future[GenerationResult] = field(default_factory=Future)
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" | "length" | "cancelled"
+    adapter: str | None
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    """A chat turn: text content and/or tool calls, with usage."""
+
+    content: str
+    tool_calls: list[ToolCall]
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    adapter: str | None
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+def _resolve_local(name_or_path: str | Path, what: str) -> Path:
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(str(name_or_path), allow_patterns=["*.json", "*.safetensors", "*.txt", "*.jinja"])
+        )
+    except Exception as err:  # offline, missing repo, network: many exception types
+        msg = f"cannot find {what} {str(name_or_path)!r}: not a local folder and not available from the hub ({err})"
+        raise InvalidInputError(msg) from err
+
+
+class _Row:
+    """Per-row decoding state inside one batched ``generate`` call."""
+
+    def __init__(self, request: GenerationRequest, grammar: GrammarRow | None) -> None:
+        self.request = request
+        self.grammar = grammar
+        self.tokens: list[int] = []
+        self.text = ""
+        self.emitted = 0
+        self.done = False
+        self.closing = False
+        self.finish_reason = "length"
+
+
+class LoRAModel:
+    """A base causal LM plus named LoRA adapters, with batched, streamed and constrained generation.
+
+    Args:
+        base: hub id or local folder of the base model.
+        adapters: ``{name: folder or hub id}`` loaded at start.
+        load: :class:`LoadConfig` (dtype, device / device_map, 4/8-bit, batching, truncation policy).
+    """
+
+    def __init__(
+        self,
+        base: str | Path,
+        adapters: Mapping[str, str | Path] | None = None,
+        *,
+        load: LoadConfig | None = None,
+    ) -> None:
+        torch = require("torch", "lora")
+        transformers = require("transformers", "lora")
+        require("peft", "lora")
+        self.load_config = load = load or LoadConfig()
+        self.base_name = str(base)
+        folder = _resolve_local(base, "base model")
+        cuda = torch.cuda.is_available()
+        if load.quantization and not cuda:
+            msg = f"quantization={load.quantization!r} needs a CUDA GPU (bitsandbytes); none is available"
+            raise InvalidInputError(msg)
+        dtype = {"auto": torch.bfloat16 if cuda else torch.float32}.get(load.dtype) or getattr(torch, load.dtype)
+        kwargs: dict[str, Any] = {"dtype": dtype}
+        if load.quantization:
+            require("bitsandbytes", "lora")
+            kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
+                load_in_4bit=load.quantization == "4bit", load_in_8bit=load.quantization == "8bit"
+            )
+        if load.device_map is not None:
+            kwargs["device_map"] = load.device_map
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+        self.tokenizer.padding_side = "left"
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
+        if load.device_map is None and not load.quantization:
+            model = model.to(torch.device(load.device or ("cuda" if cuda else "cpu")))
+        self.model: Any = model.eval()
+        self.device = next(self.model.parameters()).device
+        self.context_window = int(
+            getattr(self.model.config, "max_position_embeddings", None) or self.tokenizer.model_max_length
+        )
+        gen = self.model.generation_config
+        eos = gen.eos_token_id if gen.eos_token_id is not None else self.tokenizer.eos_token_id
+        self.eos_token_ids: list[int] = [eos] if isinstance(eos, int) else list(eos or [])
+        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in self.eos_token_ids:
+            self.eos_token_ids.append(self.tokenizer.eos_token_id)
+        if not self.eos_token_ids:
+            msg = f"{folder}: neither the generation config nor the tokenizer names an end-of-sequence token"
+            raise InvalidInputError(msg)
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = int(pad if pad is not None else self.eos_token_ids[0])
+        self._hidden_ids = {*self.eos_token_ids, self.pad_token_id}
+        self._grammar: GrammarBackend | None = None
+        self._lock = threading.RLock()
+        self._adapters: dict[str, Path] = {}
+        self._merged: str | None = None
+        self._queue: queue.Queue[GenerationRequest | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._closed = False
+        for name, path in (adapters or {}).items():
+            self.add_adapter(name, path)
+
+    # -- adapters -------------------------------------------------------------------------------------
+    @property
+    def adapters(self) -> list[str]:
+        return list(self._adapters)
+
+    @property
+    def merged(self) -> str | None:
+        """The adapter merged into the base weights, if any (see :meth:`merge`)."""
+        return self._merged
+
+    def add_adapter(self, name: str, path: str | Path) -> None:
+        """Load a LoRA adapter under ``name``; checks it fits this base model before loading it."""
+        if not isinstance(name, str) or not name or name == BASE:
+            msg = f"adapter name must be a non-empty string other than {BASE!r}, got {name!r}"
+            raise InvalidInputError(msg)
+        with self._lock:
+            if name in self._adapters:
+                msg = f"an adapter named {name!r} is already loaded; remove it first"
+                raise AdapterError(msg)
+            if self._merged is not None:
+                msg = f"adapter {self._merged!r} is merged; unmerge() before loading more adapters"
+                raise AdapterError(msg)
+            folder = _resolve_local(path, "adapter")
+            self._check_adapter(name, folder)
+            from peft import PeftModel
+
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(str(folder), adapter_name=name)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, str(folder), adapter_name=name)
+            self.model.eval()
+            self._adapters[name] = folder
+
+    def remove_adapter(self, name: str) -> None:
+        with self._lock:
+            self._require_adapter(name)
+            if self._merged == name:
+                self.unmerge()
+            if len(self._adapters) == 1:
+                self.model = self.model.unload()  # drop the LoRA layers entirely: back to the bare base
+            else:
+                self.model.delete_adapter(name)
+            del self._adapters[name]
+
+    def merge(self, name: str) -> None:
+        """Merge ``name`` into the base weights for single-adapter serving (faster per token).
+
+        While merged, only requests for ``name`` are served; call :meth:`unmerge` to serve the others.
+        """
+        with self._lock:
+            self._require_adapter(name)
+            if self._merged == name:
+                return
+            if self._merged is not None:
+                self.unmerge()
+            self.model.set_adapter(name)
+            self.model.merge_adapter([name])
+            self._merged = name
+
+    def unmerge(self) -> None:
+        with self._lock:
+            if self._merged is not None:
+                self.model.unmerge_adapter()
+                self._merged = None
+
+    def _require_adapter(self, name: str | None) -> None:
+        if name is not None and name not in self._adapters:
+            msg = f"unknown adapter {name!r}; loaded adapters: {sorted(self._adapters)}"
+            raise UnknownAdapterError(msg)
+
+    def _check_adapter(self, name: str, folder: Path) -> None:
+        """Refuse, before any generation, an adapter whose modules or shapes do not fit this base model."""
+        config_file = folder / "adapter_config.json"
+        if not config_file.is_file():
+            msg = f"adapter {name!r}: {folder} has no adapter_config.json"
+            raise AdapterError(msg)
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        if str(config.get("peft_type", "LORA")).upper() != "LORA":
+            msg = f"adapter {name!r} is a {config.get('peft_type')} adapter; only LoRA adapters are supported"
+            raise AdapterError(msg)
+        weights = folder / "adapter_model.safetensors"
+        if not weights.is_file():
+            msg = f"adapter {name!r}: no adapter_model.safetensors in {folder} (pickled .bin adapters are refused)"
+            raise AdapterError(msg)
+        from safetensors import safe_open
+
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        modules = dict(base.named_modules())
+        with safe_open(str(weights), framework="pt") as fh:
+            for key in fh.keys():  # noqa: SIM118 - safe_open has keys(), no __iter__
+                if ".lora_A." not in key and ".lora_B." not in key:
+                    continue
+                module_name = key.split(".lora_")[0].removeprefix("base_model.model.")
+                module = modules.get(module_name)
+                if module is None:
+                    msg = (
+                        f"adapter {name!r} was trained for another base model: module {module_name!r} "
+                        f"does not exist in {self.base_name!r}"
+                    )
+                    raise AdapterMismatchError(msg)
+                base_layer = getattr(module, "base_layer", module)
+                shape = fh.get_slice(key).get_shape()
+                in_f, out_f = getattr(base_layer, "in_features", None), getattr(base_layer, "out_features", None)
+                expected = in_f if ".lora_A." in key else out_f
+                got = shape[1] if ".lora_A." in key else shape[0]
+                if expected is not None and got != expected:
+                    msg = (
+                        f"adapter {name!r} was trained for another base model: {key} has shape {list(shape)}, "
+                        f"but {module_name} in {self.base_name!r} has in/out features {in_f}/{out_f}"
+                    )
+                    raise AdapterMismatchError(msg)
+
+    # -- prompts --------------------------------------------------------------------------------------
+    def render(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[ToolSpec] | None = None) -> list[int]:
+        """Token ids of a chat prompt through the tokenizer's chat template (with a generation prompt)."""
+        if not messages:
+            msg = "messages must not be empty"
+            raise InvalidInputError(msg)
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            text = "".join(f"{m['role']}: {m.get('content') or ''}\n" for m in messages) + "assistant: "
+            return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        tool_dicts = [t.to_openai() for t in tools] if tools else None
+        text = self.tokenizer.apply_chat_template(
+            [dict(m) for m in messages], tools=tool_dicts, add_generation_prompt=True, tokenize=False
+        )
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _fit(self, prompt_ids: list[int], config: GenerationConfig) -> list[int]:
+        if not prompt_ids:
+            msg = "the prompt is empty"
+            raise InvalidInputError(msg)
+        room = self.context_window - config.max_new_tokens
+        if len(prompt_ids) <= room:
+            return prompt_ids
+        if self.load_config.truncation == "left" and room > 0:
+            logger.warning("prompt of %d tokens truncated to the last %d", len(prompt_ids), room)
+            return prompt_ids[-room:]
+        msg = (
+            f"the prompt has {len(prompt_ids)} tokens; with max_new_tokens={config.max_new_tokens} it exceeds the "
+            f"context window of {self.context_window} tokens. Shorten it, lower max_new_tokens, or load with "
+            "LoadConfig(truncation='left')"
+        )
+        raise ContextLengthError(msg)
+
+    def grammar(self) -> GrammarBackend:
+        if self._grammar is None:
+            vocab = int(self.model.config.vocab_size if hasattr(self.model, "config") else len(self.tokenizer))
+            self._grammar = GrammarBackend(self.tokenizer, max(vocab, len(self.tokenizer)), self.eos_token_ids)
+        return self._grammar
+
+    # -- the batched generate call --------------------------------------------------------------------
+    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """Serve ``requests`` in one ``generate`` call (they must share a sampling setting)."""
+        torch = require("torch", "lora")
+        from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+        if not requests:
+            return []
+        keys = {r.config.sampling_key for r in requests}
+        if len(keys) > 1:
+            msg = "requests in one batch must share temperature and top_p"
+            raise InvalidInputError(msg)
+        with self._lock:
+            for r in requests:
+                self._require_adapter(r.adapter)
+                if self._merged is not None and r.adapter != self._merged:
+                    msg = (
+                        f"adapter {self._merged!r} is merged; call unmerge() to serve {r.adapter or 'the base model'!r}"
+                    )
+                    raise AdapterError(msg)
+            prompts = [self._fit(list(r.prompt_ids), r.config) for r in requests]
+            rows = [_Row(r, self.grammar().row(r.schema) if r.schema is not None else None) for r in requests]
+            width = max(len(p) for p in prompts)
+            input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
+            attention = torch.zeros((len(prompts), width), dtype=torch.long)
+            for i, prompt in enumerate(prompts):
+                input_ids[i, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+                attention[i, width - len(prompt) :] = 1
+            do_sample, temperature, top_p = requests[0].config.sampling_key
+            engine = self
+
+            class Monitor(StoppingCriteria):
+                def __call__(self, ids: Any, scores: Any, **kwargs: Any) -> Any:
+                    last = ids[:, -1].tolist()
+                    for row, token in zip(rows, last, strict=True):
+                        if not row.done:
+                            engine._advance(row, int(token))
+                    return torch.tensor([row.done for row in rows], device=ids.device)
+
+            class Constrain(LogitsProcessor):
+                def __init__(self) -> None:
+                    self.step = 0
+                    self.bitmask = engine.grammar().allocate(len(rows))
+
+                def __call__(self, ids: Any, scores: Any) -> Any:
+                    self.step += 1
+                    active = [i for i, row in enumerate(rows) if row.grammar is not None and not row.done]
+                    for i in active:
+                        rows[i].grammar.fill(self.bitmask, i)  # type: ignore[union-attr]
+                    if active:
+                        engine.grammar().apply(scores, self.bitmask, active)
+                    for i in active:
+                        row = rows[i]
+                        left = row.request.config.max_new_tokens - len(row.tokens)
+                        if row.closing or left <= row.grammar.min_remaining() + 2:  # type: ignore[union-attr]
+                            row.closing = True
+                            choice = row.grammar.closing_choice(torch.isfinite(scores[i]))  # type: ignore[union-attr]
+                            if choice is not None:
+                                scores[i] = float("-inf")
+                                scores[i, choice] = 0.0
+                    return scores
+
+            processors = LogitsProcessorList([Constrain()]) if any(r.grammar for r in rows) else None
+            kwargs: dict[str, Any] = {
+                "input_ids": input_ids.to(self.device),
+                "attention_mask": attention.to(self.device),
+                "max_new_tokens": max(r.config.max_new_tokens for r in requests),
+                "do_sample": do_sample,
+                "pad_token_id": self.pad_token_id,
+                "eos_token_id": self.eos_token_ids,
+                "stopping_criteria": StoppingCriteriaList([Monitor()]),
+                "logits_processor": processors,
+            }
+            if do_sample:
+                kwargs.update(temperature=temperature, top_p=top_p)
+            else:
+                kwargs.update(temperature=None, top_p=None, top_k=None)
+            if self._adapters and self._merged is None:
+                kwargs["adapter_names"] = [r.adapter or BASE for r in requests]
+            with torch.inference_mode():
+                self.model.generate(**kwargs)
+        results = []
+        for row, prompt in zip(rows, prompts, strict=True):
+            self._flush(row, final=True)
+            results.append(
+                GenerationResult(
+                    text=row.text,
+                    token_ids=list(row.tokens),
+                    prompt_tokens=len(prompt),
+                    completion_tokens=len(row.tokens),
+                    finish_reason=row.finish_reason,
+                    adapter=row.request.adapter,
+                )
+            )
+        return results
+
+    def _advance(self, row: _Row, token: int) -> None:
+        """Take one generated token for a row: grammar, stop strings, budget, cancellation, streaming."""
+        request = row.request
+        if row.grammar is not None:
+            row.grammar.accept(token)
+        if token in self.eos_token_ids:
+            row.done, row.finish_reason = True, "stop"
+            return
+        row.tokens.append(token)
+        visible = [t for t in row.tokens if t not in self._hidden_ids]
+        row.text = self.tokenizer.decode(visible, skip_special_tokens=False)
+        for stop in request.config.stop:
+            cut = row.text.find(stop)
+            if cut >= 0:
+                row.text = row.text[:cut]
+                row.done, row.finish_reason = True, "stop"
+        if request.cancel.is_set():
+            row.done, row.finish_reason = True, "cancelled"
+        elif not row.done and len(row.tokens) >= request.config.max_new_tokens:
+            row.done, row.finish_reason = True, "length"
+        self._flush(row, final=row.done)
+
+    @staticmethod
+    def _flush(row: _Row, final: bool) -> None:
+        sink = row.request.on_text
+        if sink is None:
+            return
+        safe = len(row.text)
+        if not final:
+            if row.text.endswith("\ufffd"):  # an incomplete multi-byte character
+                safe = len(row.text.rstrip("\ufffd"))
+            for stop in row.request.config.stop:  # hold back what may be the start of a stop string
+                for n in range(min(len(stop) - 1, safe), 0, -1):
+                    if row.text[:safe].endswith(stop[:n]):
+                        safe -= n
+                        break
+        if safe > row.emitted:
+            sink(row.text[row.emitted : safe])
+            row.emitted = safe
+
+    # -- the scheduler --------------------------------------------------------------------------------
+    def submit(self, request: GenerationRequest) -> Future[GenerationResult]:
+        """Queue a request; concurrent requests are served together. Returns its future."""
+        if self._closed:
+            msg = "this model has been closed"
+            raise AdapterError(msg)
+        self._require_adapter(request.adapter)
+        self._fit(list(request.prompt_ids), request.config)
+        if request.schema is not None:
+            self.grammar().compile(request.schema)  # a rejected schema fails here, before any generation
+        with self._lock:
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._serve, name="ragplug-lora-scheduler", daemon=True)
+                self._worker.start()
+        self._queue.put(request)
+        return request.future
+
+    def _serve(self) -> None:
+        window = self.load_config.batch_window_ms / 1000
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            deadline = time.monotonic() + window
+            while len(batch) < self.load_config.max_batch_size:
+                remaining = deadline - time.monotonic()
+                try:
+                    item = self._queue.get(timeout=max(remaining, 0)) if remaining > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)
+                    break
+                batch.append(item)
+            groups: dict[tuple[bool, float, float], list[GenerationRequest]] = {}
+            for request in batch:
+                if request.future.set_running_or_notify_cancel():
+                    groups.setdefault(request.config.sampling_key, []).append(request)
+            for group in groups.values():
+                try:
+                    results = self.generate_batch(group)
+                except BaseException as err:  # delivered to the callers; the scheduler keeps serving
+                    for request in group:
+                        request.future.set_exception(err)
+                    continue
+                for request, result in zip(group, results, strict=True):
+                    request.future.set_result(result)
+
+    def close(self) -> None:
+        """Stop the scheduler thread (pending requests are still served first)."""
+        self._closed = True
+        if self._worker is not None:
+            self._queue.put(None)
+            self._worker.join(timeout=30)
+
+    # -- chat -----------------------------------------------------------------------------------------
+    def _chat_request(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        tools: Sequence[ToolSpec] | None,
+        tool_choice: Any,
+        response_schema: dict[str, Any] | None,
+        adapter: str | None,
+        config: GenerationConfig | None,
+        on_text: Callable[[str], None] | None,
+    ) -> tuple[GenerationRequest, str, list[ToolSpec]]:
+        mode, allowed = resolve_tool_choice(tool_choice, list(tools or []))
+        schema = response_schema
+        if mode == "required":
+            schema = forced_call_schema(allowed)
+        prompt = self.render(messages, allowed if mode != "none" else None)
+        request = GenerationRequest(
+            prompt_ids=prompt, adapter=adapter, config=config or GenerationConfig(), schema=schema, on_text=on_text
+        )
+        return request, mode, allowed
+
+    def _chat_result(
+        self,
+        result: GenerationResult,
+        mode: str,
+        allowed: list[ToolSpec],
+        response_schema: dict[str, Any] | None = None,
+    ) -> ChatResult:
+        content, calls = result.text, []
+        if mode == "required" or response_schema is not None:
+            try:
+                obj = json.loads(result.text)
+            except ValueError as err:
+                msg = (
+                    f"the constrained answer did not finish within max_new_tokens="
+                    f"{result.completion_tokens} ({result.finish_reason}); raise max_new_tokens"
+                )
+                raise InvalidInputError(msg) from err
+            if mode == "required":
+                calls = [ToolCall(obj["name"], obj["arguments"])]
+                content = ""
+        elif mode == "auto":
+            content, calls = parse_tool_calls(result.text, [t.name for t in allowed])
+        return ChatResult(
+            content, calls, result.prompt_tokens, result.completion_tokens, result.finish_reason, result.adapter
+        )
+
+    def chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        tools: Sequence[ToolSpec] | None = None,
+        tool_choice: Any = None,
+        response_schema: dict[str, Any] | None = None,
+        adapter: str | None = None,
+        config: GenerationConfig | None = None,
+    ) -> ChatResult:
+        """One chat turn. ``messages`` are chat-template dicts (role, content, tool_calls, tool_call_id).
+
+        With ``tool_choice`` required / any / a tool name the answer is one grammar-constrained tool call;
+        with ``response_schema`` it is JSON valid against that schema; with "auto" tool calls are parsed.
+        """
+        request, mode, allowed = self._chat_request(
+            messages,
+            tools=tools,
+            tool_choice=tool_choice,
+            response_schema=response_schema,
+            adapter=adapter,
+            config=config,
+            on_text=None,
+        )
+        return self._chat_result(self.submit(request).result(), mode, allowed, response_schema)
+
+    async def achat(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> ChatResult:
+        request, mode, allowed = self._chat_request(messages, on_text=None, **_chat_defaults(kwargs))
+        result = await asyncio.wrap_future(self.submit(request))
+        return self._chat_result(result, mode, allowed, kwargs.get("response_schema"))
+
+    def stream_chat(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> Iterator[str | ChatResult]:
+        """Yield text deltas, then the final :class:`ChatResult`. Closing the iterator cancels the request.
+
+        Text is streamed only for free-form answers; a forced tool call or structured output arrives
+        whole in the final result. In "auto" mode text stops streaming where a ``<tool_call>`` begins.
+        """
+        deltas: queue.Queue[str | None] = queue.Queue()
+        request, mode, allowed = self._chat_request(messages, on_text=deltas.put, **_chat_defaults(kwargs))
+        future = self.submit(request)
+        future.add_done_callback(lambda _: deltas.put(None))
+        streamed = ""
+        try:
+            while True:
+                delta = deltas.get()
+                if delta is None:
+                    break
+                if mode == "required" or (kwargs.get("response_schema") is not None):
+                    continue
+                shown = _before_tool_call(streamed + delta) if mode == "auto" else streamed + delta
+                if len(shown) > len(streamed):
+                    yield shown[len(streamed) :]
+                    streamed = shown
+            yield self._chat_result(future.result(), mode, allowed, kwargs.get("response_schema"))
+        finally:
+            request.cancel.set()  # no-op when finished; frees the row when the consumer stopped early
+
+    async def astream_chat(
+        self, messages: Sequence[Mapping[str, Any]], **kwargs: Any
+    ) -> AsyncIterator[str | ChatResult]:
+        """Async :meth:`stream_chat`: the event loop is never blocked; cancelling the task cancels the row."""
+        loop = asyncio.get_running_loop()
+        deltas: asyncio.Queue[str | None] = asyncio.Queue()
+
+        def push(delta: str | None) -> None:
+            loop.call_soon_threadsafe(deltas.put_nowait, delta)
+
+        request, mode, allowed = self._chat_request(messages, on_text=push, **_chat_defaults(kwargs))
+        future = self.submit(request)
+        future.add_done_callback(lambda _: push(None))
+        streamed = ""
+        try:
+            while True:
+                delta = await deltas.get()
+                if delta is None:
+                    break
+                if mode == "required" or kwargs.get("response_schema") is not None:
+                    continue
+                shown = _before_tool_call(streamed + delta) if mode == "auto" else streamed + delta
+                if len(shown) > len(streamed):
+                    yield shown[len(streamed) :]
+                    streamed = shown
+            yield self._chat_result(await asyncio.wrap_future(future), mode, allowed, kwargs.get("response_schema"))
+        finally:
+            request.cancel.set()
+
+
+def _chat_defaults(kwargs: dict[str, Any]) -> dict[str, Any]:
+    allowed = {"tools", "tool_choice", "response_schema", "adapter", "config"}
+    unknown = set(kwargs) - allowed
+    if unknown:
+        msg = f"unexpected arguments {sorted(unknown)}"
+        raise InvalidInputError(msg)
+    return {
+        "tools": kwargs.get("tools"),
+        "tool_choice": kwargs.get("tool_choice"),
+        "response_schema": kwargs.get("response_schema"),
+        "adapter": kwargs.get("adapter"),
+        "config": kwargs.get("config"),
+    }
+
+
+def _before_tool_call(text: str) -> str:
+    """Text up to where a ``<tool_call>`` starts (or may be starting)."""
+    cut = text.find("<tool_call>")
+    if cut >= 0:
+        return text[:cut]
+    for n in range(len("<tool_call>") - 1, 0, -1):
+        if text.endswith("<tool_call>"[:n]):
+            return text[:-n]
+    return text

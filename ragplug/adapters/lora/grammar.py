@@ -1,0 +1,156 @@
+"""Grammar-constrained decoding with xgrammar: outputs that always parse and validate.
+
+xgrammar (chosen over llguidance for its small footprint, its JSON-schema compiler and its batched
+bitmask kernels on CPU and CUDA) compiles a JSON schema against the tokenizer's vocabulary; during
+decoding a :class:`~xgrammar.GrammarMatcher` per row says which tokens may come next, and the
+logits of all others are masked.
+
+A mask alone does not guarantee a *finished* document: a random model may write a string forever and
+hit ``max_new_tokens`` half-way. So each constrained row simulates, on a fork of its matcher, the
+shortest way to finish from where it is (:meth:`GrammarRow.min_remaining`), and once the tokens left
+in its budget barely cover that, it enters a *closing mode*: among the allowed tokens it prefers, in
+order, the stop token, ``}``, ``]``, ``"`` and ``,`` — the shortest ways out of any open structure —
+and otherwise takes the model's own best allowed token. Schemas are compiled without free whitespace
+for the same reason. A budget too small for even the shortest valid document still cannot finish;
+callers check the result and raise.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from ragplug._extras import require
+from ragplug.errors import SchemaError
+
+__all__ = ["GrammarBackend", "GrammarRow"]
+
+_CLOSERS = ("}", "]", ",", '"')
+
+
+class GrammarBackend:
+    """Compiles JSON schemas for one tokenizer (cached) and finds the closing-mode tokens."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int, stop_token_ids: Sequence[int]) -> None:
+        xgr = require("xgrammar", "lora")
+        self._xgr = xgr
+        self.vocab_size = vocab_size
+        self.stop_token_ids = list(stop_token_ids)
+        info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=self.stop_token_ids)
+        self._compiler = xgr.GrammarCompiler(info)
+        self._cache: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        vocab = tokenizer.get_vocab()
+        self.token_text = {i: tokenizer.decode([i]) for i in vocab.values() if i < vocab_size}
+        found = {text: i for i, text in sorted(self.token_text.items(), reverse=True) if text in _CLOSERS}
+        self.quote_id = found.get('"')
+        self.closer_ids = [found.get(c) for c in _CLOSERS if c != '"']
+
+    def compile(self, schema: dict[str, Any]) -> Any:
+        """Compile ``schema`` (cached); a schema xgrammar rejects raises :class:`SchemaError`."""
+        try:
+            key = json.dumps(schema, sort_keys=True)
+        except (TypeError, ValueError) as err:
+            msg = f"the schema is not JSON-serialisable: {err}"
+            raise SchemaError(msg) from err
+        with self._lock:
+            if key not in self._cache:
+                try:
+                    self._cache[key] = self._compiler.compile_json_schema(key, any_whitespace=False)
+                except Exception as err:  # xgrammar raises RuntimeError / InvalidJSONError subclasses
+                    msg = f"the grammar compiler rejected the schema: {err}"
+                    raise SchemaError(msg) from err
+            return self._cache[key]
+
+    def row(self, schema: dict[str, Any]) -> GrammarRow:
+        return GrammarRow(self, self._xgr.GrammarMatcher(self.compile(schema)))
+
+    def allocate(self, batch: int) -> Any:
+        return self._xgr.allocate_token_bitmask(batch, self.vocab_size)
+
+    def apply(self, logits: Any, bitmask: Any, indices: list[int]) -> None:
+        self._xgr.apply_token_bitmask_inplace(logits, bitmask.to(logits.device), indices=indices)
+
+
+class _Lexer:
+    """Tracks whether the JSON text so far ends inside a string (and after a backslash)."""
+
+    def __init__(self, in_string: bool = False, escaped: bool = False) -> None:
+        self.in_string, self.escaped = in_string, escaped
+
+    def feed(self, text: str) -> None:
+        for char in text:
+            if self.escaped:
+                self.escaped = False
+            elif self.in_string and char == "\\":
+                self.escaped = True
+            elif char == '"':
+                self.in_string = not self.in_string
+
+    def copy(self) -> _Lexer:
+        return _Lexer(self.in_string, self.escaped)
+
+
+class GrammarRow:
+    """The grammar state of one row of a batch."""
+
+    def __init__(self, backend: GrammarBackend, matcher: Any) -> None:
+        self.backend = backend
+        self.matcher = matcher
+        self.lexer = _Lexer()
+        self.accepted = 0
+
+    def accept(self, token_id: int) -> None:
+        if self.matcher.is_terminated():
+            return
+        if not self.matcher.accept_token(int(token_id)):  # cannot happen when the mask was applied
+            msg = f"token {token_id} violates the grammar"
+            raise SchemaError(msg)
+        self.lexer.feed(self.backend.token_text.get(int(token_id), ""))
+        self.accepted += 1
+
+    @property
+    def terminated(self) -> bool:
+        return bool(self.matcher.is_terminated())
+
+    def fill(self, bitmask: Any, index: int) -> None:
+        self.matcher.fill_next_token_bitmask(bitmask, index)
+
+    def min_remaining(self, limit: int = 2048) -> int:
+        """Tokens the closing policy needs to finish the document from the current state (simulated)."""
+        import numpy as np
+
+        fork = self.matcher.fork()
+        lexer = self.lexer.copy()
+        bitmask = self.backend.allocate(1)
+        steps = 0
+        while not fork.is_terminated() and steps < limit:
+            fork.fill_next_token_bitmask(bitmask, 0)
+            bits = np.unpackbits(bitmask.numpy().view(np.uint8), bitorder="little")[: self.backend.vocab_size]
+            choice = self.closing_choice(bits, lexer)
+            if choice is None:
+                allowed = np.flatnonzero(bits)
+                if not len(allowed):
+                    break
+                choice = int(allowed[0])
+            steps += 1
+            if choice in self.backend.stop_token_ids:
+                break
+            fork.accept_token(choice)
+            lexer.feed(self.backend.token_text.get(choice, ""))
+        return steps
+
+    def closing_choice(self, allowed: Any, lexer: _Lexer | None = None) -> int | None:
+        """In closing mode: the preferred allowed token, or None. Inside a string that is the closing
+        quote; outside, the stop token, then ``}``, ``]``, ``,`` and last ``"`` (to open a required key)."""
+        lexer = lexer or self.lexer
+        if lexer.in_string:
+            order = [self.backend.quote_id] if not lexer.escaped else []
+        else:
+            order = [*self.backend.stop_token_ids, *self.backend.closer_ids, self.backend.quote_id]
+        for token_id in order:
+            if token_id is not None and token_id < len(allowed) and bool(allowed[token_id]):
+                return int(token_id)
+        return None
