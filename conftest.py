@@ -207,3 +207,21 @@ FACTS = {
 @pytest.fixture(scope="session")
 def facts() -> dict[str, str]:
     return dict(FACTS)
+
+
+@pytest.fixture(scope="session")
+def tiny_llm() -> dict[str, Path]:
+    """A tiny random Qwen2-architecture chat model (base) and LoRA adapters for it (alpha, beta, gamma),
+    plus one adapter trained for a different base (foreign)."""
+    from tests.fixtures.tiny_llm import tiny_llm_paths
+
+    return tiny_llm_paths()
+
+
+@pytest.fixture(scope="session")
+def lora_model(tiny_llm: dict[str, Path]):
+    from ragplug.adapters.lora import LoRAModel
+
+    model = LoRAModel(tiny_llm["base"], {"alpha": tiny_llm["alpha"], "beta": tiny_llm["beta"]})
+    yield model
+    model.close()

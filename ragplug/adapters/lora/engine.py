@@ -113,6 +113,12 @@ class _Row:
         self.done = False
         self.closing = False
         self.finish_reason = "length"
+        self.budget = request.config.max_new_tokens
+        self.estimate = 0
+        if grammar is not None:
+            # A constrained answer must finish: the budget covers at least the shortest valid document.
+            self.estimate = grammar.min_remaining()
+            self.budget = max(self.budget, self.estimate + 1)
 
 
 class LoRAModel:
@@ -384,20 +390,23 @@ class LoRAModel:
                         engine.grammar().apply(scores, self.bitmask, active)
                     for i in active:
                         row = rows[i]
-                        left = row.request.config.max_new_tokens - len(row.tokens)
-                        if row.closing or left <= row.grammar.min_remaining() + 2:  # type: ignore[union-attr]
+                        grammar = row.grammar
+                        assert grammar is not None
+                        left = row.budget - len(row.tokens)
+                        if not row.closing and (left <= row.estimate + 16 or len(row.tokens) % 16 == 0):
+                            row.estimate = grammar.min_remaining()
+                        if row.closing or left <= row.estimate + 1:
                             row.closing = True
-                            choice = row.grammar.closing_choice(torch.isfinite(scores[i]))  # type: ignore[union-attr]
-                            if choice is not None:
-                                scores[i] = float("-inf")
-                                scores[i, choice] = 0.0
+                            choice = grammar.closing_choice(torch.isfinite(scores[i]).cpu().numpy())
+                            scores[i] = float("-inf")
+                            scores[i, choice] = 0.0
                     return scores
 
             processors = LogitsProcessorList([Constrain()]) if any(r.grammar for r in rows) else None
             kwargs: dict[str, Any] = {
                 "input_ids": input_ids.to(self.device),
                 "attention_mask": attention.to(self.device),
-                "max_new_tokens": max(r.config.max_new_tokens for r in requests),
+                "max_new_tokens": max(row.budget for row in rows),
                 "do_sample": do_sample,
                 "pad_token_id": self.pad_token_id,
                 "eos_token_id": self.eos_token_ids,
@@ -445,7 +454,7 @@ class LoRAModel:
                 row.done, row.finish_reason = True, "stop"
         if request.cancel.is_set():
             row.done, row.finish_reason = True, "cancelled"
-        elif not row.done and len(row.tokens) >= request.config.max_new_tokens:
+        elif not row.done and len(row.tokens) >= row.budget:
             row.done, row.finish_reason = True, "length"
         self._flush(row, final=row.done)
 

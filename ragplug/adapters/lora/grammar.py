@@ -42,8 +42,13 @@ class GrammarBackend:
         self._compiler = xgr.GrammarCompiler(info)
         self._cache: dict[str, Any] = {}
         self._lock = threading.Lock()
+        import numpy as np
+
         vocab = tokenizer.get_vocab()
         self.token_text = {i: tokenizer.decode([i]) for i in vocab.values() if i < vocab_size}
+        self.token_length = np.zeros(vocab_size, dtype=np.int32)
+        for i, text in self.token_text.items():
+            self.token_length[i] = len(text)
         found = {text: i for i, text in sorted(self.token_text.items(), reverse=True) if text in _CLOSERS}
         self.quote_id = found.get('"')
         self.closer_ids = [found.get(c) for c in _CLOSERS if c != '"']
@@ -51,7 +56,7 @@ class GrammarBackend:
     def compile(self, schema: dict[str, Any]) -> Any:
         """Compile ``schema`` (cached); a schema xgrammar rejects raises :class:`SchemaError`."""
         try:
-            key = json.dumps(schema, sort_keys=True)
+            key = json.dumps(schema)  # property order matters: it is the order the model writes them in
         except (TypeError, ValueError) as err:
             msg = f"the schema is not JSON-serialisable: {err}"
             raise SchemaError(msg) from err
@@ -129,12 +134,9 @@ class GrammarRow:
         while not fork.is_terminated() and steps < limit:
             fork.fill_next_token_bitmask(bitmask, 0)
             bits = np.unpackbits(bitmask.numpy().view(np.uint8), bitorder="little")[: self.backend.vocab_size]
+            if not bits.any():
+                break
             choice = self.closing_choice(bits, lexer)
-            if choice is None:
-                allowed = np.flatnonzero(bits)
-                if not len(allowed):
-                    break
-                choice = int(allowed[0])
             steps += 1
             if choice in self.backend.stop_token_ids:
                 break
@@ -142,9 +144,12 @@ class GrammarRow:
             lexer.feed(self.backend.token_text.get(choice, ""))
         return steps
 
-    def closing_choice(self, allowed: Any, lexer: _Lexer | None = None) -> int | None:
-        """In closing mode: the preferred allowed token, or None. Inside a string that is the closing
-        quote; outside, the stop token, then ``}``, ``]``, ``,`` and last ``"`` (to open a required key)."""
+    def closing_choice(self, allowed: Any, lexer: _Lexer | None = None) -> int:
+        """The closing-mode token: inside a string the closing quote; outside, the stop token, then ``}``,
+        ``]``, ``,`` and last ``"`` (to open a required key); when none is allowed, the longest allowed token
+        (a forced key or literal is then written in the fewest steps)."""
+        import numpy as np
+
         lexer = lexer or self.lexer
         if lexer.in_string:
             order = [self.backend.quote_id] if not lexer.escaped else []
@@ -153,4 +158,6 @@ class GrammarRow:
         for token_id in order:
             if token_id is not None and token_id < len(allowed) and bool(allowed[token_id]):
                 return int(token_id)
-        return None
+        mask = np.asarray(allowed, dtype=bool)[: self.backend.vocab_size]
+        lengths = np.where(mask, self.backend.token_length[: len(mask)], -1)
+        return int(np.argmax(lengths))

@@ -1,0 +1,305 @@
+"""``ChatLoRA``: a local transformers model with LoRA adapters as a LangChain chat model.
+
+Everything a hosted chat model offers: ``invoke`` / ``stream`` / ``batch`` and their async forms,
+``bind_tools`` with ``tool_choice`` ("auto", "none", "any"/"required", a tool name), structured output
+(``with_structured_output``, by forced tool call or by JSON schema), usage metadata, stop sequences,
+and ``adapter=`` per call (``None`` = the base model). Forced tool calls and structured output are
+decoded under a grammar, so they always parse. Concurrent calls share ``generate`` calls (see
+:class:`~ragplug.adapters.lora.LoRAModel`). Only glue lives here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    ChatMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
+from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
+from langchain_core.utils.pydantic import is_basemodel_subclass
+from pydantic import BaseModel, ConfigDict, Field
+
+from ragplug.adapters.lora import ChatResult as LoRAChatResult
+from ragplug.adapters.lora import GenerationConfig, LoadConfig, LoRAModel, ToolSpec
+from ragplug.errors import InvalidInputError
+
+__all__ = ["ChatLoRA"]
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    parts = []
+    for block in content or []:
+        if isinstance(block, str):
+            parts.append(block)
+        elif isinstance(block, dict) and block.get("type") == "text":
+            parts.append(str(block.get("text", "")))
+        elif isinstance(block, dict) and block.get("type") in ("tool_use", "tool_call"):
+            continue  # carried by tool_calls
+        else:
+            kind = block.get("type") if isinstance(block, dict) else type(block).__name__
+            msg = f"ChatLoRA takes text only; got a {kind!r} content block"
+            raise InvalidInputError(msg)
+    return "".join(parts)
+
+
+def to_chat_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
+    """LangChain messages as chat-template dicts."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        if isinstance(m, SystemMessage):
+            out.append({"role": "system", "content": _text(m.content)})
+        elif isinstance(m, HumanMessage):
+            out.append({"role": "user", "content": _text(m.content)})
+        elif isinstance(m, AIMessage):
+            entry: dict[str, Any] = {"role": "assistant", "content": _text(m.content)}
+            if m.tool_calls:
+                entry["tool_calls"] = [
+                    {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["args"]}}
+                    for c in m.tool_calls
+                ]
+            out.append(entry)
+        elif isinstance(m, ToolMessage):
+            out.append({"role": "tool", "content": _text(m.content), "tool_call_id": m.tool_call_id})
+        elif isinstance(m, ChatMessage):
+            out.append({"role": m.role, "content": _text(m.content)})
+        else:
+            msg = f"unsupported message type {type(m).__name__}"
+            raise InvalidInputError(msg)
+    return out
+
+
+def _tool_specs(tools: Sequence[Mapping[str, Any]] | None) -> list[ToolSpec]:
+    specs = []
+    for tool in tools or []:
+        fn = tool.get("function", tool)
+        specs.append(ToolSpec(fn["name"], fn.get("description", ""), fn.get("parameters") or {"type": "object"}))
+    return specs
+
+
+class ChatLoRA(BaseChatModel):
+    """A local LLM with named LoRA adapters that behaves like any LangChain chat model.
+
+    Build it with ``ChatLoRA(base="Qwen/Qwen2.5-0.5B-Instruct", adapters={"med": "path/to/adapter"})`` or
+    around an existing :class:`~ragplug.adapters.lora.LoRAModel` with ``ChatLoRA(llm=...)``. Choose the
+    adapter at construction (``adapter=``) or per call (``model.invoke(msgs, adapter="med")``).
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    llm: LoRAModel
+    adapter: str | None = Field(default=None, description="default adapter; None = the base model")
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: list[str] | None = None
+    model_name: str = ""
+
+    def __init__(
+        self,
+        *,
+        base: str | Path | None = None,
+        adapters: Mapping[str, str | Path] | None = None,
+        load: LoadConfig | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if base is not None:
+            if "llm" in kwargs:
+                msg = "pass either base= (to load a model) or llm= (an already loaded LoRAModel), not both"
+                raise InvalidInputError(msg)
+            kwargs["llm"] = LoRAModel(base, adapters, load=load)
+        llm = kwargs.get("llm")
+        if llm is None:
+            msg = "ChatLoRA needs base= (hub id or folder) or llm= (a LoRAModel)"
+            raise InvalidInputError(msg)
+        kwargs.setdefault("model_name", getattr(llm, "base_name", ""))
+        GenerationConfig(kwargs.get("max_new_tokens", 256), kwargs.get("temperature", 0.0), kwargs.get("top_p", 1.0))
+        super().__init__(**kwargs)
+
+    @property
+    def _llm_type(self) -> str:
+        return "ragplug-lora"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "model_name": self.model_name,
+            "adapter": self.adapter,
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+        }
+
+    # -- request assembly -----------------------------------------------------------------------------
+    def _options(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        kwargs = dict(kwargs)
+        adapter = kwargs.pop("adapter", self.adapter)
+        tools = _tool_specs(kwargs.pop("tools", None))
+        tool_choice = kwargs.pop("tool_choice", None)
+        schema = kwargs.pop("response_schema", None)
+        stops = tuple(stop if stop is not None else (kwargs.pop("stop", None) or self.stop or ()))
+        config = GenerationConfig(
+            max_new_tokens=kwargs.pop("max_new_tokens", kwargs.pop("max_tokens", self.max_new_tokens)),
+            temperature=kwargs.pop("temperature", self.temperature),
+            top_p=kwargs.pop("top_p", self.top_p),
+            stop=stops,
+        )
+        kwargs.pop("ls_structured_output_format", None)
+        if kwargs:
+            msg = f"unexpected arguments for ChatLoRA: {sorted(kwargs)}"
+            raise InvalidInputError(msg)
+        return {"tools": tools, "tool_choice": tool_choice, "response_schema": schema, "adapter": adapter, "config": config}
+
+    def _message(self, result: LoRAChatResult) -> AIMessage:
+        return AIMessage(
+            content=result.content,
+            tool_calls=[{"name": c.name, "args": c.arguments, "id": c.id, "type": "tool_call"} for c in result.tool_calls],
+            usage_metadata={
+                "input_tokens": result.prompt_tokens,
+                "output_tokens": result.completion_tokens,
+                "total_tokens": result.total_tokens,
+            },
+            response_metadata=self._metadata(result),
+        )
+
+    def _metadata(self, result: LoRAChatResult) -> dict[str, Any]:
+        return {
+            "finish_reason": result.finish_reason,
+            "adapter": result.adapter,
+            "model_name": self.model_name,
+            "model_provider": "ragplug",
+        }
+
+    def _last_chunk(self, result: LoRAChatResult) -> AIMessageChunk:
+        return AIMessageChunk(
+            content="",
+            tool_call_chunks=[
+                tool_call_chunk(name=c.name, args=json.dumps(c.arguments), id=c.id, index=i)
+                for i, c in enumerate(result.tool_calls)
+            ],
+            usage_metadata={
+                "input_tokens": result.prompt_tokens,
+                "output_tokens": result.completion_tokens,
+                "total_tokens": result.total_tokens,
+            },
+            response_metadata=self._metadata(result),
+            chunk_position="last",
+        )
+
+    # -- BaseChatModel hooks --------------------------------------------------------------------------
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        result = self.llm.chat(to_chat_dicts(messages), **self._options(stop, kwargs))
+        return ChatResult(generations=[ChatGeneration(message=self._message(result))])
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        result = await self.llm.achat(to_chat_dicts(messages), **self._options(stop, kwargs))
+        return ChatResult(generations=[ChatGeneration(message=self._message(result))])
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        for item in self.llm.stream_chat(to_chat_dicts(messages), **self._options(stop, kwargs)):
+            if isinstance(item, str):
+                chunk = ChatGenerationChunk(message=AIMessageChunk(content=item))
+                if run_manager:
+                    run_manager.on_llm_new_token(item, chunk=chunk)
+            else:
+                chunk = ChatGenerationChunk(message=self._last_chunk(item))
+            yield chunk
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        async for item in self.llm.astream_chat(to_chat_dicts(messages), **self._options(stop, kwargs)):
+            if isinstance(item, str):
+                chunk = ChatGenerationChunk(message=AIMessageChunk(content=item))
+                if run_manager:
+                    await run_manager.on_llm_new_token(item, chunk=chunk)
+            else:
+                chunk = ChatGenerationChunk(message=self._last_chunk(item))
+            yield chunk
+
+    # -- tools and structured output ------------------------------------------------------------------
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: dict[str, Any] | str | bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools; ``tool_choice`` "any"/"required"/a name forces a (grammar-constrained) call."""
+        formatted = [convert_to_openai_tool(t) for t in tools]
+        specs = _tool_specs(formatted)  # validates names and schemas now, not at the first call
+        if tool_choice is not None and tool_choice not in ("auto", "none", "any", "required", True, False):
+            names = {s.name for s in specs}
+            name = tool_choice.get("function", {}).get("name") if isinstance(tool_choice, dict) else tool_choice
+            if name not in names:
+                msg = f"tool_choice {tool_choice!r} names no bound tool; bound: {sorted(names)}"
+                raise InvalidInputError(msg)
+        for spec in specs:
+            self.llm.grammar().compile(spec.parameters)  # a schema the compiler rejects fails here
+        return super().bind(tools=formatted, tool_choice=tool_choice, **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type,
+        *,
+        include_raw: bool = False,
+        method: Literal["function_calling", "json_schema", "json_mode"] = "function_calling",
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
+        """Structured output that always parses: by a forced tool call (default), by the JSON schema of
+        ``schema`` (``method="json_schema"``), or as any JSON object (``method="json_mode"``)."""
+        if method == "function_calling":
+            return super().with_structured_output(schema, include_raw=include_raw, **kwargs)
+        if method not in ("json_schema", "json_mode"):
+            msg = f"method must be 'function_calling', 'json_schema' or 'json_mode', got {method!r}"
+            raise InvalidInputError(msg)
+        json_schema = convert_to_json_schema(schema) if method == "json_schema" else {"type": "object"}
+        self.llm.grammar().compile(json_schema)
+        llm = self.bind(response_schema=json_schema, ls_structured_output_format={"schema": json_schema})
+        parser: Runnable[Any, Any] = (
+            PydanticOutputParser(pydantic_object=schema)  # type: ignore[arg-type]
+            if isinstance(schema, type) and is_basemodel_subclass(schema)
+            else JsonOutputParser()
+        )
+        if not include_raw:
+            return llm | parser
+        parsed = RunnablePassthrough.assign(parsed=lambda x: parser.invoke(x["raw"]), parsing_error=lambda _: None)
+        return RunnableMap(raw=llm) | parsed
