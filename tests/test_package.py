@@ -27,6 +27,7 @@ HEAVY = {"torch", "transformers", "langchain_core", "langchain", "llama_index", 
         "import ragplug.errors",
         "import ragplug.retrievers.late_interaction",
         "import ragplug.retrievers.colbert",
+        "import ragplug.adapters.lora",
     ],
 )
 def test_imports_stay_light(statement: str) -> None:

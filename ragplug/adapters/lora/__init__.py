@@ -7,6 +7,7 @@ Needs ``pip install "ragplug[lora]"``. Importing this package does not import to
 from ragplug.adapters.lora.config import GenerationConfig, LoadConfig
 from ragplug.adapters.lora.engine import ChatResult, GenerationRequest, GenerationResult, LoRAModel
 from ragplug.adapters.lora.tools import ToolCall, ToolSpec, parse_tool_calls
+from ragplug.adapters.lora.train import TrainConfig, TrainExample, TrainResult, build_messages, train_lora
 
 __all__ = [
     "ChatResult",
@@ -17,5 +18,10 @@ __all__ = [
     "LoadConfig",
     "ToolCall",
     "ToolSpec",
+    "TrainConfig",
+    "TrainExample",
+    "TrainResult",
+    "build_messages",
     "parse_tool_calls",
+    "train_lora",
 ]

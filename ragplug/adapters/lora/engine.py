@@ -22,7 +22,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,11 +142,11 @@ class LoRAModel:
         require("peft", "lora")
         self.load_config = load = load or LoadConfig()
         self.base_name = str(base)
-        folder = _resolve_local(base, "base model")
         cuda = torch.cuda.is_available()
         if load.quantization and not cuda:
             msg = f"quantization={load.quantization!r} needs a CUDA GPU (bitsandbytes); none is available"
             raise InvalidInputError(msg)
+        folder = _resolve_local(base, "base model")
         dtype = {"auto": torch.bfloat16 if cuda else torch.float32}.get(load.dtype) or getattr(torch, load.dtype)
         kwargs: dict[str, Any] = {"dtype": dtype}
         if load.quantization:
@@ -393,13 +393,22 @@ class LoRAModel:
                         grammar = row.grammar
                         assert grammar is not None
                         left = row.budget - len(row.tokens)
-                        if not row.closing and (left <= row.estimate + 16 or len(row.tokens) % 16 == 0):
+                        zone = left <= 2 * row.estimate + 32
+                        if not row.closing and (zone or len(row.tokens) % 16 == 0):
                             row.estimate = grammar.min_remaining()
+                        allowed = torch.isfinite(scores[i]).cpu().numpy()
                         if row.closing or left <= row.estimate + 1:
                             row.closing = True
-                            choice = grammar.closing_choice(torch.isfinite(scores[i]).cpu().numpy())
-                            scores[i] = float("-inf")
-                            scores[i, choice] = 0.0
+                            keep = [grammar.closing_choice(allowed)]
+                        elif zone:  # only tokens after which the budget still covers the shortest finish
+                            top = torch.topk(scores[i], k=min(8, int(allowed.sum()))).indices.tolist()
+                            keep = [t for t in top if grammar.min_remaining(after=t) <= left - 1]
+                            keep.append(grammar.closing_choice(allowed))
+                        else:
+                            continue
+                        kept = scores[i, keep].clone()
+                        scores[i] = float("-inf")
+                        scores[i, keep] = kept
                     return scores
 
             processors = LogitsProcessorList([Constrain()]) if any(r.grammar for r in rows) else None
@@ -611,60 +620,83 @@ class LoRAModel:
         result = await asyncio.wrap_future(self.submit(request))
         return self._chat_result(result, mode, allowed, kwargs.get("response_schema"))
 
-    def stream_chat(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> Iterator[str | ChatResult]:
-        """Yield text deltas, then the final :class:`ChatResult`. Closing the iterator cancels the request.
+    def stream_chat(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> Generator[str | ChatResult]:
+        """Yield text deltas, then the final :class:`ChatResult`. Closing the generator cancels the request.
 
         Text is streamed only for free-form answers; a forced tool call or structured output arrives
         whole in the final result. In "auto" mode text stops streaming where a ``<tool_call>`` begins.
+        Bad input (an unknown adapter, a rejected schema) raises here, before the generator is returned.
         """
         deltas: queue.Queue[str | None] = queue.Queue()
-        request, mode, allowed = self._chat_request(messages, on_text=deltas.put, **_chat_defaults(kwargs))
+        options = _chat_defaults(kwargs)
+        request, mode, allowed = self._chat_request(messages, on_text=deltas.put, **options)
         future = self.submit(request)
         future.add_done_callback(lambda _: deltas.put(None))
+        return self._drain(request, future, deltas, mode, allowed, options["response_schema"])
+
+    def _drain(
+        self,
+        request: GenerationRequest,
+        future: Future[GenerationResult],
+        deltas: queue.Queue[str | None],
+        mode: str,
+        allowed: list[ToolSpec],
+        response_schema: dict[str, Any] | None,
+    ) -> Generator[str | ChatResult]:
         streamed = ""
         try:
-            while True:
-                delta = deltas.get()
-                if delta is None:
-                    break
-                if mode == "required" or (kwargs.get("response_schema") is not None):
-                    continue
-                shown = _before_tool_call(streamed + delta) if mode == "auto" else streamed + delta
+            while (delta := deltas.get()) is not None:
+                shown = _visible(streamed + delta, mode, response_schema)
                 if len(shown) > len(streamed):
                     yield shown[len(streamed) :]
                     streamed = shown
-            yield self._chat_result(future.result(), mode, allowed, kwargs.get("response_schema"))
+            yield self._chat_result(future.result(), mode, allowed, response_schema)
         finally:
             request.cancel.set()  # no-op when finished; frees the row when the consumer stopped early
 
-    async def astream_chat(
-        self, messages: Sequence[Mapping[str, Any]], **kwargs: Any
-    ) -> AsyncIterator[str | ChatResult]:
-        """Async :meth:`stream_chat`: the event loop is never blocked; cancelling the task cancels the row."""
+    def astream_chat(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> AsyncGenerator[str | ChatResult]:
+        """Async :meth:`stream_chat`: the event loop is never blocked; closing the generator cancels the row.
+
+        Must be called from a running event loop; bad input raises at the call, not at the first item.
+        """
         loop = asyncio.get_running_loop()
         deltas: asyncio.Queue[str | None] = asyncio.Queue()
 
         def push(delta: str | None) -> None:
             loop.call_soon_threadsafe(deltas.put_nowait, delta)
 
-        request, mode, allowed = self._chat_request(messages, on_text=push, **_chat_defaults(kwargs))
+        options = _chat_defaults(kwargs)
+        request, mode, allowed = self._chat_request(messages, on_text=push, **options)
         future = self.submit(request)
         future.add_done_callback(lambda _: push(None))
+        return self._adrain(request, future, deltas, mode, allowed, options["response_schema"])
+
+    async def _adrain(
+        self,
+        request: GenerationRequest,
+        future: Future[GenerationResult],
+        deltas: asyncio.Queue[str | None],
+        mode: str,
+        allowed: list[ToolSpec],
+        response_schema: dict[str, Any] | None,
+    ) -> AsyncGenerator[str | ChatResult]:
         streamed = ""
         try:
-            while True:
-                delta = await deltas.get()
-                if delta is None:
-                    break
-                if mode == "required" or kwargs.get("response_schema") is not None:
-                    continue
-                shown = _before_tool_call(streamed + delta) if mode == "auto" else streamed + delta
+            while (delta := await deltas.get()) is not None:
+                shown = _visible(streamed + delta, mode, response_schema)
                 if len(shown) > len(streamed):
                     yield shown[len(streamed) :]
                     streamed = shown
-            yield self._chat_result(await asyncio.wrap_future(future), mode, allowed, kwargs.get("response_schema"))
+            yield self._chat_result(await asyncio.wrap_future(future), mode, allowed, response_schema)
         finally:
             request.cancel.set()
+
+
+def _visible(text: str, mode: str, response_schema: dict[str, Any] | None) -> str:
+    """The part of the answer so far that is streamed as text."""
+    if mode == "required" or response_schema is not None:
+        return ""
+    return _before_tool_call(text) if mode == "auto" else text
 
 
 def _chat_defaults(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -7,12 +7,13 @@ logits of all others are masked.
 
 A mask alone does not guarantee a *finished* document: a random model may write a string forever and
 hit ``max_new_tokens`` half-way. So each constrained row simulates, on a fork of its matcher, the
-shortest way to finish from where it is (:meth:`GrammarRow.min_remaining`), and once the tokens left
-in its budget barely cover that, it enters a *closing mode*: among the allowed tokens it prefers, in
-order, the stop token, ``}``, ``]``, ``"`` and ``,`` — the shortest ways out of any open structure —
-and otherwise takes the model's own best allowed token. Schemas are compiled without free whitespace
-for the same reason. A budget too small for even the shortest valid document still cannot finish;
-callers check the result and raise.
+shortest way to finish from where it is (:meth:`GrammarRow.min_remaining`). Near the end of its
+budget (the engine's "zone") a row may only take, among the model's most likely allowed tokens, those
+after which the rest of the budget still covers the shortest finish; once the budget only just covers
+it, the row enters a *closing mode* that follows that shortest finish: inside a string the closing
+quote, outside the stop token, ``}``, ``]``, ``,``, ``"``, else the longest allowed token. Schemas are
+compiled without free whitespace for the same reason. The engine raises the token budget of a
+constrained request to at least the shortest valid document, so every constrained answer completes.
 """
 
 from __future__ import annotations
@@ -123,12 +124,18 @@ class GrammarRow:
     def fill(self, bitmask: Any, index: int) -> None:
         self.matcher.fill_next_token_bitmask(bitmask, index)
 
-    def min_remaining(self, limit: int = 2048) -> int:
-        """Tokens the closing policy needs to finish the document from the current state (simulated)."""
+    def min_remaining(self, after: int | None = None, limit: int = 2048) -> int:
+        """Tokens the closing policy needs to finish the document from the current state (simulated on a
+        fork of the matcher), or from the state after accepting ``after`` (which must be allowed)."""
         import numpy as np
 
         fork = self.matcher.fork()
         lexer = self.lexer.copy()
+        if after is not None:
+            if after in self.backend.stop_token_ids:
+                return 0
+            fork.accept_token(int(after))
+            lexer.feed(self.backend.token_text.get(int(after), ""))
         bitmask = self.backend.allocate(1)
         steps = 0
         while not fork.is_terminated() and steps < limit:

@@ -164,12 +164,20 @@ class ChatLoRA(BaseChatModel):
         if kwargs:
             msg = f"unexpected arguments for ChatLoRA: {sorted(kwargs)}"
             raise InvalidInputError(msg)
-        return {"tools": tools, "tool_choice": tool_choice, "response_schema": schema, "adapter": adapter, "config": config}
+        return {
+            "tools": tools,
+            "tool_choice": tool_choice,
+            "response_schema": schema,
+            "adapter": adapter,
+            "config": config,
+        }
 
     def _message(self, result: LoRAChatResult) -> AIMessage:
         return AIMessage(
             content=result.content,
-            tool_calls=[{"name": c.name, "args": c.arguments, "id": c.id, "type": "tool_call"} for c in result.tool_calls],
+            tool_calls=[
+                {"name": c.name, "args": c.arguments, "id": c.id, "type": "tool_call"} for c in result.tool_calls
+            ],
             usage_metadata={
                 "input_tokens": result.prompt_tokens,
                 "output_tokens": result.completion_tokens,
@@ -295,7 +303,7 @@ class ChatLoRA(BaseChatModel):
         self.llm.grammar().compile(json_schema)
         llm = self.bind(response_schema=json_schema, ls_structured_output_format={"schema": json_schema})
         parser: Runnable[Any, Any] = (
-            PydanticOutputParser(pydantic_object=schema)  # type: ignore[arg-type]
+            PydanticOutputParser(pydantic_object=schema)
             if isinstance(schema, type) and is_basemodel_subclass(schema)
             else JsonOutputParser()
         )

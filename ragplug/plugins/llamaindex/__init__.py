@@ -1,12 +1,34 @@
-"""LlamaIndex components: ``ColBERTRetriever`` (a ``BaseRetriever``) and ``ColBERTRerank`` (a node postprocessor).
+"""LlamaIndex components: ``ColBERTRetriever`` (a ``BaseRetriever``), ``ColBERTRerank`` (a node postprocessor)
+and ``LoRALLM`` (a ``FunctionCallingLLM`` over a local model with LoRA adapters).
 
-Needs ``pip install "ragplug[colbert,llamaindex]"``.
+Needs ``pip install "ragplug[colbert,llamaindex]"`` (and ``[lora]`` for ``LoRALLM``). Each class is
+imported when first used, so the retrievers work without the LoRA extra and vice versa.
 """
 
 from ragplug._extras import require
 
 require("llama_index.core", "llamaindex")
 
-from ragplug.plugins.llamaindex.retrievers import ColBERTRerank, ColBERTRetriever, to_ragplug_filter  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
-__all__ = ["ColBERTRerank", "ColBERTRetriever", "to_ragplug_filter"]
+if TYPE_CHECKING:
+    from ragplug.plugins.llamaindex.llms import LoRALLM
+    from ragplug.plugins.llamaindex.retrievers import ColBERTRerank, ColBERTRetriever, to_ragplug_filter
+
+__all__ = ["ColBERTRerank", "ColBERTRetriever", "LoRALLM", "to_ragplug_filter"]
+
+_WHERE = {
+    "ColBERTRerank": "ragplug.plugins.llamaindex.retrievers",
+    "ColBERTRetriever": "ragplug.plugins.llamaindex.retrievers",
+    "LoRALLM": "ragplug.plugins.llamaindex.llms",
+    "to_ragplug_filter": "ragplug.plugins.llamaindex.retrievers",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        import importlib
+
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
