@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from langchain.agents import create_agent
-from langchain.agents.middleware import ModelRequest, wrap_model_call
+from langchain.agents.middleware import AgentMiddleware, ModelRequest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
 from conftest import FACTS
@@ -30,17 +30,27 @@ def _retriever() -> ColBERTRetriever:
     return ColBERTRetriever.from_texts(list(FACTS.values()), ids=list(FACTS), model=encoder, k=2)
 
 
-@wrap_model_call
-def call_the_tool_first(request: ModelRequest, handler):
-    answered = any(isinstance(m, ToolMessage) for m in request.messages)
-    return handler(request.override(tool_choice=None if answered else "carol_search"))
+class CallTheToolFirst(AgentMiddleware):
+    """Force the first model call to call the tool; afterwards let the model answer."""
+
+    @staticmethod
+    def _choose(request: ModelRequest) -> ModelRequest:
+        answered = any(isinstance(m, ToolMessage) for m in request.messages)
+        return request.override(tool_choice=None if answered else "carol_search")
+
+    def wrap_model_call(self, request, handler):
+        return handler(self._choose(request))
+
+    async def awrap_model_call(self, request, handler):
+        return await handler(self._choose(request))
 
 
 @pytest.mark.parametrize("adapter", [None, "alpha"])
 def test_agent_round_trip_with_colbert_tool(tiny_llm: dict[str, Path], adapter: str | None) -> None:
-    model = ChatLoRA(base=tiny_llm["base"], adapters={"alpha": tiny_llm["alpha"]}, adapter=adapter, max_new_tokens=24)
+    # enough tokens for the model to write a (random, non-empty) query before the grammar closes the call
+    model = ChatLoRA(base=tiny_llm["base"], adapters={"alpha": tiny_llm["alpha"]}, adapter=adapter, max_new_tokens=64)
     tool = _retriever().as_tool(name="carol_search", description="Search facts about A Christmas Carol.")
-    agent = create_agent(model, tools=[tool], middleware=[call_the_tool_first])
+    agent = create_agent(model, tools=[tool], middleware=[CallTheToolFirst()])
     state = agent.invoke({"messages": [HumanMessage("How much was Bob Cratchit paid?")]})
     messages = state["messages"]
     call_message, tool_message, final = messages[1], messages[2], messages[-1]
@@ -54,9 +64,9 @@ def test_agent_round_trip_with_colbert_tool(tiny_llm: dict[str, Path], adapter: 
 
 
 async def test_agent_async_round_trip(tiny_llm: dict[str, Path]) -> None:
-    model = ChatLoRA(base=tiny_llm["base"], max_new_tokens=16)
+    model = ChatLoRA(base=tiny_llm["base"], max_new_tokens=64)
     tool = _retriever().as_tool(name="carol_search", description="Search facts about A Christmas Carol.")
-    agent = create_agent(model, tools=[tool], middleware=[call_the_tool_first])
+    agent = create_agent(model, tools=[tool], middleware=[CallTheToolFirst()])
     state = await agent.ainvoke({"messages": [HumanMessage("Who used a crutch?")]})
     assert [type(m).__name__ for m in state["messages"]] == ["HumanMessage", "AIMessage", "ToolMessage", "AIMessage"]
 

@@ -40,7 +40,7 @@ from ragplug.errors import (
     UnknownAdapterError,
 )
 
-__all__ = ["ChatResult", "GenerationRequest", "GenerationResult", "LoRAModel"]
+__all__ = ["ChatResult", "GenerationRequest", "GenerationResult", "LoRAModel", "render_prompt_ids", "resolve_local"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,28 @@ class ChatResult:
         return self.prompt_tokens + self.completion_tokens
 
 
-def _resolve_local(name_or_path: str | Path, what: str) -> Path:
+def render_prompt_ids(
+    tokenizer: Any, messages: Sequence[Mapping[str, Any]], tools: Sequence[ToolSpec] | None = None
+) -> list[int]:
+    """Token ids of a chat prompt through the tokenizer's chat template, with the generation prompt.
+
+    Shared by serving and training, so an adapter sees at inference the prompt layout it was trained on.
+    A tokenizer without a chat template gets a plain ``role: content`` layout.
+    """
+    if not messages:
+        msg = "messages must not be empty"
+        raise InvalidInputError(msg)
+    if getattr(tokenizer, "chat_template", None) is None:
+        text = "".join(f"{m['role']}: {m.get('content') or ''}\n" for m in messages) + "assistant: "
+        return list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    tool_dicts = [t.to_openai() for t in tools] if tools else None
+    text = tokenizer.apply_chat_template(
+        [dict(m) for m in messages], tools=tool_dicts, add_generation_prompt=True, tokenize=False
+    )
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def resolve_local(name_or_path: str | Path, what: str) -> Path:
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
@@ -146,7 +167,7 @@ class LoRAModel:
         if load.quantization and not cuda:
             msg = f"quantization={load.quantization!r} needs a CUDA GPU (bitsandbytes); none is available"
             raise InvalidInputError(msg)
-        folder = _resolve_local(base, "base model")
+        folder = resolve_local(base, "base model")
         dtype = {"auto": torch.bfloat16 if cuda else torch.float32}.get(load.dtype) or getattr(torch, load.dtype)
         kwargs: dict[str, Any] = {"dtype": dtype}
         if load.quantization:
@@ -209,7 +230,7 @@ class LoRAModel:
             if self._merged is not None:
                 msg = f"adapter {self._merged!r} is merged; unmerge() before loading more adapters"
                 raise AdapterError(msg)
-            folder = _resolve_local(path, "adapter")
+            folder = resolve_local(path, "adapter")
             self._check_adapter(name, folder)
             from peft import PeftModel
 
@@ -301,18 +322,8 @@ class LoRAModel:
 
     # -- prompts --------------------------------------------------------------------------------------
     def render(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[ToolSpec] | None = None) -> list[int]:
-        """Token ids of a chat prompt through the tokenizer's chat template (with a generation prompt)."""
-        if not messages:
-            msg = "messages must not be empty"
-            raise InvalidInputError(msg)
-        if getattr(self.tokenizer, "chat_template", None) is None:
-            text = "".join(f"{m['role']}: {m.get('content') or ''}\n" for m in messages) + "assistant: "
-            return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
-        tool_dicts = [t.to_openai() for t in tools] if tools else None
-        text = self.tokenizer.apply_chat_template(
-            [dict(m) for m in messages], tools=tool_dicts, add_generation_prompt=True, tokenize=False
-        )
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        """Token ids of a chat prompt (see :func:`render_prompt_ids`)."""
+        return render_prompt_ids(self.tokenizer, messages, tools)
 
     def _fit(self, prompt_ids: list[int], config: GenerationConfig) -> list[int]:
         if not prompt_ids:
@@ -397,13 +408,21 @@ class LoRAModel:
                         if not row.closing and (zone or len(row.tokens) % 16 == 0):
                             row.estimate = grammar.min_remaining()
                         allowed = torch.isfinite(scores[i]).cpu().numpy()
+                        closing = grammar.closing_choice(allowed)
+                        if closing is None:
+                            continue
                         if row.closing or left <= row.estimate + 1:
                             row.closing = True
-                            keep = [grammar.closing_choice(allowed)]
+                            keep = [closing]
                         elif zone:  # only tokens after which the budget still covers the shortest finish
                             top = torch.topk(scores[i], k=min(8, int(allowed.sum()))).indices.tolist()
-                            keep = [t for t in top if grammar.min_remaining(after=t) <= left - 1]
-                            keep.append(grammar.closing_choice(allowed))
+                            keep = []
+                            for token in top:
+                                if grammar.min_remaining(after=token) <= left - 1:
+                                    keep.append(token)
+                                    if not do_sample:  # greedy takes the best feasible token: stop looking
+                                        break
+                            keep.append(closing)
                         else:
                             continue
                         kept = scores[i, keep].clone()

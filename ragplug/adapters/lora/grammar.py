@@ -47,9 +47,11 @@ class GrammarBackend:
 
         vocab = tokenizer.get_vocab()
         self.token_text = {i: tokenizer.decode([i]) for i in vocab.values() if i < vocab_size}
-        self.token_length = np.zeros(vocab_size, dtype=np.int32)
+        # Closing-mode preference among allowed tokens: longest first, tokens with whitespace last (a
+        # string pattern such as "must contain a non-space" is then satisfied instead of padded forever).
+        self.token_rank = np.zeros(vocab_size, dtype=np.int32)
         for i, text in self.token_text.items():
-            self.token_length[i] = len(text)
+            self.token_rank[i] = len(text) + (0 if text.strip() == text and " " not in text else -1000)
         found = {text: i for i, text in sorted(self.token_text.items(), reverse=True) if text in _CLOSERS}
         self.quote_id = found.get('"')
         self.closer_ids = [found.get(c) for c in _CLOSERS if c != '"']
@@ -127,7 +129,6 @@ class GrammarRow:
     def min_remaining(self, after: int | None = None, limit: int = 2048) -> int:
         """Tokens the closing policy needs to finish the document from the current state (simulated on a
         fork of the matcher), or from the state after accepting ``after`` (which must be allowed)."""
-        import numpy as np
 
         fork = self.matcher.fork()
         lexer = self.lexer.copy()
@@ -140,10 +141,9 @@ class GrammarRow:
         steps = 0
         while not fork.is_terminated() and steps < limit:
             fork.fill_next_token_bitmask(bitmask, 0)
-            bits = np.unpackbits(bitmask.numpy().view(np.uint8), bitorder="little")[: self.backend.vocab_size]
-            if not bits.any():
+            choice = self.closing_choice(_Packed(bitmask.numpy()[0], self.backend.vocab_size), lexer)
+            if choice is None:
                 break
-            choice = self.closing_choice(bits, lexer)
             steps += 1
             if choice in self.backend.stop_token_ids:
                 break
@@ -151,10 +151,11 @@ class GrammarRow:
             lexer.feed(self.backend.token_text.get(choice, ""))
         return steps
 
-    def closing_choice(self, allowed: Any, lexer: _Lexer | None = None) -> int:
+    def closing_choice(self, allowed: Any, lexer: _Lexer | None = None) -> int | None:
         """The closing-mode token: inside a string the closing quote; outside, the stop token, then ``}``,
         ``]``, ``,`` and last ``"`` (to open a required key); when none is allowed, the longest allowed token
-        (a forced key or literal is then written in the fewest steps)."""
+        without whitespace (a forced key or literal is then written in the fewest steps). ``allowed`` is a
+        boolean array over the vocabulary or a packed xgrammar bitmask row; None when nothing is allowed."""
         import numpy as np
 
         lexer = lexer or self.lexer
@@ -165,6 +166,26 @@ class GrammarRow:
         for token_id in order:
             if token_id is not None and token_id < len(allowed) and bool(allowed[token_id]):
                 return int(token_id)
-        mask = np.asarray(allowed, dtype=bool)[: self.backend.vocab_size]
-        lengths = np.where(mask, self.backend.token_length[: len(mask)], -1)
-        return int(np.argmax(lengths))
+        mask = allowed.unpack() if isinstance(allowed, _Packed) else np.asarray(allowed, dtype=bool)
+        ids = np.flatnonzero(mask[: self.backend.vocab_size])
+        if not len(ids):
+            return None
+        return int(ids[np.argmax(self.backend.token_rank[ids])])
+
+
+class _Packed:
+    """A packed bitmask row (int32 words, bit i of word i // 32) read without unpacking it."""
+
+    def __init__(self, words: Any, size: int) -> None:
+        self.words, self.size = words, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, token_id: int) -> bool:
+        return bool((int(self.words[token_id >> 5]) >> (token_id & 31)) & 1)
+
+    def unpack(self) -> Any:
+        import numpy as np
+
+        return np.unpackbits(self.words.view(np.uint8), bitorder="little")[: self.size].astype(bool)

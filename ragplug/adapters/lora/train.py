@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ragplug._extras import require
+from ragplug.adapters.lora.engine import render_prompt_ids, resolve_local
 from ragplug.errors import ContextLengthError, InvalidInputError
 
 __all__ = ["TrainConfig", "TrainExample", "TrainResult", "build_messages", "train_lora"]
@@ -246,8 +247,7 @@ def _encode(
     """(input ids, labels) per example: chat-template prompt + answer + EOS, labels -100 on the prompt."""
     encoded = []
     for i, example in enumerate(examples):
-        text = tokenizer.apply_chat_template(build_messages(example), add_generation_prompt=True, tokenize=False)
-        prompt = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        prompt = render_prompt_ids(tokenizer, build_messages(example))
         answer = [*tokenizer(example.answer, add_special_tokens=False)["input_ids"], eos_id]
         total = len(prompt) + len(answer)
         if total > limit:
@@ -296,9 +296,8 @@ def train_lora(
     torch = require("torch", "lora")
     transformers = require("transformers", "lora")
     peft = require("peft", "lora")
-    from ragplug.adapters.lora.engine import _resolve_local
 
-    folder = _resolve_local(base, "base model")
+    folder = resolve_local(base, "base model")
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
     if getattr(tokenizer, "chat_template", None) is None:
         msg = f"the tokenizer of {str(base)!r} has no chat template; train_lora needs one to lay out prompts"

@@ -19,10 +19,10 @@ from langchain_core.callbacks import (
 )
 from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_core.retrievers import BaseRetriever
-from langchain_core.tools import BaseTool, create_retriever_tool
+from langchain_core.tools import BaseTool, ToolException, create_retriever_tool
 from pydantic import BaseModel, ConfigDict, Field
 
-from ragplug.errors import InvalidInputError
+from ragplug.errors import InvalidInputError, RagplugError
 from ragplug.plugins._build import build_index, load_index, make_encoder
 from ragplug.retrievers.colbert.encoder import DEFAULT_MODEL
 from ragplug.retrievers.late_interaction import Encoder, Hit, LateInteractionIndex, MultiVectorStore, rerank
@@ -190,15 +190,49 @@ class ColBERTRetriever(BaseRetriever):
         description: str | None = None,
         arg_types: dict[str, type] | None = None,
     ) -> BaseTool:
-        """A tool for agents: takes ``query``, returns the passages as text (and the ``Document``s as artifact)."""
+        """A tool for agents: takes ``query``, returns the passages as text (and the ``Document``s as artifact).
+
+        The query must contain a non-space character (stated in the tool's schema, so grammar-constrained
+        callers respect it), and bad input comes back to the agent as the tool's error message instead of
+        ending the run.
+        """
         if args_schema is not None or arg_types is not None:
             return super().as_tool(args_schema, name=name, description=description, arg_types=arg_types)
-        return create_retriever_tool(
+        tool = create_retriever_tool(
             self,
             name or "search_documents",
             description or "Search the indexed documents and return the passages most relevant to the query.",
             response_format="content_and_artifact",
         )
+        tool.args_schema = _QueryInput
+        tool.func = _reporting(tool.func)
+        tool.coroutine = _areporting(tool.coroutine)
+        tool.handle_tool_error = True
+        return tool
+
+
+class _QueryInput(BaseModel):
+    query: str = Field(description="what to search for", pattern=r"[\s\S]*\S[\s\S]*")
+
+
+def _reporting(func: Any) -> Any:
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except RagplugError as err:
+            raise ToolException(str(err)) from err
+
+    return run
+
+
+def _areporting(coroutine: Any) -> Any:
+    async def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await coroutine(*args, **kwargs)
+        except RagplugError as err:
+            raise ToolException(str(err)) from err
+
+    return run
 
 
 def _unpack(

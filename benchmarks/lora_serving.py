@@ -1,0 +1,320 @@
+"""Serving benchmark for ragplug's LoRA engine, on a randomly initialised model of a real size.
+
+The model has Qwen2.5-0.5B's shapes (24 layers, hidden 896, vocab 151,936) with random weights: speed
+depends on shapes, not on what the weights learned. Four random LoRA adapters (r=16 on q/k/v/o).
+
+Measured in one run, as ratios against references measured in the same run:
+* 8 concurrent requests over 4 adapters (2 each): ragplug's mixed-adapter batches (one ``generate``
+  with peft's ``adapter_names``, through the scheduler) versus one adapter at a time with switching
+  (``set_adapter`` + a batch per adapter), and versus one request at a time;
+* a single adapter merged into the weights versus unmerged; bf16 versus fp32;
+* grammar-constrained decoding (a JSON schema) versus free decoding, per generated token;
+* adapter load, switch, merge and unmerge times.
+
+Targets: mixed batches >= 3x the switching baseline's throughput; constrained decoding <= 10% overhead
+per token. Results: benchmarks/results/lora_serving.{json,md}.
+
+    python benchmarks/lora_serving.py [--layers 24] [--new-tokens 32] [--cache .ragplug-cache/lora-bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import machine_info
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXT = ROOT / "ragplug" / "data" / "a_christmas_carol_pg24022.txt"
+ADAPTERS = ["a0", "a1", "a2", "a3"]
+
+
+def build(cache: Path, layers: int, vocab_target: int) -> Path:
+    """Tokenizer (byte-level BPE trained on the bundled book) + random Qwen2.5-0.5B-shaped model + adapters."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerFast, Qwen2Config
+
+    base = cache / f"base-{layers}"
+    if (base / "model.safetensors").exists() or (base / "model.safetensors.index.json").exists():
+        return base
+    base.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_target, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(TEXT.read_text(encoding="utf-8").splitlines(), trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    fast.chat_template = (
+        "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endfor %}"
+        "{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}"
+    )
+    fast.save_pretrained(base)
+    config = Qwen2Config(
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=layers,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        tie_word_embeddings=True,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    model.generation_config = GenerationConfig(eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id)
+    model.save_pretrained(base)
+    for i, name in enumerate(ADAPTERS):
+        torch.manual_seed(100 + i)
+        peft_model = get_peft_model(
+            model, LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+        )
+        with torch.no_grad():
+            for pname, param in peft_model.named_parameters():
+                if "lora_B" in pname:
+                    param.normal_(0, 0.02)
+        peft_model.save_pretrained(cache / f"adapter-{layers}-{name}")
+        model = peft_model.unload()
+    return base
+
+
+def timed(fn, repeat: int = 1) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=24)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--prompt-words", type=int, default=48)
+    parser.add_argument("--vocab", type=int, default=151646, help="BPE vocabulary size to train (at most)")
+    parser.add_argument("--cache", type=Path, default=ROOT / ".ragplug-cache" / "lora-bench")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--repeat", type=int, default=2)
+    args = parser.parse_args()
+
+    import torch
+
+    from ragplug.adapters.lora import GenerationConfig, GenerationRequest, LoadConfig, LoRAModel
+
+    t0 = time.perf_counter()
+    base = build(args.cache, args.layers, args.vocab)
+    print(f"model ready in {time.perf_counter() - t0:.1f}s: {base}")
+    results: dict = {"machine": machine_info(["torch", "transformers", "peft", "xgrammar", "ragplug"])}
+    results["setup"] = {
+        "model": f"random Qwen2 with Qwen2.5-0.5B shapes, {args.layers} layers",
+        "new_tokens": args.new_tokens,
+        "requests": 8,
+        "adapters": 4,
+        "lora": "r=16 on q/k/v/o",
+        "repeat": args.repeat,
+    }
+
+    load = LoadConfig(dtype="float32", batch_window_ms=50, max_batch_size=8)
+    t_load0 = time.perf_counter()
+    engine = LoRAModel(base, load=load)
+    results["base_load_s"] = time.perf_counter() - t_load0
+    load_times = []
+    for name in ADAPTERS:
+        t = time.perf_counter()
+        engine.add_adapter(name, args.cache / f"adapter-{args.layers}-{name}")
+        load_times.append(time.perf_counter() - t)
+    results["adapter_load_s"] = statistics.median(load_times)
+    results["params"] = sum(p.numel() for p in engine.model.get_base_model().parameters())
+    results["tokenizer_vocab"] = len(engine.tokenizer)
+
+    words = TEXT.read_text(encoding="utf-8").split()[2000 : 2000 + args.prompt_words]
+    prompt = engine.render([{"role": "user", "content": " ".join(words)}])
+    fixed = GenerationConfig(max_new_tokens=args.new_tokens)
+    requests_adapters = [ADAPTERS[i % 4] for i in range(8)]
+
+    def total_tokens(results_list) -> int:
+        return sum(r.completion_tokens for r in results_list)
+
+    # 1. mixed-adapter batches through the scheduler (8 threads submitting at once)
+    def mixed():
+        with ThreadPoolExecutor(8) as pool:
+            futures = list(
+                pool.map(lambda a: engine.submit(GenerationRequest(prompt, adapter=a, config=fixed)), requests_adapters)
+            )
+        return [f.result() for f in futures]
+
+    mixed()  # warm-up
+    secs, out = timed(mixed, args.repeat)
+    results["mixed"] = {"seconds": secs, "tokens": total_tokens(out), "tokens_per_s": total_tokens(out) / secs}
+    print("mixed", results["mixed"])
+
+    # 2. one adapter at a time, with switching: set_adapter + one batch per adapter (plain peft generate)
+    peft_model = engine.model
+    ids = torch.tensor([prompt, prompt])
+
+    def switching():
+        tokens = 0
+        for name in ADAPTERS:
+            peft_model.set_adapter(name)
+            with torch.inference_mode():
+                out = peft_model.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=args.new_tokens,
+                    min_new_tokens=args.new_tokens,
+                    do_sample=False,
+                    pad_token_id=engine.pad_token_id,
+                )
+            tokens += (out.shape[1] - ids.shape[1]) * ids.shape[0]
+        return tokens
+
+    secs, tokens = timed(switching, args.repeat)
+    results["switching"] = {"seconds": secs, "tokens": tokens, "tokens_per_s": tokens / secs}
+    print("switching", results["switching"])
+
+    # 3. one request at a time (through the engine, no concurrency)
+    def sequential():
+        return [
+            engine.generate_batch([GenerationRequest(prompt, adapter=a, config=fixed)])[0] for a in requests_adapters
+        ]
+
+    secs, out = timed(sequential, 1)
+    results["one_at_a_time"] = {"seconds": secs, "tokens": total_tokens(out), "tokens_per_s": total_tokens(out) / secs}
+    print("one at a time", results["one_at_a_time"])
+    results["mixed_vs_switching"] = results["mixed"]["tokens_per_s"] / results["switching"]["tokens_per_s"]
+    results["mixed_vs_one_at_a_time"] = results["mixed"]["tokens_per_s"] / results["one_at_a_time"]["tokens_per_s"]
+
+    # 4. switch time, merged vs unmerged single adapter (batch of 8 on one adapter)
+    switch_times = []
+    for name in ADAPTERS * 3:
+        t = time.perf_counter()
+        peft_model.set_adapter(name)
+        switch_times.append(time.perf_counter() - t)
+    results["adapter_switch_ms"] = 1000 * statistics.median(switch_times)
+    single = [GenerationRequest(prompt, adapter="a1", config=fixed) for _ in range(8)]
+
+    def one_adapter():
+        return engine.generate_batch([GenerationRequest(r.prompt_ids, adapter="a1", config=fixed) for r in single])
+
+    secs_unmerged, out = timed(one_adapter, args.repeat)
+    t = time.perf_counter()
+    engine.merge("a1")
+    results["merge_s"] = time.perf_counter() - t
+    secs_merged, out_m = timed(one_adapter, args.repeat)
+    t = time.perf_counter()
+    engine.unmerge()
+    results["unmerge_s"] = time.perf_counter() - t
+    results["single_adapter"] = {
+        "unmerged_tokens_per_s": total_tokens(out) / secs_unmerged,
+        "merged_tokens_per_s": total_tokens(out_m) / secs_merged,
+    }
+    results["merged_vs_unmerged"] = secs_unmerged / secs_merged
+    print("merged vs unmerged", results["merged_vs_unmerged"])
+
+    # 5. constrained vs free decoding, per token (batch of 8, base model)
+    schema = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
+    budget = max(args.new_tokens, 32)
+
+    def free():
+        reqs = [GenerationRequest(prompt, config=GenerationConfig(max_new_tokens=budget)) for _ in range(8)]
+        return engine.generate_batch(reqs)
+
+    def constrained():
+        reqs = [
+            GenerationRequest(prompt, config=GenerationConfig(max_new_tokens=budget), schema=schema) for _ in range(8)
+        ]
+        return engine.generate_batch(reqs)
+
+    constrained()  # compile the grammar once (cached), as a server would
+    secs_free, out_f = timed(free, args.repeat)
+    secs_con, out_c = timed(constrained, args.repeat)
+    per_free = secs_free / max(1, max(r.completion_tokens for r in out_f))
+    per_con = secs_con / max(1, max(r.completion_tokens for r in out_c))
+    valid = all(isinstance(json.loads(r.text), dict) for r in out_c)
+    results["constrained"] = {
+        "free_ms_per_step": 1000 * per_free,
+        "constrained_ms_per_step": 1000 * per_con,
+        "overhead": per_con / per_free - 1,
+        "all_outputs_valid_json": valid,
+        "steps_free": max(r.completion_tokens for r in out_f),
+        "steps_constrained": max(r.completion_tokens for r in out_c),
+    }
+    print("constrained", results["constrained"])
+    engine.close()
+
+    # 6. bf16 vs fp32 (base model, batch of 8)
+    def throughput(dtype: str) -> float:
+        model = LoRAModel(base, load=LoadConfig(dtype=dtype))
+        reqs = lambda: [GenerationRequest(prompt, config=fixed) for _ in range(8)]  # noqa: E731
+        model.generate_batch(reqs())
+        secs, out = timed(lambda: model.generate_batch(reqs()), args.repeat)
+        model.close()
+        return total_tokens(out) / secs
+
+    fp32 = throughput("float32")
+    bf16 = throughput("bfloat16")
+    results["dtype"] = {"fp32_tokens_per_s": fp32, "bf16_tokens_per_s": bf16, "bf16_vs_fp32": bf16 / fp32}
+    print("dtype", results["dtype"])
+
+    results["targets"] = {
+        "mixed_vs_switching >= 3": results["mixed_vs_switching"] >= 3,
+        "constrained overhead <= 10%": results["constrained"]["overhead"] <= 0.10,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "lora_serving.json").write_text(json.dumps(results, indent=1))
+    (args.out / "lora_serving.md").write_text(markdown(results))
+    print(markdown(results))
+
+
+def markdown(r: dict) -> str:
+    m = r["machine"]
+    lines = [
+        "# LoRA serving benchmark",
+        "",
+        f"{r['setup']['model']}, {r['params'] / 1e6:.0f} M parameters, tokenizer vocabulary "
+        f"{r['tokenizer_vocab']:,}; 8 requests over 4 adapters ({r['setup']['lora']}), "
+        f"{r['setup']['new_tokens']} new tokens each, greedy, fp32 unless said. Best of {r['setup']['repeat']}.",
+        "",
+        f"Machine: {m['cpu']} ({m['cpu_count']} cores, {m['memory_gb']} GiB), GPU: {m['gpu'] or 'none'}; "
+        f"{m['platform']}; " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + f"; {m['date']}.",
+        "",
+        "| measurement | value |",
+        "|---|---|",
+        f"| mixed-adapter batches (scheduler, one generate) | {r['mixed']['tokens_per_s']:.1f} tok/s |",
+        f"| one adapter at a time, switching (batch per adapter) | {r['switching']['tokens_per_s']:.1f} tok/s |",
+        f"| one request at a time | {r['one_at_a_time']['tokens_per_s']:.1f} tok/s |",
+        f"| **mixed vs switching** (target >= 3x) | **{r['mixed_vs_switching']:.2f}x** |",
+        f"| mixed vs one at a time | {r['mixed_vs_one_at_a_time']:.2f}x |",
+        f"| single adapter unmerged / merged | {r['single_adapter']['unmerged_tokens_per_s']:.1f} / "
+        f"{r['single_adapter']['merged_tokens_per_s']:.1f} tok/s ({r['merged_vs_unmerged']:.2f}x) |",
+        f"| fp32 / bf16 (base, batch 8) | {r['dtype']['fp32_tokens_per_s']:.1f} / {r['dtype']['bf16_tokens_per_s']:.1f} "
+        f"tok/s ({r['dtype']['bf16_vs_fp32']:.2f}x) |",
+        f"| free / constrained decoding per step (batch 8) | {r['constrained']['free_ms_per_step']:.1f} / "
+        f"{r['constrained']['constrained_ms_per_step']:.1f} ms |",
+        f"| **constrained decoding overhead** (target <= 10%) | **{100 * r['constrained']['overhead']:.1f}%** "
+        f"(all outputs valid JSON: {r['constrained']['all_outputs_valid_json']}) |",
+        f"| base load / adapter load | {r['base_load_s']:.1f} s / {r['adapter_load_s']:.2f} s |",
+        f"| adapter switch (set_adapter) | {r['adapter_switch_ms']:.2f} ms |",
+        f"| merge / unmerge | {r['merge_s']:.2f} s / {r['unmerge_s']:.2f} s |",
+        "",
+        "Targets: " + ", ".join(f"{k}: {'PASS' if v else 'FAIL'}" for k, v in r["targets"].items()),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
