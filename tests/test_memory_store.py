@@ -76,6 +76,11 @@ def test_blocked_scoring_matches_unblocked(monkeypatch: pytest.MonkeyPatch) -> N
     whole = maxsim_all(query, vectors, starts, lengths)
     monkeypatch.setattr(maxsim, "BLOCK_TOKENS", 7)  # many small blocks, documents never split
     np.testing.assert_allclose(maxsim.maxsim_all(query, vectors, starts, lengths), whole, atol=1e-6)
+    docs = np.array([7, 3, 41, 3, 0])
+    views = maxsim.maxsim_subset(query, vectors, starts, lengths, docs)
+    monkeypatch.setattr(maxsim, "VIEW_LIMIT", 0)  # the gathered path
+    np.testing.assert_allclose(maxsim.maxsim_subset(query, vectors, starts, lengths, docs), views, atol=1e-6)
+    np.testing.assert_allclose(views, whole[docs], atol=1e-5)
 
 
 def test_k_and_filter(store: InMemoryMultiVectorStore) -> None:
