@@ -300,8 +300,8 @@ def markdown(r: dict) -> str:
         f"| mixed vs one at a time | {r['mixed_vs_one_at_a_time']:.2f}x |",
         f"| single adapter unmerged / merged | {r['single_adapter']['unmerged_tokens_per_s']:.1f} / "
         f"{r['single_adapter']['merged_tokens_per_s']:.1f} tok/s ({r['merged_vs_unmerged']:.2f}x) |",
-        f"| fp32 / bf16 (base, batch 8) | {r['dtype']['fp32_tokens_per_s']:.1f} / {r['dtype']['bf16_tokens_per_s']:.1f} "
-        f"tok/s ({r['dtype']['bf16_vs_fp32']:.2f}x) |",
+        f"| fp32 / bf16 (base, batch 8) | {r['dtype']['fp32_tokens_per_s']:.1f} / "
+        f"{r['dtype']['bf16_tokens_per_s']:.1f} tok/s ({r['dtype']['bf16_vs_fp32']:.2f}x) |",
         f"| free / constrained decoding per step (batch 8) | {r['constrained']['free_ms_per_step']:.1f} / "
         f"{r['constrained']['constrained_ms_per_step']:.1f} ms |",
         f"| **constrained decoding overhead** (target <= 10%) | **{100 * r['constrained']['overhead']:.1f}%** "
