@@ -459,6 +459,7 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
 
 def plot_sweep(res: dict[str, Any], path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -484,6 +485,8 @@ def plot_sweep(res: dict[str, Any], path: Path) -> None:
     ax.axvline(exact / TARGET_SPEEDUP, color="grey", linestyle=":", label="exact p50 / 10")
     ax.axhline(TARGET_RECALL, color="grey", linestyle="-.", linewidth=0.8, label=f"recall@10 {TARGET_RECALL}")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}" if str(v)[0] in "2345" else ""))
     ax.set_xlabel("p50 latency per query (ms, log scale; labels: n_candidates)")
     ax.set_ylabel("recall@10 vs exact MaxSim")
     ax.set_title("ragplug approximate MaxSim on SciFact (k=10)")
