@@ -32,7 +32,7 @@ def _params() -> dict:
     return {"base": str(paths["base"]), "adapters": {"alpha": str(paths["alpha"])}, "max_new_tokens": 48}
 
 
-class TestChatLoRAUnit(ChatModelUnitTests):
+class _ChatLoRASetup:
     @property
     def chat_model_class(self) -> type[BaseChatModel]:
         return ChatLoRA
@@ -50,19 +50,11 @@ class TestChatLoRAUnit(ChatModelUnitTests):
         return True
 
 
-class TestChatLoRAIntegration(ChatModelIntegrationTests):
-    @property
-    def chat_model_class(self) -> type[BaseChatModel]:
-        return ChatLoRA
+class TestChatLoRAUnit(_ChatLoRASetup, ChatModelUnitTests):
+    pass
 
-    @property
-    def chat_model_params(self) -> dict:
-        return _params()
 
-    @property
-    def has_tool_choice(self) -> bool:
-        return True
-
+class TestChatLoRAIntegration(_ChatLoRASetup, ChatModelIntegrationTests):
     @property
     def supports_json_mode(self) -> bool:
         return False

@@ -8,9 +8,11 @@ chained to the original ``ImportError``.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Mapping
 from functools import cache
 from importlib.util import find_spec
 from types import ModuleType
+from typing import Any
 
 from ragplug.errors import MissingExtraError
 
@@ -34,3 +36,15 @@ def require(module: str, extra: str) -> ModuleType:
             f'Install it with: pip install "ragplug[{extra}]"'
         )
         raise MissingExtraError(msg) from err
+
+
+def lazy_attributes(module: str, where: Mapping[str, str]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` that imports each public name from its submodule on first use."""
+
+    def __getattr__(name: str) -> Any:
+        if name in where:
+            return getattr(importlib.import_module(where[name]), name)
+        msg = f"module {module!r} has no attribute {name!r}"
+        raise AttributeError(msg)
+
+    return __getattr__

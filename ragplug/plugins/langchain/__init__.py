@@ -5,11 +5,11 @@ Needs ``pip install "ragplug[colbert,langchain]"`` (and ``[lora]`` for ``ChatLoR
 imported when first used, so the retrievers work without the LoRA extra and vice versa.
 """
 
-from ragplug._extras import require
+from ragplug._extras import lazy_attributes, require
 
 require("langchain_core", "langchain")
 
-from typing import TYPE_CHECKING, Any  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 if TYPE_CHECKING:
     from ragplug.plugins.langchain.chat_models import ChatLoRA
@@ -24,10 +24,4 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        import importlib
-
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    msg = f"module {__name__!r} has no attribute {name!r}"
-    raise AttributeError(msg)
+__getattr__ = lazy_attributes(__name__, _WHERE)

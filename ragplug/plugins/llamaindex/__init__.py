@@ -5,11 +5,11 @@ Needs ``pip install "ragplug[colbert,llamaindex]"`` (and ``[lora]`` for ``LoRALL
 imported when first used, so the retrievers work without the LoRA extra and vice versa.
 """
 
-from ragplug._extras import require
+from ragplug._extras import lazy_attributes, require
 
 require("llama_index.core", "llamaindex")
 
-from typing import TYPE_CHECKING, Any  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 if TYPE_CHECKING:
     from ragplug.plugins.llamaindex.llms import LoRALLM
@@ -25,10 +25,4 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        import importlib
-
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    msg = f"module {__name__!r} has no attribute {name!r}"
-    raise AttributeError(msg)
+__getattr__ = lazy_attributes(__name__, _WHERE)
