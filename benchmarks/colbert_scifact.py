@@ -352,6 +352,26 @@ def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else []
 
 
+def cpu_snapshot() -> tuple[float, float, float]:
+    """(monotonic time, machine busy CPU seconds from /proc/stat, this process's CPU seconds)."""
+    busy = float("nan")
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+        busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        pass
+    t = os.times()
+    return time.monotonic(), busy, t.user + t.system
+
+
+def foreign_cores(start: tuple[float, float, float]) -> float:
+    """CPU cores used on average by *other* processes since ``start`` (0 = machine to ourselves)."""
+    now = cpu_snapshot()
+    elapsed = max(now[0] - start[0], 1e-9)
+    return round(max(0.0, (now[1] - start[1]) - (now[2] - start[2])) / elapsed, 2)
+
+
 def overlap_at(approx: list[list[str]], exact: list[list[str]], n: int = 10) -> float:
     return float(np.mean([len(set(a[:n]) & set(e[:n])) / n for a, e in zip(approx, exact, strict=True)]))
 
@@ -402,8 +422,9 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
         "## ragplug search latency (one query at a time, query already encoded)",
         "",
         "The three rows were timed interleaved (each query runs every mode, in a random order), so load from other "
-        f"processes hits them alike; load average before/after: {lat['load_avg_before_after']}. CPU ms = process "
-        "CPU time (all threads) per call.",
+        f"processes hits them alike; load average before/after: {lat['load_avg_before_after']}; other processes used "
+        f"{lat.get('other_processes_cores', float('nan')):.2f} of the {m['cpu_count']} cores on average meanwhile. "
+        "CPU ms = process CPU time (all threads) per call.",
         "",
         "| mode | k | p50 ms | p95 ms | mean ms | CPU p50 ms | recall@10 vs exact | nDCG@10 |",
         "|---|---|---|---|---|---|---|---|",
@@ -451,7 +472,8 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
         )
     lines += ["", "Index builds in the sweep: " + ", ".join(
         f"{b['n_centroids']} centroids {b['seconds']:.1f} s (exact reference p50 {b['exact_ref']['p50_ms']} ms, "
-        f"load {b['load_avg_before_after']})" for b in res["sweep"]["builds"]) + ".", ""]
+        f"other processes {b.get('other_processes_cores', float('nan')):.2f} cores)" for b in res["sweep"]["builds"])
+        + ".", ""]
     lines += ["![sweep](colbert_scifact_sweep.png)", ""]
     if res.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in res["notes"]] + [""]
@@ -576,6 +598,7 @@ def main() -> None:
     store.search(encoded[0], k=k, mode="approximate")
     second_call_s = time.perf_counter() - t0
     load_before = load()
+    snap = cpu_snapshot()
     arms = interleaved_search(
         store, encoded, qids,
         {"exact": {"k": k, "mode": "exact"}, "approx": {"k": k, "mode": "approximate"},
@@ -616,6 +639,7 @@ def main() -> None:
             "ndcg@10": evaluate(qrels, arms["approx10"]["run"])["ndcg@10"],
         },
         "load_avg_before_after": [load_before, load()],
+        "other_processes_cores": foreign_cores(snap),
     }
     latency["speedup_p50"] = round(exact_stats["p50_ms"] / approx_stats["p50_ms"], 2)
     latency["speedup_p50_k10"] = round(exact_stats["p50_ms"] / latency["approximate_default_k10"]["p50_ms"], 2)
@@ -665,9 +689,11 @@ def main() -> None:
         # Exact reference timed in the same loop (every 5th query), so the speedups compare like with like.
         sweep_arms["exact_ref"] = {"k": 10, "mode": "exact", "every": 5}
         load_before = load()
+        snap = cpu_snapshot()
         result = interleaved_search(store, encoded, qids, sweep_arms, f"sweep {n_cent} centroids", seed=n_cent)
         ref = arm_stats(result.pop("exact_ref"))
-        builds[-1].update(exact_ref=ref, load_avg_before_after=[load_before, load()])
+        builds[-1].update(exact_ref=ref, load_avg_before_after=[load_before, load()],
+                          other_processes_cores=foreign_cores(snap))
         for name, arm in result.items():
             probe, cand = (int(x) for x in name.split("/"))
             st = arm_stats(arm)

@@ -57,7 +57,7 @@ class TestChatLoRAUnit(_ChatLoRASetup, ChatModelUnitTests):
 class TestChatLoRAIntegration(_ChatLoRASetup, ChatModelIntegrationTests):
     @property
     def supports_json_mode(self) -> bool:
-        return False
+        return True
 
     @needs_capable_model
     def test_tool_calling(self, model: BaseChatModel) -> None:  # asserts the argument value 3
@@ -74,3 +74,9 @@ class TestChatLoRAIntegration(_ChatLoRASetup, ChatModelIntegrationTests):
     @needs_capable_model
     def test_unicode_tool_call_integration(self, model: BaseChatModel, **kwargs) -> None:  # echoes 你好
         super().test_unicode_tool_call_integration(model, **kwargs)
+
+    @needs_capable_model
+    def test_json_mode(
+        self, model: BaseChatModel
+    ) -> None:  # json_mode guarantees an object; the keys come from the prompt
+        super().test_json_mode(model)
