@@ -480,6 +480,7 @@ def _write_atomic(folder: Path, name: str, write: Any) -> str:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a saved index is an ordinary data file
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, folder / name)
