@@ -211,8 +211,8 @@ def facts() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def tiny_llm() -> dict[str, Path]:
-    """A tiny random Qwen2-architecture chat model (base) and LoRA adapters for it (alpha, beta, gamma),
-    plus one adapter trained for a different base (foreign)."""
+    """A tiny random Qwen2-architecture chat model (base) and LoRA adapters for it (alpha, beta, gamma;
+    wide: rank 8 on other layers; dora: a DoRA adapter), plus one trained for a different base (foreign)."""
     from tests.fixtures.tiny_llm import tiny_llm_paths
 
     return tiny_llm_paths()

@@ -127,6 +127,12 @@ def main() -> None:
         help="shared data folder: train the tokenizer on SciFact + 2WikiMultihopQA too (a larger vocabulary)",
     )
     parser.add_argument("--only-constrained", action="store_true", help="measure only constrained decoding")
+    parser.add_argument(
+        "--dtype",
+        choices=["bfloat16", "float32"],
+        default="bfloat16",
+        help="dtype of the serving measurements (Qwen2.5 ships bf16; fp32 is also timed for mixed vs switching)",
+    )
     args = parser.parse_args()
 
     import torch
@@ -146,7 +152,7 @@ def main() -> None:
         "repeat": args.repeat,
     }
 
-    load = LoadConfig(dtype="float32", batch_window_ms=50, max_batch_size=8)
+    load = LoadConfig(dtype=args.dtype, batch_window_ms=50, max_batch_size=8)
     t_load0 = time.perf_counter()
     engine = LoRAModel(base, load=load)
     results["base_load_s"] = time.perf_counter() - t_load0

@@ -57,6 +57,13 @@ class LoadConfig:
         default="error",
         metadata={"help": "prompt longer than the context: raise ContextLengthError, or drop the oldest tokens"},
     )
+    mixed_lora: Literal["segmented", "peft"] = field(
+        default="segmented",
+        metadata={
+            "help": "how rows with different adapters share a forward pass: 'segmented' (stacked weights, two "
+            "matmuls per layer; falls back to peft for DoRA and other variants) or 'peft' (peft's adapter_names loop)"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
@@ -73,4 +80,7 @@ class LoadConfig:
             raise InvalidInputError(msg)
         if self.truncation not in ("error", "left"):
             msg = f"truncation must be 'error' or 'left', got {self.truncation!r}"
+            raise InvalidInputError(msg)
+        if self.mixed_lora not in ("segmented", "peft"):
+            msg = f"mixed_lora must be 'segmented' or 'peft', got {self.mixed_lora!r}"
             raise InvalidInputError(msg)
