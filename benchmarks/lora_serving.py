@@ -25,6 +25,7 @@ import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -135,8 +136,6 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    import torch
-
     from ragplug.adapters.lora import GenerationConfig, GenerationRequest, LoadConfig, LoRAModel
 
     t0 = time.perf_counter()
@@ -150,6 +149,7 @@ def main() -> None:
         "adapters": 4,
         "lora": "r=16 on q/k/v/o",
         "repeat": args.repeat,
+        "dtype": args.dtype,
     }
 
     load = LoadConfig(dtype=args.dtype, batch_window_ms=50, max_batch_size=8)
@@ -168,67 +168,21 @@ def main() -> None:
     words = TEXT.read_text(encoding="utf-8").split()[2000 : 2000 + args.prompt_words]
     prompt = engine.render([{"role": "user", "content": " ".join(words)}])
     fixed = GenerationConfig(max_new_tokens=args.new_tokens)
-    requests_adapters = [ADAPTERS[i % 4] for i in range(8)]
 
     def total_tokens(results_list) -> int:
         return sum(r.completion_tokens for r in results_list)
 
     if not args.only_constrained:
-        # 1. mixed-adapter batches through the scheduler (8 threads submitting at once)
-        def mixed():
-            with ThreadPoolExecutor(8) as pool:
-                futures = list(
-                    pool.map(
-                        lambda a: engine.submit(GenerationRequest(prompt, adapter=a, config=fixed)), requests_adapters
-                    )
-                )
-            return [f.result() for f in futures]
-
-        mixed()  # warm-up
-        secs, out = timed(mixed, args.repeat)
-        results["mixed"] = {"seconds": secs, "tokens": total_tokens(out), "tokens_per_s": total_tokens(out) / secs}
-        print("mixed", results["mixed"])
-
-        # 2. one adapter at a time, with switching: set_adapter + one batch per adapter (plain peft generate)
+        results["serving"] = {args.dtype: serving(engine, prompt, fixed, args)}
+        other = "float32" if args.dtype == "bfloat16" else "bfloat16"
+        folders = {n: base.parent / f"adapter-{base.name}-{n}" for n in ADAPTERS}
+        second = LoRAModel(base, folders, load=replace(load, dtype=other))
+        results["serving"][other] = serving(second, prompt, fixed, args)
+        second.close()
+        main_run = results["serving"][args.dtype]
+        results["mixed_vs_switching"] = main_run["mixed_vs_switching"]
+        results["head_input"] = head_input_timing(engine)
         peft_model = engine.model
-        ids = torch.tensor([prompt, prompt])
-
-        def switching():
-            tokens = 0
-            for name in ADAPTERS:
-                peft_model.set_adapter(name)
-                with torch.inference_mode():
-                    out = peft_model.generate(
-                        input_ids=ids,
-                        attention_mask=torch.ones_like(ids),
-                        max_new_tokens=args.new_tokens,
-                        min_new_tokens=args.new_tokens,
-                        do_sample=False,
-                        pad_token_id=engine.pad_token_id,
-                    )
-                tokens += (out.shape[1] - ids.shape[1]) * ids.shape[0]
-            return tokens
-
-        secs, tokens = timed(switching, args.repeat)
-        results["switching"] = {"seconds": secs, "tokens": tokens, "tokens_per_s": tokens / secs}
-        print("switching", results["switching"])
-
-        # 3. one request at a time (through the engine, no concurrency)
-        def sequential():
-            return [
-                engine.generate_batch([GenerationRequest(prompt, adapter=a, config=fixed)])[0]
-                for a in requests_adapters
-            ]
-
-        secs, out = timed(sequential, 1)
-        results["one_at_a_time"] = {
-            "seconds": secs,
-            "tokens": total_tokens(out),
-            "tokens_per_s": total_tokens(out) / secs,
-        }
-        print("one at a time", results["one_at_a_time"])
-        results["mixed_vs_switching"] = results["mixed"]["tokens_per_s"] / results["switching"]["tokens_per_s"]
-        results["mixed_vs_one_at_a_time"] = results["mixed"]["tokens_per_s"] / results["one_at_a_time"]["tokens_per_s"]
 
         # 4. switch time, merged vs unmerged single adapter (batch of 8 on one adapter)
         switch_times = []
@@ -323,25 +277,120 @@ def main() -> None:
     print(markdown(results))
 
 
+def serving(engine, prompt: list[int], fixed, args) -> dict:
+    """8 concurrent requests over 4 adapters: mixed batches (segmented and peft's loop) vs switching vs one by one."""
+    import torch
+
+    from ragplug.adapters.lora import GenerationRequest
+
+    requests_adapters = [ADAPTERS[i % 4] for i in range(8)]
+    load = engine.load_config
+    out: dict = {}
+
+    def mixed():  # 8 threads submitting at once; the scheduler gathers them into one generate call
+        with ThreadPoolExecutor(8) as pool:
+            futures = list(
+                pool.map(lambda a: engine.submit(GenerationRequest(prompt, adapter=a, config=fixed)), requests_adapters)
+            )
+        return sum(f.result().completion_tokens for f in futures)
+
+    def switching_peft():  # set_adapter + one plain peft generate per adapter (its 2 requests batched)
+        ids = torch.tensor([prompt, prompt])
+        tokens = 0
+        for name in ADAPTERS:
+            engine.model.set_adapter(name)
+            with torch.inference_mode():
+                generated = engine.model.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=args.new_tokens,
+                    min_new_tokens=args.new_tokens,
+                    do_sample=False,
+                    pad_token_id=engine.pad_token_id,
+                )
+            tokens += (generated.shape[1] - ids.shape[1]) * ids.shape[0]
+        return tokens
+
+    def switching_engine():  # the same engine, one adapter's requests per generate call
+        batches = [[GenerationRequest(prompt, adapter=a, config=fixed)] * 2 for a in ADAPTERS]
+        return sum(r.completion_tokens for batch in batches for r in engine.generate_batch(batch))
+
+    def one_at_a_time():
+        requests = [GenerationRequest(prompt, adapter=a, config=fixed) for a in requests_adapters]
+        return sum(engine.generate_batch([r])[0].completion_tokens for r in requests)
+
+    def measure(fn, repeat):
+        fn()  # warm-up
+        secs, tokens = timed(fn, repeat)
+        return {"seconds": secs, "tokens": tokens, "tokens_per_s": tokens / secs}
+
+    out["mixed"] = measure(mixed, args.repeat)
+    engine.load_config = replace(load, mixed_lora="peft")
+    out["mixed_peft_loop"] = measure(mixed, args.repeat)
+    engine.load_config = load
+    out["switching_peft"] = measure(switching_peft, args.repeat)
+    out["switching_engine"] = measure(switching_engine, args.repeat)
+    out["one_at_a_time"] = measure(one_at_a_time, 1)
+    best_switching = max(out["switching_peft"]["tokens_per_s"], out["switching_engine"]["tokens_per_s"])
+    out["mixed_vs_switching"] = out["mixed"]["tokens_per_s"] / best_switching
+    out["mixed_vs_one_at_a_time"] = out["mixed"]["tokens_per_s"] / out["one_at_a_time"]["tokens_per_s"]
+    out["segmented_vs_peft_loop"] = out["mixed"]["tokens_per_s"] / out["mixed_peft_loop"]["tokens_per_s"]
+    print(engine.load_config.dtype, json.dumps(out, indent=1))
+    return out
+
+
+def head_input_timing(engine) -> dict:
+    """The LM head on the last position of 8 rows: a strided view (what generate passes) vs a contiguous copy."""
+    import torch
+
+    head = engine.model.get_output_embeddings()
+    hidden = torch.randn(8, 64, head.in_features, dtype=head.weight.dtype)[:, -1:, :]
+    with torch.inference_mode():
+        strided, _ = timed(lambda: torch.nn.functional.linear(hidden, head.weight), 2)
+        contiguous, _ = timed(lambda: torch.nn.functional.linear(hidden.contiguous(), head.weight), 2)
+    return {"strided_ms": 1000 * strided, "contiguous_ms": 1000 * contiguous}
+
+
 def markdown(r: dict) -> str:
     m = r["machine"]
+    dtypes = list(r["serving"])
+    rows = [
+        ("mixed-adapter batches, segmented LoRA (scheduler, one generate)", "mixed", "tokens_per_s"),
+        ("mixed-adapter batches, peft's adapter_names loop", "mixed_peft_loop", "tokens_per_s"),
+        ("switching: set_adapter + plain peft generate per adapter", "switching_peft", "tokens_per_s"),
+        ("switching: the engine, one adapter per generate call", "switching_engine", "tokens_per_s"),
+        ("one request at a time", "one_at_a_time", "tokens_per_s"),
+    ]
     lines = [
         "# LoRA serving benchmark",
         "",
         f"{r['setup']['model']}, {r['params'] / 1e6:.0f} M parameters, tokenizer vocabulary "
         f"{r['tokenizer_vocab']:,}; 8 requests over 4 adapters ({r['setup']['lora']}), "
-        f"{r['setup']['new_tokens']} new tokens each, greedy, fp32 unless said. Best of {r['setup']['repeat']}.",
+        f"{r['setup']['new_tokens']} new tokens each, greedy. Best of {r['setup']['repeat']}. "
+        f"Measurements after the first table use {r['setup']['dtype']}.",
         "",
         f"Machine: {m['cpu']} ({m['cpu_count']} cores, {m['memory_gb']} GiB), GPU: {m['gpu'] or 'none'}; "
         f"{m['platform']}; " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + f"; {m['date']}.",
         "",
+        "## 8 concurrent requests over 4 adapters (tokens/s)",
+        "",
+        "| serving | " + " | ".join(dtypes) + " |",
+        "|---|" + "---|" * len(dtypes),
+    ]
+    for label, key, field_name in rows:
+        lines.append(f"| {label} | " + " | ".join(f"{r['serving'][d][key][field_name]:.1f}" for d in dtypes) + " |")
+    for label, key in [
+        ("**mixed vs switching** (the faster switching row; target >= 3x)", "mixed_vs_switching"),
+        ("mixed vs one at a time", "mixed_vs_one_at_a_time"),
+        ("segmented vs peft's loop", "segmented_vs_peft_loop"),
+    ]:
+        lines.append(f"| {label} | " + " | ".join(f"**{r['serving'][d][key]:.2f}x**" for d in dtypes) + " |")
+    lines += [
+        "",
+        "## Other measurements",
+        "",
         "| measurement | value |",
         "|---|---|",
-        f"| mixed-adapter batches (scheduler, one generate) | {r['mixed']['tokens_per_s']:.1f} tok/s |",
-        f"| one adapter at a time, switching (batch per adapter) | {r['switching']['tokens_per_s']:.1f} tok/s |",
-        f"| one request at a time | {r['one_at_a_time']['tokens_per_s']:.1f} tok/s |",
-        f"| **mixed vs switching** (target >= 3x) | **{r['mixed_vs_switching']:.2f}x** |",
-        f"| mixed vs one at a time | {r['mixed_vs_one_at_a_time']:.2f}x |",
         f"| single adapter unmerged / merged | {r['single_adapter']['unmerged_tokens_per_s']:.1f} / "
         f"{r['single_adapter']['merged_tokens_per_s']:.1f} tok/s ({r['merged_vs_unmerged']:.2f}x) |",
         f"| fp32 / bf16 (base, batch 8) | {r['dtype']['fp32_tokens_per_s']:.1f} / "
@@ -353,6 +402,8 @@ def markdown(r: dict) -> str:
         f"| base load / adapter load | {r['base_load_s']:.1f} s / {r['adapter_load_s']:.2f} s |",
         f"| adapter switch (set_adapter) | {r['adapter_switch_ms']:.2f} ms |",
         f"| merge / unmerge | {r['merge_s']:.2f} s / {r['unmerge_s']:.2f} s |",
+        f"| LM head on 8 rows' last position: strided view / contiguous | {r['head_input']['strided_ms']:.1f} / "
+        f"{r['head_input']['contiguous_ms']:.1f} ms |",
         "",
         "Targets: " + ", ".join(f"{k}: {'PASS' if v else 'FAIL'}" for k, v in r["targets"].items()),
         "",

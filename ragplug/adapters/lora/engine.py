@@ -153,7 +153,9 @@ class _Row:
         self.closing = False
         self.finish_reason = "length"
         self.budget = request.config.max_new_tokens
-        self.estimate = 0
+        self.estimate = 0  # tokens the shortest valid finish needs (refreshed as decoding goes)
+        self.fresh = False  # whether ``estimate`` is exact for the current state
+        self.known: dict[int, int] = {}  # candidate token -> shortest finish after it, this step
         if grammar is not None:
             # A constrained answer must finish: the budget covers at least the shortest valid document.
             self.estimate = grammar.min_remaining()
@@ -462,31 +464,27 @@ class LoRAModel:
                 active = [i for i, row in enumerate(rows) if row.grammar is not None and not row.done]
                 for i in active:
                     rows[i].grammar.fill(self.bitmask, i)  # type: ignore[union-attr]
-                if active:
-                    engine.grammar().apply(scores, self.bitmask, active)
+                    rows[i].grammar.mask(scores[i], self.bitmask, i)  # type: ignore[union-attr]
+                best = scores.argmax(dim=-1).tolist() if active and not do_sample else None  # one batched pass
                 for i in active:
                     row = rows[i]
                     grammar = row.grammar
                     assert grammar is not None
                     left = row.budget - len(row.tokens)
                     zone = left <= 2 * row.estimate + 32
-                    if not row.closing and (zone or len(row.tokens) % 16 == 0):
+                    if not row.closing and not row.fresh and (zone or len(row.tokens) % 16 == 0):
                         row.estimate = grammar.min_remaining()
-                    allowed = torch.isfinite(scores[i]).cpu().numpy()
-                    closing = grammar.closing_choice(allowed)
+                    row.fresh = False
+                    closing = grammar.closing_choice_in(self.bitmask, i)
+                    if closing is None or not bool(torch.isfinite(scores[i, closing])):  # another processor cut it
+                        closing = grammar.closing_choice(torch.isfinite(scores[i]).cpu().numpy())
                     if closing is None:
                         continue
                     if row.closing or left <= row.estimate + 1:
                         row.closing = True
                         keep = [closing]
                     elif zone:  # only tokens after which the budget still covers the shortest finish
-                        top = torch.topk(scores[i], k=min(8, int(allowed.sum()))).indices.tolist()
-                        keep = []
-                        for token in top:
-                            if grammar.min_remaining(after=token) <= left - 1:
-                                keep.append(token)
-                                if not do_sample:  # greedy takes the best feasible token: stop looking
-                                    break
+                        keep = self.feasible(row, scores[i], left, None if best is None else best[i])
                         keep.append(closing)
                     else:
                         continue
@@ -494,6 +492,31 @@ class LoRAModel:
                     scores[i] = float("-inf")
                     scores[i, keep] = kept
                 return scores
+
+            @staticmethod
+            def feasible(row: _Row, scores: Any, left: int, best: int | None) -> list[int]:
+                """The best tokens (greedy: the best one) whose shortest finish still fits ``left - 1``;
+                the finish length after each is remembered, so the next step need not simulate it again."""
+                grammar = row.grammar
+                assert grammar is not None
+                row.known = {}
+                # greedy: the argmax is almost always feasible; try it before ranking the top 8
+                if best is not None and bool(torch.isfinite(scores[best])):
+                    row.known[best] = grammar.min_remaining(after=best)
+                    if row.known[best] <= left - 1:
+                        return [best]
+                values, indices = torch.topk(scores, k=8)
+                keep = []
+                for value, token in zip(values.tolist(), indices.tolist(), strict=True):
+                    if value == float("-inf"):
+                        break
+                    if token not in row.known:
+                        row.known[token] = grammar.min_remaining(after=token)
+                    if row.known[token] <= left - 1:
+                        keep.append(token)
+                        if not do_sample:  # greedy takes the best feasible token: stop looking
+                            break
+                return keep
 
         processors = LogitsProcessorList([Constrain()]) if any(r.grammar for r in rows) else None
         kwargs: dict[str, Any] = {
@@ -533,6 +556,10 @@ class LoRAModel:
         request = row.request
         if row.grammar is not None:
             row.grammar.accept(token)
+            row.fresh = token in row.known  # the shortest finish from here was simulated last step
+            if row.fresh:
+                row.estimate = row.known[token]
+            row.known = {}
         if token in self.eos_token_ids:
             row.done, row.finish_reason = True, "stop"
             return

@@ -78,9 +78,6 @@ class GrammarBackend:
     def allocate(self, batch: int) -> Any:
         return self._xgr.allocate_token_bitmask(batch, self.vocab_size)
 
-    def apply(self, logits: Any, bitmask: Any, indices: list[int]) -> None:
-        self._xgr.apply_token_bitmask_inplace(logits, bitmask.to(logits.device), indices=indices)
-
 
 class _Lexer:
     """Tracks whether the JSON text so far ends inside a string (and after a backslash)."""
@@ -109,6 +106,8 @@ class GrammarRow:
         self.matcher = matcher
         self.lexer = _Lexer()
         self.accepted = 0
+        self._words: Any = None  # the last packed mask row, and its unpacked "forbidden" form
+        self._blocked: Any = None
 
     def accept(self, token_id: int) -> None:
         if self.matcher.is_terminated():
@@ -125,6 +124,25 @@ class GrammarRow:
 
     def fill(self, bitmask: Any, index: int) -> None:
         self.matcher.fill_next_token_bitmask(bitmask, index)
+
+    def mask(self, scores: Any, bitmask: Any, index: int) -> None:
+        """Set, in place, the scores (one row) of the tokens the grammar forbids now to -inf.
+
+        The unpacked mask is kept while the allowed set stays the same (inside a string it changes
+        rarely), so most steps cost one comparison of packed words and one ``masked_fill_``.
+        """
+        import numpy as np
+        import torch
+
+        words = bitmask[index].numpy()
+        if self._words is None or not np.array_equal(words, self._words):
+            self._words = words.copy()
+            bits = np.unpackbits(words.view(np.uint8), bitorder="little")
+            blocked = np.ones(scores.shape[-1], dtype=bool)  # rows past the grammar's vocabulary: forbidden
+            n = min(len(blocked), self.backend.vocab_size)
+            blocked[:n] = bits[:n] == 0
+            self._blocked = torch.from_numpy(blocked).to(scores.device)
+        scores.masked_fill_(self._blocked, float("-inf"))
 
     def min_remaining(self, after: int | None = None, limit: int = 2048) -> int:
         """Tokens the closing policy needs to finish the document from the current state (simulated on a
@@ -150,6 +168,10 @@ class GrammarRow:
             fork.accept_token(choice)
             lexer.feed(self.backend.token_text.get(choice, ""))
         return steps
+
+    def closing_choice_in(self, bitmask: Any, index: int) -> int | None:
+        """:meth:`closing_choice` read from row ``index`` of a filled xgrammar bitmask (no unpacking)."""
+        return self.closing_choice(_Packed(bitmask[index].numpy(), self.backend.vocab_size))
 
     def closing_choice(self, allowed: Any, lexer: _Lexer | None = None) -> int | None:
         """The closing-mode token: inside a string the closing quote; outside, the stop token, then ``}``,
