@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,7 @@ from ragplug.retrievers.late_interaction import (
     Record,
     SearchMode,
 )
+from ragplug.retrievers.late_interaction.ivf import CentroidIndex
 from ragplug.retrievers.late_interaction.maxsim import maxsim_all
 
 DIM = 8
@@ -207,12 +210,100 @@ def test_approximate_index_follows_adds_and_deletes() -> None:
     assert all(int(h.id[1:]) % 3 != 0 for h in hits)
 
 
-def test_auto_mode_switches_on_size() -> None:
+def test_auto_mode_switches_on_size_once_the_background_index_is_ready() -> None:
     store = InMemoryMultiVectorStore(approximate_min_tokens=100)
     store.add(_records(5))
-    assert store._resolve_mode(None) is SearchMode.EXACT
+    query = _unit(np.random.default_rng(9), 3)
+    assert store._resolve_mode(None) is SearchMode.EXACT and store.index_status == "none"
     store.add(_records(60, seed=2)[5:])
+    exact = store.search(query, k=5, mode="exact")
+    assert store.search(query, k=5) == exact  # served exactly while the index is fitted in the background
+    assert store.index_status in ("building", "ready")
+    assert store.wait_for_index(timeout=60) and store.index_status == "ready"
     assert store._resolve_mode(None) is SearchMode.APPROXIMATE
+    assert len(store.search(query, k=5)) == 5
+
+
+def _blocking(monkeypatch: pytest.MonkeyPatch, target: object, name: str) -> tuple[threading.Event, threading.Event]:
+    """Make ``target.name`` wait for a release (so a test can act while it is running)."""
+    started, release = threading.Event(), threading.Event()
+    real = getattr(target, name)
+
+    def wait_then_run(*args: object, **kwargs: object) -> object:
+        started.set()
+        assert release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, wait_then_run)
+    return started, release
+
+
+def test_searches_and_writes_go_on_while_the_index_is_fitted(monkeypatch: pytest.MonkeyPatch) -> None:
+    records, families = _clustered_corpus(30, seed=1)
+    store = InMemoryMultiVectorStore()
+    store.add(records[:200])
+    started, release = _blocking(monkeypatch, CentroidIndex, "fit")
+    with ThreadPoolExecutor(2) as pool:
+        try:
+            build = pool.submit(store.build_index)
+            assert started.wait(30)
+            assert store.index_status == "none"
+            search = pool.submit(store.search, families[3], k=3, mode="exact")
+            assert {int(h.id[1:]) // 10 for h in search.result(timeout=10)} == {3}  # not blocked by the fit
+            store.add(records[200:])  # families 20..29 arrive while the centroids are being fitted
+            store.delete(["d250", "d251"])
+        finally:
+            release.set()
+        build.result(timeout=60)
+    assert store.index_status == "ready"
+    assert len(store._ivf.codes) == store.n_tokens  # the tokens that arrived meanwhile were coded too
+    hits = store.search(families[25], k=5, mode="approximate")
+    assert {int(h.id[1:]) // 10 for h in hits} == {25} and not {"d250", "d251"} & {h.id for h in hits}
+
+
+def test_searches_go_on_while_the_store_is_saved(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, store: InMemoryMultiVectorStore
+) -> None:
+    import ragplug.retrievers.late_interaction.memory as memory
+
+    started, release = _blocking(monkeypatch, memory, "_sha256")
+    query = _unit(np.random.default_rng(4), 2)
+    with ThreadPoolExecutor(2) as pool:
+        try:
+            save = pool.submit(store.save, tmp_path / "s")
+            assert started.wait(30)
+            assert len(pool.submit(store.search, query, k=3).result(timeout=10)) == 3
+            store.add([Record("late", _unit(np.random.default_rng(5), 2))])
+        finally:
+            release.set()
+        save.result(timeout=60)
+    loaded = InMemoryMultiVectorStore.load(tmp_path / "s")
+    assert len(loaded) == 30 and "late" not in loaded  # the snapshot taken when save() began
+    assert len(store) == 31
+
+
+def test_n_candidates_per_search_is_used_as_given(
+    monkeypatch: pytest.MonkeyPatch, store: InMemoryMultiVectorStore
+) -> None:
+    import ragplug.retrievers.late_interaction.memory as memory
+
+    rescored: list[int] = []
+    real = memory.maxsim_subset
+
+    def counting(query, vectors, starts, lengths, docs):  # type: ignore[no-untyped-def]
+        rescored.append(len(docs))
+        return real(query, vectors, starts, lengths, docs)
+
+    monkeypatch.setattr(memory, "maxsim_subset", counting)
+    query = _unit(np.random.default_rng(4), 2)
+    store.search(query, k=2, mode="approximate", n_candidates=3)
+    store.search(query, k=2, mode="approximate")  # default: the store's setting (256), capped by the corpus
+    assert rescored == [3, 30]
+    with pytest.raises(InvalidInputError, match="at least k"):
+        store.search(query, k=5, mode="approximate", n_candidates=4)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(InvalidInputError, match="n_probe"):
+            store.search(query, k=2, mode="approximate", n_probe=bad)
 
 
 def test_approximate_config_is_validated() -> None:

@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from ragplug.errors import InvalidInputError
 
-__all__ = ["ApproximateConfig", "CentroidIndex"]
+__all__ = ["ApproximateConfig", "CentroidIndex", "FrozenIndex"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,8 @@ class ApproximateConfig:
 
     n_probe: int = field(default=8, metadata={"help": "centroids probed per query vector (more: better recall)"})
     n_candidates: int = field(
-        default=256, metadata={"help": "documents re-scored with exact MaxSim (at least 4 * k are used)"}
+        default=256,
+        metadata={"help": "documents re-scored with exact MaxSim (at least 4 * k, unless given per search)"},
     )
     n_centroids: int | None = field(
         default=None, metadata={"help": "k-means centroids; None picks a power of two near 4*sqrt(n_tokens)"}
@@ -133,12 +134,31 @@ class CentroidIndex:
         return self._lists
 
     # -- search ---------------------------------------------------------------------------------------
+    def frozen(self, lengths: npt.NDArray[np.int64]) -> FrozenIndex:
+        """What a search reads: centroids and inverted lists for these document lengths. Later changes to
+        the index replace its arrays rather than writing into them, so a frozen index stays valid."""
+        offsets, list_docs = self._inverted_lists(lengths)
+        return FrozenIndex(self.centroids, offsets, list_docs, len(lengths))
+
     def approximate_scores(
         self, query: npt.NDArray[np.float32], lengths: npt.NDArray[np.int64], n_probe: int
     ) -> npt.NDArray[np.float32]:
         """Approximate MaxSim of ``query`` for every document (see the module docstring)."""
-        offsets, list_docs = self._inverted_lists(lengths)
-        n_docs, n_query = len(lengths), len(query)
+        return self.frozen(lengths).approximate_scores(query, n_probe)
+
+
+@dataclass(frozen=True)
+class FrozenIndex:
+    """A read-only view of a :class:`CentroidIndex` for one state of the store."""
+
+    centroids: npt.NDArray[np.float32]
+    offsets: npt.NDArray[np.int64]
+    list_docs: npt.NDArray[np.int64]
+    n_docs: int
+
+    def approximate_scores(self, query: npt.NDArray[np.float32], n_probe: int) -> npt.NDArray[np.float32]:
+        """Approximate MaxSim of ``query`` for every document (see the module docstring)."""
+        offsets, list_docs, n_docs, n_query = self.offsets, self.list_docs, self.n_docs, len(query)
         sims = query @ self.centroids.T  # (n_query, n_centroids)
         n_probe = min(n_probe, sims.shape[1])
         probe = np.argpartition(-sims, n_probe - 1, axis=1)[:, :n_probe]

@@ -68,7 +68,8 @@ class SearchMode(str, Enum):
     APPROXIMATE = "approximate"
     """Centroid candidate generation, then exact MaxSim over the candidates."""
     AUTO = "auto"
-    """Approximate once the store holds at least ``approximate_min_tokens`` tokens, else exact."""
+    """Approximate once the store holds at least ``approximate_min_tokens`` tokens and its index is ready
+    (the first such search starts building it in the background and searches exactly), else exact."""
 
 
 class InMemoryMultiVectorStore:
@@ -107,7 +108,11 @@ class InMemoryMultiVectorStore:
         self._metadata: list[dict[str, Any]] = []
         self._texts: list[str | None] = []
         self._ivf: CentroidIndex | None = None
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # guards the fields above; held briefly, never while scoring or fitting
+        self._version = 0  # bumped by every change, so an index fitted meanwhile knows it is behind
+        self._build_lock = threading.Lock()  # one index build at a time
+        self._save_lock = threading.Lock()  # one save at a time
+        self._builder: threading.Thread | None = None
 
     # -- introspection --------------------------------------------------------------------------------
     @property
@@ -225,6 +230,7 @@ class InMemoryMultiVectorStore:
             self._texts.append(record.text)
         if self._ivf is not None:
             self._ivf.append(new)
+        self._version += 1
 
     def _remove(self, ids: Sequence[str]) -> None:
         drop = np.zeros(len(self._ids), dtype=bool)
@@ -245,23 +251,74 @@ class InMemoryMultiVectorStore:
                 self._ivf.keep(keep_tokens)
             else:
                 self._ivf = None
+        self._version += 1
 
     # -- search ---------------------------------------------------------------------------------------
+    @property
+    def index_status(self) -> str:
+        """``"ready"`` when approximate search has its centroid index, ``"building"`` while one is being
+        fitted in the background (``AUTO`` mode searches exactly meanwhile), else ``"none"``."""
+        with self._lock:
+            if self._ivf is not None:
+                return "ready"
+            return "building" if self._builder is not None and self._builder.is_alive() else "none"
+
     def build_index(self, config: ApproximateConfig | None = None) -> None:
-        """(Re)fit the centroid index used by approximate search. Called lazily by the first approximate
-        search; call it again after the corpus has changed a lot, so the centroids follow the data."""
+        """(Re)fit the centroid index of approximate search now, and wait for it.
+
+        ``config`` also becomes the store's default ``n_probe`` / ``n_candidates``. Searches and writes go
+        on while the index is fitted; tokens added meanwhile are assigned to the new centroids before it is
+        installed. Call it again after the corpus has changed a lot, so the centroids follow the data.
+        """
         with self._lock:
             if config is not None:
                 self.approximate = config
-            if not self._n_tokens:
-                msg = "cannot build an index over an empty store"
-                raise InvalidInputError(msg)
-            self._ivf = CentroidIndex.fit(self._vectors[: self._n_tokens], self.approximate)
+        self._build(refit=True)
+
+    def wait_for_index(self, timeout: float | None = None) -> bool:
+        """Wait for a background index build (started by an ``AUTO`` search); True when the index is ready."""
+        builder = self._builder
+        if builder is not None:
+            builder.join(timeout)
+        return self.index_status == "ready"
+
+    def _build(self, *, refit: bool) -> None:
+        with self._build_lock:
+            with self._lock:
+                if self._ivf is not None and not refit:
+                    return
+                if not self._n_tokens:
+                    msg = "cannot build an index over an empty store"
+                    raise InvalidInputError(msg)
+                vectors, version, config = self._vectors[: self._n_tokens], self._version, self.approximate
+            index = CentroidIndex.fit(vectors, config)  # no store lock: searches and writes go on
+            with self._lock:
+                if self._version != version:  # the store changed while fitting: code its tokens now
+                    index = CentroidIndex(index.centroids, index.assign(self._vectors[: self._n_tokens]))
+                self._ivf = index
+
+    def _build_in_background(self) -> None:
+        def run() -> None:
+            try:
+                self._build(refit=False)
+            except Exception:  # searches stay exact; the next AUTO search tries again
+                logger.exception("building the approximate-search index failed")
+
+        if self._builder is None or not self._builder.is_alive():
+            self._builder = threading.Thread(target=run, name="ragplug-index-build", daemon=True)
+            self._builder.start()
 
     def _resolve_mode(self, mode: SearchMode | str | None) -> SearchMode:
+        """The mode a search runs in. ``AUTO`` past ``approximate_min_tokens`` is approximate once the index
+        is ready; until then it searches exactly and has the index built in the background."""
         chosen = SearchMode(mode) if mode is not None else self.mode
         if chosen is SearchMode.AUTO:
-            return SearchMode.APPROXIMATE if self._n_tokens >= self.approximate_min_tokens else SearchMode.EXACT
+            if self._n_tokens < self.approximate_min_tokens:
+                return SearchMode.EXACT
+            if self._ivf is None:
+                self._build_in_background()
+                return SearchMode.EXACT
+            return SearchMode.APPROXIMATE
         return chosen
 
     def search(
@@ -274,46 +331,62 @@ class InMemoryMultiVectorStore:
         n_probe: int | None = None,
         n_candidates: int | None = None,
     ) -> list[Hit]:
-        """The ``k`` best records for ``query`` by MaxSim, best first, among those matching ``filter``."""
+        """The ``k`` best records for ``query`` by MaxSim, best first, among those matching ``filter``.
+
+        Approximate search re-scores ``n_candidates`` documents exactly (default: the store's setting, at
+        least ``4 * k``; a value given here is used as is and must be at least ``k``). Scoring runs on a
+        snapshot of the store, outside its lock: concurrent searches run in parallel, and writes wait only
+        for the snapshot to be taken.
+        """
         k = check_k(k)
+        for name, value in (("n_probe", n_probe), ("n_candidates", n_candidates)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                msg = f"{name} must be a positive integer, got {value!r}"
+                raise InvalidInputError(msg)
+        if n_candidates is not None and n_candidates < k:
+            msg = f"n_candidates ({n_candidates}) must be at least k ({k})"
+            raise InvalidInputError(msg)
         predicate = compile_filter(filter)
         with self._lock:
             if not self._ids:
                 return []
             query = as_matrix(query, self._dim, "query")
-            allowed = None
-            if filter is not None:
-                allowed = np.fromiter((predicate(m) for m in self._metadata), dtype=bool, count=len(self._ids))
-                if not allowed.any():
-                    return []
-            vectors = self._vectors[: self._n_tokens]
-            if self._resolve_mode(mode) is SearchMode.APPROXIMATE:
-                if self._ivf is None:
-                    self.build_index()
-                assert self._ivf is not None
-                approx = self._ivf.approximate_scores(query, self._lengths, n_probe or self.approximate.n_probe)
-                if allowed is not None:
-                    approx[~allowed] = -np.inf
-                n_cand = min(len(approx), max(n_candidates or self.approximate.n_candidates, 4 * k))
-                if allowed is not None:
-                    n_cand = min(n_cand, int(allowed.sum()))
-                docs = np.argpartition(-approx, n_cand - 1)[:n_cand]
-                scores = maxsim_subset(query, vectors, self._starts, self._lengths, docs)
-            elif allowed is not None and allowed.mean() < 0.5:
-                docs = np.flatnonzero(allowed)
-                scores = maxsim_subset(query, vectors, self._starts, self._lengths, docs)
-            else:
-                scores = maxsim_all(query, vectors, self._starts, self._lengths)
-                docs = np.arange(len(scores))
-                if allowed is not None:
-                    scores = scores.copy()
-                    scores[~allowed] = -np.inf
-                    docs, scores = docs[allowed], scores[allowed]
-            top = np.argsort(-scores, kind="stable")[:k]
-            return [
-                Hit(self._ids[d], float(scores[t]), dict(self._metadata[d]), self._texts[d])
-                for t, d in ((t, int(docs[t])) for t in top)
-            ]
+            chosen = self._resolve_mode(mode)
+        if chosen is SearchMode.APPROXIMATE:
+            self._build(refit=False)  # the first approximate search fits the index (not under the store lock)
+        with self._lock:  # a consistent snapshot: writers replace these arrays and lists, or append past them
+            n = len(self._ids)
+            if not n:
+                return []
+            ids, metadata, texts = self._ids, self._metadata, self._texts
+            vectors, starts, lengths = self._vectors[: self._n_tokens], self._starts, self._lengths
+            frozen = self._ivf.frozen(lengths) if chosen is SearchMode.APPROXIMATE and self._ivf else None
+            settings = self.approximate
+        allowed = None
+        if filter is not None:
+            allowed = np.fromiter((predicate(metadata[i]) for i in range(n)), dtype=bool, count=n)
+            if not allowed.any():
+                return []
+        if frozen is not None:
+            approx = frozen.approximate_scores(query, n_probe or settings.n_probe)
+            if allowed is not None:
+                approx[~allowed] = -np.inf
+            n_cand = n_candidates if n_candidates is not None else max(settings.n_candidates, 4 * k)
+            n_cand = min(n_cand, n if allowed is None else int(allowed.sum()))
+            docs = np.argpartition(-approx, n_cand - 1)[:n_cand]
+            scores = maxsim_subset(query, vectors, starts, lengths, docs)
+        elif allowed is not None and allowed.mean() < 0.5:
+            docs = np.flatnonzero(allowed)
+            scores = maxsim_subset(query, vectors, starts, lengths, docs)
+        else:
+            scores = maxsim_all(query, vectors, starts, lengths)
+            docs = np.arange(len(scores))
+            if allowed is not None:
+                scores = scores.copy()
+                scores[~allowed] = -np.inf
+                docs, scores = docs[allowed], scores[allowed]
+        top = np.argsort(-scores, kind="stable")[:k]
+        return [Hit(ids[d], float(scores[t]), dict(metadata[d]), texts[d]) for t, d in ((t, int(docs[t])) for t in top)]
 
     # -- persistence ----------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -321,36 +394,40 @@ class InMemoryMultiVectorStore:
         from safetensors.numpy import save_file
 
         folder = Path(path)
-        with self._lock:
-            if self._dim is None:
-                msg = "cannot save an empty store that has no dimension yet"
-                raise InvalidInputError(msg)
+        with self._save_lock:
+            with self._lock:  # a snapshot; the files are written without holding the store's lock
+                if self._dim is None:
+                    msg = "cannot save an empty store that has no dimension yet"
+                    raise InvalidInputError(msg)
+                tensors: dict[str, np.ndarray[Any, Any]] = {
+                    "vectors": self._vectors[: self._n_tokens],
+                    "starts": self._starts,
+                    "lengths": self._lengths,
+                }
+                records = {"ids": list(self._ids), "metadata": list(self._metadata), "texts": list(self._texts)}
+                ivf = {"centroids": self._ivf.centroids, "codes": self._ivf.codes} if self._ivf is not None else None
+                header = {
+                    "format": FORMAT_NAME,
+                    "format_version": FORMAT_VERSION,
+                    "dim": self._dim,
+                    "encoder": self.encoder.to_dict() if self.encoder else None,
+                    "n_records": len(self._ids),
+                    "n_tokens": self._n_tokens,
+                    "mode": self.mode.value,
+                    "approximate": {k: getattr(self.approximate, k) for k in self.approximate.__dataclass_fields__},
+                    "approximate_min_tokens": self.approximate_min_tokens,
+                }
             folder.mkdir(parents=True, exist_ok=True)
             suffix = uuid.uuid4().hex[:12]
             files: dict[str, str] = {}
-            tensors: dict[str, np.ndarray[Any, Any]] = {
-                "vectors": self._vectors[: self._n_tokens],
-                "starts": self._starts,
-                "lengths": self._lengths,
-            }
             files["vectors"] = _write_atomic(folder, f"vectors-{suffix}.safetensors", lambda p: save_file(tensors, p))
-            records = {"ids": self._ids, "metadata": self._metadata, "texts": self._texts}
             files["records"] = _write_atomic(
                 folder, f"records-{suffix}.json", lambda p: Path(p).write_text(json.dumps(records), encoding="utf-8")
             )
-            if self._ivf is not None:
-                ivf = {"centroids": self._ivf.centroids, "codes": self._ivf.codes}
+            if ivf is not None:
                 files["ivf"] = _write_atomic(folder, f"ivf-{suffix}.safetensors", lambda p: save_file(ivf, p))
             manifest = {
-                "format": FORMAT_NAME,
-                "format_version": FORMAT_VERSION,
-                "dim": self._dim,
-                "encoder": self.encoder.to_dict() if self.encoder else None,
-                "n_records": len(self._ids),
-                "n_tokens": self._n_tokens,
-                "mode": self.mode.value,
-                "approximate": {k: getattr(self.approximate, k) for k in self.approximate.__dataclass_fields__},
-                "approximate_min_tokens": self.approximate_min_tokens,
+                **header,
                 "files": files,
                 "sha256": {name: _sha256(folder / fname) for name, fname in files.items()},
             }
