@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -54,7 +55,7 @@ def test_incremental_text_equals_one_decode(kind: str, tiny_llm: dict[str, Path]
     final, texts = _stream(tokenizer, ids)
     assert final == tokenizer.decode(ids, skip_special_tokens=False)
     assert "😀" in final and "你好" in final
-    for shorter, longer in zip(texts, texts[1:], strict=False):
+    for shorter, longer in itertools.pairwise(texts):
         assert longer.startswith(shorter)  # text only grows; nothing already shown changes
         assert "\ufffd" not in longer  # half characters are held back
 

@@ -389,3 +389,25 @@ def test_crash_during_save_leaves_previous_store_intact(
     loaded = InMemoryMultiVectorStore.load(tmp_path / "idx")
     assert len(loaded) == 30 and "doc1" in loaded
     assert not [p for p in (tmp_path / "idx").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_approximate_scores_match_a_naive_reference() -> None:
+    """Per query vector: the best probed-centroid similarity among a document's token codes, or the weakest
+    probed similarity when none of its tokens is in a probed centroid; summed over query vectors."""
+    rng = np.random.default_rng(11)
+    lengths = rng.integers(1, 12, size=300).astype(np.int64)
+    vectors = _unit(rng, int(lengths.sum()), 16)
+    index = CentroidIndex.fit(vectors, ApproximateConfig(n_centroids=32))
+    starts = np.cumsum(lengths) - lengths
+    for n_probe in (1, 4, 32):
+        query = _unit(rng, 5, 16)
+        sims = query @ index.centroids.T
+        probed = np.argsort(-sims, axis=1)[:, :n_probe]
+        expected = np.zeros(len(lengths))
+        for d, (start, length) in enumerate(zip(starts, lengths, strict=True)):
+            codes = set(index.codes[start : start + length].tolist())
+            for q in range(len(query)):
+                hits = [sims[q, c] for c in probed[q] if c in codes]
+                expected[d] += max(hits) if hits else sims[q, probed[q]].min()
+        got = index.approximate_scores(query, lengths, n_probe)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)

@@ -157,18 +157,27 @@ class FrozenIndex:
     n_docs: int
 
     def approximate_scores(self, query: npt.NDArray[np.float32], n_probe: int) -> npt.NDArray[np.float32]:
-        """Approximate MaxSim of ``query`` for every document (see the module docstring)."""
+        """Approximate MaxSim of ``query`` for every document (see the module docstring).
+
+        Written as the imputed floor of every query vector plus, per query vector, each probed
+        document's gain over that floor; the gains go through one per-document buffer, reset after each
+        query vector, so memory stays O(documents) (not query vectors x documents) and time O(list entries).
+        """
         offsets, list_docs, n_docs, n_query = self.offsets, self.list_docs, self.n_docs, len(query)
         sims = query @ self.centroids.T  # (n_query, n_centroids)
         n_probe = min(n_probe, sims.shape[1])
         probe = np.argpartition(-sims, n_probe - 1, axis=1)[:, :n_probe]
         probe_sims = np.take_along_axis(sims, probe, axis=1)
-        table = np.repeat(probe_sims.min(axis=1, keepdims=True), n_docs, axis=1)  # imputed values
-        flat_codes = probe.ravel()
-        list_lens = offsets[flat_codes + 1] - offsets[flat_codes]
-        local = np.cumsum(list_lens) - list_lens
-        rows = np.repeat(offsets[flat_codes] - local, list_lens) + np.arange(int(list_lens.sum()))
-        query_rows = np.repeat(np.repeat(np.arange(n_query, dtype=np.int64), n_probe), list_lens)
-        values = np.repeat(probe_sims.ravel(), list_lens)
-        np.maximum.at(table.reshape(-1), query_rows * n_docs + list_docs[rows], values)
-        return table.sum(axis=0)
+        floor = probe_sims.min(axis=1)  # imputed for a document with no token in a probed centroid
+        total = np.full(n_docs, floor.sum(dtype=np.float64), dtype=np.float64)
+        best = np.zeros(n_docs, dtype=np.float32)
+        for q in range(n_query):
+            codes = probe[q]
+            lens = offsets[codes + 1] - offsets[codes]
+            local = np.cumsum(lens) - lens
+            rows = np.repeat(offsets[codes] - local, lens) + np.arange(int(lens.sum()))
+            docs = list_docs[rows]
+            np.maximum.at(best, docs, np.repeat(probe_sims[q] - floor[q], lens))
+            total[docs] += best[docs]  # repeated indices add once: the buffered semantics of fancy +=
+            best[docs] = 0.0
+        return total.astype(np.float32)
