@@ -101,3 +101,40 @@ async def test_async_search(stanford_encoder: ColBERTEncoder) -> None:
     assert {h.id for h in hits} == {"a", "b"}
     await index.adelete(["a"])
     assert [h.id for h in await index.asearch("marley", k=2)] == ["b"]
+
+
+def test_a_parent_id_is_an_id_too(stanford_encoder: ColBERTEncoder) -> None:
+    index = LateInteractionIndex(stanford_encoder, chunker=stanford_encoder.chunker(chunk_tokens=16, overlap=4))
+    long_text = " ".join(f"scrooge counted coin number {i} in the cold counting house." for i in range(6))
+    index.add([long_text], ids=["long"])
+    before = [r.id for r in index.get(["long"])]
+    with pytest.raises(DuplicateIdError, match="long"):
+        index.add(["a short text"], ids=["long"])  # would have sat beside the chunks of "long"
+    index.add(["plain"], ids=["plain"])
+    with pytest.raises(DuplicateIdError, match="plain"):
+        index.add([long_text], ids=["plain"])  # its chunks would have been plain#0.. beside "plain"
+    assert [r.id for r in index.get(["long"])] == before and [r.id for r in index.get(["plain"])] == ["plain"]
+
+
+def test_concurrent_writers_keep_the_chunk_bookkeeping_consistent(stanford_encoder: ColBERTEncoder) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    index = LateInteractionIndex(stanford_encoder, chunker=stanford_encoder.chunker(chunk_tokens=16, overlap=4))
+    texts = [" ".join(f"marley was dead as a door nail, note {i}." for i in range(n)) for n in (1, 3, 6, 9)]
+
+    def write(n: int) -> None:
+        index.add([texts[n % 4]], ids=[f"doc{n % 3}"], upsert=True)
+        if n % 5 == 0:
+            index.delete([f"doc{n % 3}"])
+            index.add([texts[0]], ids=[f"doc{n % 3}"], upsert=True)
+        index.search("marley", k=3)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(write, range(40)))
+    stored = {r.id: r for r in index.store.records()}
+    for parent in ("doc0", "doc1", "doc2"):
+        ids = [r.id for r in index.get([parent])]
+        assert ids == [parent] or ids == [f"{parent}#{n}" for n in range(len(ids))], ids  # no stale chunks
+    children = {cid for cid, r in stored.items() if "parent_id" in r.metadata}
+    assert children == {c for chunks in index._children.values() for c in chunks}
+    assert all(cid.split("#")[0] in ("doc0", "doc1", "doc2") for cid in stored)

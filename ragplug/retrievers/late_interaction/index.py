@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ragplug.errors import InvalidInputError, UnknownIdError
+from ragplug.errors import DuplicateIdError, InvalidInputError, UnknownIdError
 from ragplug.retrievers.late_interaction.base import (
     Encoder,
     Hit,
@@ -69,6 +70,7 @@ class LateInteractionIndex:
         self.store = store
         self.chunker = chunker
         self._children: dict[str, list[str]] = {}
+        self._write_lock = threading.RLock()  # chunk bookkeeping + store writes; encoding happens outside it
         for id_, metadata in store.metadata():
             if "parent_id" in metadata:
                 self._note_child(id_, metadata)
@@ -116,6 +118,8 @@ class LateInteractionIndex:
             if isinstance(item, str) and not item.strip():
                 msg = f"item {i} (id {ids[i]!r}) is empty or whitespace"
                 raise InvalidInputError(msg)
+        if not upsert:
+            self._refuse_existing(ids)  # before the (slow) encoding; checked again when storing
         metas = [dict(m or {}) for m in metadatas]
         for id_, meta in zip(ids, metas, strict=True):
             clash = [key for key in CHUNK_KEYS if key in meta]
@@ -134,17 +138,26 @@ class LateInteractionIndex:
                 pieces.append((f"{id_}#{n}", chunk, chunk_meta))
         vectors = self.encoder.encode_documents([c.item for _, c, _ in pieces], show_progress=show_progress)
         records = [Record(rid, vec, meta, chunk.text) for (rid, chunk, meta), vec in zip(pieces, vectors, strict=True)]
-        if upsert:
-            replaced = [i for i in ids if i in self._children or i in self.store]
-            if replaced:
-                self._delete_resolved(self._resolve(replaced))
-            self.store.upsert(records)
-        else:
-            self.store.add(records)
-        for record in records:
-            if "parent_id" in record.metadata:
-                self._note_child(record.id, record.metadata)
+        with self._write_lock:
+            if upsert:
+                replaced = [i for i in ids if i in self._children or i in self.store]
+                if replaced:
+                    self._delete_resolved(self._resolve(replaced))
+                self.store.upsert(records)
+            else:
+                self._refuse_existing(ids)
+                self.store.add(records)
+            for record in records:
+                if "parent_id" in record.metadata:
+                    self._note_child(record.id, record.metadata)
         return ids
+
+    def _refuse_existing(self, ids: Sequence[str]) -> None:
+        """An id already stored, as a record or as the parent of chunks, is a duplicate."""
+        taken = [i for i in ids if i in self._children or i in self.store]
+        if taken:
+            msg = f"ids already stored: {taken[:5]}{' ...' if len(taken) > 5 else ''}; use upsert=True to replace them"
+            raise DuplicateIdError(msg)
 
     def _resolve(self, ids: Sequence[str]) -> list[str]:
         out: list[str] = []
@@ -171,11 +184,14 @@ class LateInteractionIndex:
     def delete(self, ids: Sequence[str]) -> None:
         """Delete items (with all their chunks) or single chunks by id; unknown ids raise and delete nothing."""
         ids = check_ids(ids)
-        self._delete_resolved(self._resolve(ids))
+        with self._write_lock:
+            self._delete_resolved(self._resolve(ids))
 
     def get(self, ids: Sequence[str]) -> list[Record]:
         """Stored records for ids; a parent id expands to its chunks."""
-        return self.store.get(self._resolve(check_ids(ids)))
+        ids = check_ids(ids)
+        with self._write_lock:
+            return self.store.get(self._resolve(ids))
 
     # -- search ---------------------------------------------------------------------------------------
     def search(self, query: str, *, k: int = 4, filter: Filter | None = None, **options: Any) -> list[Hit]:
