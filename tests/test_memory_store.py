@@ -411,3 +411,29 @@ def test_approximate_scores_match_a_naive_reference() -> None:
                 expected[d] += max(hits) if hits else sims[q, probed[q]].min()
         got = index.approximate_scores(query, lengths, n_probe)
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("lie", ["shape", "dtype", "header"])
+def test_a_data_file_whose_header_lies_is_refused(tmp_path: Path, store: InMemoryMultiVectorStore, lie: str) -> None:
+    """A file that matches its checksum but whose safetensors header does not describe its bytes."""
+    import hashlib
+    import struct
+
+    store.save(tmp_path / "s")
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    file = tmp_path / "s" / manifest["files"]["vectors"]
+    raw = file.read_bytes()
+    (n,) = struct.unpack_from("<Q", raw, 0)
+    header = json.loads(raw[8 : 8 + n])
+    if lie == "shape":
+        header["vectors"]["shape"][0] += 1
+    elif lie == "dtype":
+        header["vectors"]["dtype"] = "BF16"
+    else:
+        header = ["not", "a", "mapping"]
+    encoded = json.dumps(header).encode()
+    file.write_bytes(struct.pack("<Q", len(encoded)) + encoded + raw[8 + n :])
+    manifest["sha256"]["vectors"] = hashlib.sha256(file.read_bytes()).hexdigest()
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreCorruptedError, match="cannot read"):
+        InMemoryMultiVectorStore.load(tmp_path / "s")
