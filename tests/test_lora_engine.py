@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -257,13 +258,22 @@ def test_bad_configuration() -> None:
         GenerationConfig(stop="END")  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match="truncation"):
         LoadConfig(truncation="middle")  # type: ignore[arg-type]
+    for bad in (0, -1.0, float("inf"), "2"):
+        with pytest.raises(InvalidInputError, match="idle_exit_s"):
+            LoadConfig(idle_exit_s=bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="mixed_lora"):
+        LoadConfig(mixed_lora="loop")  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match="CUDA"):
         LoRAModel("unused", load=LoadConfig(quantization="4bit"))  # no GPU here: refused before loading
 
 
 def test_scheduler_survives_a_failing_batch(lora_model: LoRAModel) -> None:
     bad = GenerationRequest([], config=SHORT)  # bypasses submit's checks by going straight to the queue
-    lora_model._queue.put(bad)
+    with lora_model._worker_lock:
+        lora_model._queue.put(bad)
+        if lora_model._worker is None:  # the scheduler may have ended while idle
+            lora_model._worker = threading.Thread(target=lora_model._serve, daemon=True)
+            lora_model._worker.start()
     with pytest.raises(InvalidInputError, match="empty"):
         bad.future.result(timeout=60)
     assert _greedy(lora_model, "beta")
@@ -272,3 +282,41 @@ def test_scheduler_survives_a_failing_batch(lora_model: LoRAModel) -> None:
         lambda _: done.set()
     )
     assert done.wait(60)
+
+
+def test_scheduler_thread_ends_when_idle_and_requests_are_never_lost(tiny_llm: dict[str, Path]) -> None:
+    model = LoRAModel(tiny_llm["base"], {"alpha": tiny_llm["alpha"]}, load=LoadConfig(idle_exit_s=0.15))
+    try:
+        prompt = model.render(MESSAGES)
+        first = model.submit(GenerationRequest(prompt, adapter="alpha", config=SHORT)).result(timeout=60)
+        worker = model._worker
+        assert worker is not None
+        worker.join(timeout=10)
+        assert not worker.is_alive() and model._worker is None  # ended once idle
+        futures = []  # submissions around the moment the scheduler decides to end
+        for i in range(12):
+            time.sleep(0.04 * (i % 5))
+            futures.append(model.submit(GenerationRequest(prompt, adapter="alpha", config=SHORT)))
+        assert all(f.result(timeout=60).token_ids == first.token_ids for f in futures)
+    finally:
+        model.close()
+
+
+def test_submit_does_not_wait_for_a_running_batch(lora_model: LoRAModel) -> None:
+    """``achat`` submits from the event loop: submitting must not block while a batch generates."""
+    started, slow = threading.Event(), GenerationConfig(max_new_tokens=40)
+
+    def crawl(_text: str) -> None:
+        started.set()
+        time.sleep(0.02)  # the running batch takes >= 0.8 s
+
+    long = GenerationRequest(lora_model.render(MESSAGES), config=slow, on_text=crawl)
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(lora_model.generate_batch, [long])
+        assert started.wait(60)
+        t0 = time.perf_counter()
+        future = lora_model.submit(GenerationRequest(lora_model.render(MESSAGES), config=SHORT))
+        assert time.perf_counter() - t0 < 0.2
+        assert not future.done()  # it is served after the running batch
+        running.result(timeout=60)
+        assert future.result(timeout=60).completion_tokens > 0

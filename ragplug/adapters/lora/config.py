@@ -61,6 +61,13 @@ class LoadConfig:
         default="error",
         metadata={"help": "prompt longer than the context: raise ContextLengthError, or drop the oldest tokens"},
     )
+    idle_exit_s: float | None = field(
+        default=2.0,
+        metadata={
+            "help": "the scheduler thread ends after this many seconds without requests and restarts on the next "
+            "(an idle thread that ran torch slows other threads' CPU work); None keeps it"
+        },
+    )
     mixed_lora: Literal["segmented", "peft"] = field(
         default="segmented",
         metadata={
@@ -84,6 +91,13 @@ class LoadConfig:
             raise InvalidInputError(msg)
         if self.truncation not in ("error", "left"):
             msg = f"truncation must be 'error' or 'left', got {self.truncation!r}"
+            raise InvalidInputError(msg)
+        if self.idle_exit_s is not None and (
+            isinstance(self.idle_exit_s, bool)
+            or not isinstance(self.idle_exit_s, int | float)
+            or not 0 < self.idle_exit_s < 1e6
+        ):
+            msg = f"idle_exit_s must be a positive number of seconds or None, got {self.idle_exit_s!r}"
             raise InvalidInputError(msg)
         if self.mixed_lora not in ("segmented", "peft"):
             msg = f"mixed_lora must be 'segmented' or 'peft', got {self.mixed_lora!r}"
