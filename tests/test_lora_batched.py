@@ -96,6 +96,7 @@ def test_variants_fall_back_to_peft(tiny_llm: dict[str, Path]) -> None:
     model = LoRAModel(tiny_llm["base"], {"alpha": tiny_llm["alpha"], "dora": tiny_llm["dora"]})
     try:
         assert model._segmented is not None and not model._segmented.supported()
+        assert model._segmented.supported(["alpha", None]) and not model._segmented.supported(["alpha", "dora"])
         prompt = model.render([{"role": "user", "content": "Who is Scrooge?"}])
         rows = ["dora", "alpha", None]
         mixed = model.generate_batch([GenerationRequest(prompt, adapter=a, config=SHORT) for a in rows])
@@ -112,3 +113,20 @@ def test_batch_size_must_match_the_rows(four_adapters: LoRAModel) -> None:
     segmented = SegmentedLoRA(four_adapters.model)
     with torch.inference_mode(), segmented.apply(["alpha", "beta"]), pytest.raises(RuntimeError, match="2 rows"):
         four_adapters.model(input_ids=torch.zeros(3, 4, dtype=torch.long))
+
+
+def test_bf16_base_keeps_peft_precision(tiny_llm: dict[str, Path]) -> None:
+    """Under a bf16 base, peft keeps adapters in fp32 and computes their terms in fp32; so does the segmented path."""
+    model = LoRAModel(
+        tiny_llm["base"], {n: tiny_llm[n] for n in ("alpha", "gamma", "wide")}, load=LoadConfig(dtype="bfloat16")
+    )
+    try:
+        rows = ["alpha", None, "gamma", "wide"]
+        layers = model._segmented._layers(("alpha", "gamma", "wide"))  # type: ignore[union-attr]
+        assert {layer.a.dtype for layer in layers} == {torch.float32}
+        reference = _logits(model, rows, segmented=False).float()
+        ours = _logits(model, rows, segmented=True).float()
+        torch.testing.assert_close(ours, reference, rtol=0.02, atol=0.02)
+        assert (ours.argmax(-1) == reference.argmax(-1)).float().mean() > 0.97
+    finally:
+        model.close()

@@ -320,3 +320,16 @@ def test_submit_does_not_wait_for_a_running_batch(lora_model: LoRAModel) -> None
         assert not future.done()  # it is served after the running batch
         running.result(timeout=60)
         assert future.result(timeout=60).completion_tokens > 0
+
+
+def test_a_request_submitted_twice_does_not_stop_the_scheduler(lora_model: LoRAModel) -> None:
+    request = GenerationRequest(lora_model.render(MESSAGES), config=SHORT)
+    first, again = lora_model.submit(request), lora_model.submit(request)
+    assert first is again and first.result(timeout=60).completion_tokens > 0
+    later = lora_model.submit(GenerationRequest(lora_model.render(MESSAGES), adapter="alpha", config=SHORT))
+    assert later.result(timeout=60).token_ids == _greedy_ids(lora_model, "alpha")
+
+
+def _greedy_ids(model: LoRAModel, adapter: str | None) -> list[int]:
+    request = GenerationRequest(model.render(MESSAGES), adapter=adapter, config=SHORT)
+    return model.generate_batch([request])[0].token_ids

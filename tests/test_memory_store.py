@@ -413,7 +413,7 @@ def test_approximate_scores_match_a_naive_reference() -> None:
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("lie", ["shape", "dtype", "header"])
+@pytest.mark.parametrize("lie", ["shape", "dtype", "header", "negative", "huge", "float-shape", "header-length"])
 def test_a_data_file_whose_header_lies_is_refused(tmp_path: Path, store: InMemoryMultiVectorStore, lie: str) -> None:
     """A file that matches its checksum but whose safetensors header does not describe its bytes."""
     import hashlib
@@ -429,11 +429,39 @@ def test_a_data_file_whose_header_lies_is_refused(tmp_path: Path, store: InMemor
         header["vectors"]["shape"][0] += 1
     elif lie == "dtype":
         header["vectors"]["dtype"] = "BF16"
-    else:
+    elif lie == "negative":
+        header["vectors"]["shape"] = [-1]
+        header["vectors"]["data_offsets"] = [4, 0]
+    elif lie == "huge":
+        header["vectors"]["shape"] = [2**70, 2**70]
+    elif lie == "float-shape":
+        header["vectors"]["shape"] = [float(x) for x in header["vectors"]["shape"]]
+    elif lie == "header":
         header = ["not", "a", "mapping"]
     encoded = json.dumps(header).encode()
-    file.write_bytes(struct.pack("<Q", len(encoded)) + encoded + raw[8 + n :])
+    length = len(encoded) if lie != "header-length" else len(raw) * 4
+    file.write_bytes(struct.pack("<Q", length) + encoded + raw[8 + n :])
     manifest["sha256"]["vectors"] = hashlib.sha256(file.read_bytes()).hexdigest()
     (tmp_path / "s" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(StoreCorruptedError, match="cannot read"):
         InMemoryMultiVectorStore.load(tmp_path / "s")
+
+
+def test_approximate_searches_use_the_old_index_while_it_is_refitted(monkeypatch: pytest.MonkeyPatch) -> None:
+    records, families = _clustered_corpus(20, seed=3)
+    store = InMemoryMultiVectorStore(mode=SearchMode.APPROXIMATE)
+    store.add(records[:150])
+    store.build_index()
+    started, release = _blocking(monkeypatch, CentroidIndex, "fit")
+    with ThreadPoolExecutor(2) as pool:
+        try:
+            refit = pool.submit(store.build_index)
+            assert started.wait(30)
+            search = pool.submit(store.search, families[4], k=3)
+            assert {int(h.id[1:]) // 10 for h in search.result(timeout=10)} == {4}  # not waiting for the refit
+            store.add(records[150:])  # appended during the refit: coded when the new index is installed
+        finally:
+            release.set()
+        refit.result(timeout=60)
+    assert len(store._ivf.codes) == store.n_tokens
+    assert {int(h.id[1:]) // 10 for h in store.search(families[17], k=3)} == {17}

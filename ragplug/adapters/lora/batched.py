@@ -17,9 +17,11 @@ ops, no custom kernel). For the ``u`` adapters a batch uses, once per ``generate
 The layer then returns ``base(x) + ((x A^T) * M) B^T``. The extra work is ``u*r`` columns per token,
 small next to the base weights; the mask wastes ``(u-1)/u`` of it, cheap for the few adapters one batch
 uses. peft keeps loading, naming, merging and removing adapters; this replaces only its mixed-batch
-loop, and only where every LoRA layer is a plain linear LoRA (no DoRA or other variants, no LoRA bias,
-no ``fan_in_fan_out``, no ``modules_to_save`` or trainable tokens). :meth:`SegmentedLoRA.plan` returns
-``None`` otherwise, and the caller falls back to peft's ``adapter_names``.
+loop, and only for adapters that are plain linear LoRAs in every layer (no DoRA or other variants, no
+LoRA bias, no embedding LoRA; no ``fan_in_fan_out``, ``modules_to_save`` or trainable tokens in the
+model): :meth:`SegmentedLoRA.supported` says so per batch, and the engine otherwise falls back to
+peft. The LoRA terms are computed in the adapters' dtype, as peft does (fp32 by default, also under a
+bf16 base), and added to the base output in its dtype.
 """
 
 from __future__ import annotations
@@ -48,18 +50,23 @@ class SegmentedLoRA:
     def __init__(self, peft_model: Any) -> None:
         self.peft_model = peft_model
         self._cache: dict[tuple[str, ...], list[_Layer]] = {}
-        self._supported: bool | None = None
+        self._unsupported: set[str] | None = None  # adapters this class cannot serve ("*": none of them)
 
     def clear(self) -> None:
         """Forget stacked weights (after adapters are added, removed, merged or changed)."""
         self._cache.clear()
-        self._supported = None
+        self._unsupported = None
 
-    def supported(self) -> bool:
-        """Whether every adapted layer is a plain linear LoRA this class can serve."""
-        if self._supported is None:
-            self._supported = _all_plain_linear(self.peft_model)
-        return self._supported
+    def supported(self, adapters: Sequence[str | None] | None = None) -> bool:
+        """Whether ``adapters`` (default: all loaded) are plain linear LoRAs in every layer they adapt, and
+        the model has no ``modules_to_save`` / trainable tokens; others go through peft."""
+        if self._unsupported is None:
+            self._unsupported = _unsupported_adapters(self.peft_model)
+        if "*" in self._unsupported:
+            return False
+        if adapters is None:
+            return not self._unsupported
+        return not self._unsupported.intersection(a for a in adapters if a is not None)
 
     def _layers(self, adapters: tuple[str, ...]) -> list[_Layer]:
         cached = self._cache.get(adapters)
@@ -77,7 +84,7 @@ class SegmentedLoRA:
                 present = [name for name in adapters if name in module.lora_A]
                 if not present:
                     continue
-                dtype = _compute_dtype(module)
+                dtype = _compute_dtype(module, present)
                 rank = max(module.lora_A[name].weight.shape[0] for name in present)
                 in_f = module.lora_A[present[0]].weight.shape[1]
                 out_f = module.lora_B[present[0]].weight.shape[0]
@@ -140,34 +147,38 @@ def _hook(a: Any, b: Any, mask: Any) -> Any:
     return add_lora
 
 
-def _compute_dtype(module: Any) -> Any:
-    """The dtype LoRA runs in for this layer: the base weight's when it is floating point, else bf16/fp16/fp32."""
+def _compute_dtype(module: Any, adapters: Sequence[str]) -> Any:
+    """The dtype LoRA runs in for this layer: the adapters' own (peft keeps bf16/fp16 adapters in fp32 by
+    default and computes them in fp32), the widest among them."""
     torch = require("torch", "lora")
-    weight = getattr(module.get_base_layer(), "weight", None)
-    if weight is not None and weight.dtype in (torch.float32, torch.bfloat16, torch.float16):
-        return weight.dtype
-    compute = getattr(module.get_base_layer(), "compute_dtype", None)  # bitsandbytes 4-bit
-    return compute if compute in (torch.bfloat16, torch.float16) else torch.float32
+    dtypes = {module.lora_A[name].weight.dtype for name in adapters}
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        if dtype in dtypes:
+            return dtype
+    return torch.float32
 
 
-def _all_plain_linear(peft_model: Any) -> bool:
+def _unsupported_adapters(peft_model: Any) -> set[str]:
+    """Adapters that are not a plain linear LoRA in some layer; ``{"*"}`` when the model as a whole is not."""
     torch = require("torch", "lora")
     from peft.tuners.lora import LoraLayer
     from peft.utils.other import AuxiliaryTrainingWrapper
 
+    out: set[str] = set()
     for module in peft_model.modules():
         if isinstance(module, AuxiliaryTrainingWrapper):  # modules_to_save, trainable tokens
-            return False
+            return {"*"}
         if not isinstance(module, LoraLayer):
             continue
-        if getattr(module, "fan_in_fan_out", False) or getattr(module, "lora_embedding_A", None):
-            return False
-        if getattr(module, "lora_variant", None):  # DoRA and friends
-            return False
-        if any(getattr(module, "lora_bias", {}).values()):
-            return False
-        if not all(isinstance(layer, torch.nn.Linear) for layer in module.lora_A.values()):
-            return False
-        if not all(isinstance(layer, torch.nn.Linear) for layer in module.lora_B.values()):
-            return False
-    return True
+        layer: Any = module
+        if getattr(layer, "fan_in_fan_out", False):
+            return {"*"}
+        out.update(getattr(layer, "lora_embedding_A", {}).keys())
+        out.update(getattr(layer, "lora_variant", {}).keys())  # DoRA and friends
+        out.update(name for name, bias in getattr(layer, "lora_bias", {}).items() if bias)
+        for name in layer.lora_A:
+            if not isinstance(layer.lora_A[name], torch.nn.Linear) or not isinstance(
+                layer.lora_B[name], torch.nn.Linear
+            ):
+                out.add(name)
+    return out

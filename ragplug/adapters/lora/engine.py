@@ -28,7 +28,7 @@ import threading
 import time
 import warnings
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -416,7 +416,7 @@ class LoRAModel:
         if not self._adapters or self._merged is not None:
             return [(everyone, contextlib.nullcontext(), {})]
         segmented = self._segmented
-        if self.load_config.mixed_lora == "segmented" and segmented is not None and segmented.supported():
+        if self.load_config.mixed_lora == "segmented" and segmented is not None and segmented.supported(adapters):
             return [(everyone, segmented.apply(adapters), {})]
         configs = self.model.peft_config
         if not any(getattr(configs.get(a), "use_dora", False) for a in adapters if a is not None):
@@ -645,16 +645,32 @@ class LoRAModel:
         if request.schema is not None:
             self.grammar().compile(request.schema)  # a rejected schema fails here, before any generation
         with self._worker_lock:  # not the model lock, which a running batch holds: never blocks the caller
+            if self._closed:
+                msg = "this model has been closed"
+                raise AdapterError(msg)
             self._queue.put(request)
-            if self._worker is None:
-                self._worker = threading.Thread(target=self._serve, name="ragplug-lora-scheduler", daemon=True)
-                self._worker.start()
+            if self._worker is None or not self._worker.is_alive():
+                self._start_worker()
         return request.future
 
     def _serve(self) -> None:
         """The scheduler thread. It ends after ``idle_exit_s`` without requests (``submit`` starts a new one):
         on a CPU an idle thread that has run torch keeps its OpenMP team, which slows every other thread's
         torch work by ~25% (measured on the benchmark model: a decoding step, or a query encoding)."""
+        try:
+            self._serve_loop()
+        finally:  # also after an unexpected error: pending requests get a new scheduler thread
+            with self._worker_lock:
+                if self._worker is threading.current_thread():
+                    self._worker = None
+                    if not self._closed and not self._queue.empty():
+                        self._start_worker()
+
+    def _start_worker(self) -> None:  # with _worker_lock held
+        self._worker = threading.Thread(target=self._serve, name="ragplug-lora-scheduler", daemon=True)
+        self._worker.start()
+
+    def _serve_loop(self) -> None:
         window = self.load_config.batch_window_ms / 1000
         idle = self.load_config.idle_exit_s
         while True:
@@ -682,17 +698,24 @@ class LoRAModel:
                 batch.append(item)
             groups: dict[tuple[bool, float, float], list[GenerationRequest]] = {}
             for request in batch:
-                if request.future.set_running_or_notify_cancel():
+                try:
+                    running = request.future.set_running_or_notify_cancel()
+                except RuntimeError:  # the same request submitted twice, or its future settled by its caller
+                    logger.warning("skipping a request whose future is already running or done")
+                    continue
+                if running:
                     groups.setdefault(request.config.sampling_key, []).append(request)
             for group in groups.values():
                 try:
-                    results = self.generate_batch(group)
+                    results: list[GenerationResult] | None = self.generate_batch(group)
                 except BaseException as err:  # delivered to the callers; the scheduler keeps serving
-                    for request in group:
-                        request.future.set_exception(err)
-                    continue
-                for request, result in zip(group, results, strict=True):
-                    request.future.set_result(result)
+                    results, error = None, err
+                for i, request in enumerate(group):
+                    with contextlib.suppress(InvalidStateError):  # a caller settled it meanwhile
+                        if results is None:
+                            request.future.set_exception(error)
+                        else:
+                            request.future.set_result(results[i])
 
     def close(self) -> None:
         """Stop the scheduler thread (pending requests are still served first)."""

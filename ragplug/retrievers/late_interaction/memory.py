@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
 import threading
@@ -109,7 +110,7 @@ class InMemoryMultiVectorStore:
         self._texts: list[str | None] = []
         self._ivf: CentroidIndex | None = None
         self._lock = threading.RLock()  # guards the fields above; held briefly, never while scoring or fitting
-        self._version = 0  # bumped by every change, so an index fitted meanwhile knows it is behind
+        self._removals = 0  # bumped by every delete, so an index fitted meanwhile knows its codes are stale
         self._build_lock = threading.Lock()  # one index build at a time
         self._save_lock = threading.Lock()  # one save at a time
         self._builder: threading.Thread | None = None
@@ -230,7 +231,6 @@ class InMemoryMultiVectorStore:
             self._texts.append(record.text)
         if self._ivf is not None:
             self._ivf.append(new)
-        self._version += 1
 
     def _remove(self, ids: Sequence[str]) -> None:
         drop = np.zeros(len(self._ids), dtype=bool)
@@ -251,7 +251,7 @@ class InMemoryMultiVectorStore:
                 self._ivf.keep(keep_tokens)
             else:
                 self._ivf = None
-        self._version += 1
+        self._removals += 1
 
     # -- search ---------------------------------------------------------------------------------------
     @property
@@ -290,12 +290,25 @@ class InMemoryMultiVectorStore:
                 if not self._n_tokens:
                     msg = "cannot build an index over an empty store"
                     raise InvalidInputError(msg)
-                vectors, version, config = self._vectors[: self._n_tokens], self._version, self.approximate
-            index = CentroidIndex.fit(vectors, config)  # no store lock: searches and writes go on
-            with self._lock:
-                if self._version != version:  # the store changed while fitting: code its tokens now
-                    index = CentroidIndex(index.centroids, index.assign(self._vectors[: self._n_tokens]))
-                self._ivf = index
+                vectors, n, removals = self._vectors[: self._n_tokens], self._n_tokens, self._removals
+                config = self.approximate
+            fitted = CentroidIndex.fit(vectors, config)  # no store lock: searches and writes go on
+            codes = fitted.codes
+            for _ in range(4):
+                with self._lock:
+                    if self._removals == removals:  # at most appends since: code just those, here
+                        if not self._n_tokens:
+                            self._ivf = None
+                            return
+                        if self._n_tokens > n:
+                            codes = np.concatenate([codes, fitted.assign(self._vectors[n : self._n_tokens])])
+                        self._ivf = CentroidIndex(fitted.centroids, codes)
+                        return
+                    vectors, n, removals = self._vectors[: self._n_tokens], self._n_tokens, self._removals
+                codes = fitted.assign(vectors)  # tokens were deleted meanwhile: re-code, still outside the lock
+            with self._lock:  # deletes kept coming: finish under the lock
+                n = self._n_tokens
+                self._ivf = CentroidIndex(fitted.centroids, fitted.assign(self._vectors[:n])) if n else None
 
     def _build_in_background(self) -> None:
         def run() -> None:
@@ -352,7 +365,8 @@ class InMemoryMultiVectorStore:
                 return []
             query = as_matrix(query, self._dim, "query")
             chosen = self._resolve_mode(mode)
-        if chosen is SearchMode.APPROXIMATE:
+            missing = chosen is SearchMode.APPROXIMATE and self._ivf is None
+        if missing:
             self._build(refit=False)  # the first approximate search fits the index (not under the store lock)
         with self._lock:  # a consistent snapshot: writers replace these arrays and lists, or append past them
             n = len(self._ids)
@@ -482,7 +496,7 @@ class InMemoryMultiVectorStore:
             tensors = _safetensors_views(data["vectors"])
             records = json.loads(data["records"].tobytes().decode("utf-8"))
             ivf = _safetensors_views(data["ivf"]) if "ivf" in data else None
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as err:
             msg = f"{folder}: cannot read the store's data files: {err}"
             raise StoreCorruptedError(msg) from err
         store = cls(
@@ -552,6 +566,7 @@ def _read_verified(file: Path, expected: str | None) -> np.ndarray[Any, Any]:
 
 
 _SAFETENSORS_DTYPES = {"F32": np.float32, "F64": np.float64, "I32": np.int32, "I64": np.int64}
+_MAX_HEADER = 100_000_000  # as in safetensors itself
 
 
 def _safetensors_views(buffer: np.ndarray[Any, Any]) -> dict[str, np.ndarray[Any, Any]]:
@@ -563,17 +578,27 @@ def _safetensors_views(buffer: np.ndarray[Any, Any]) -> dict[str, np.ndarray[Any
     with ``safetensors.numpy.save_file``.
     """
     header_len = int.from_bytes(buffer[:8].tobytes(), "little")
+    if len(buffer) < 8 or not 0 < header_len <= min(len(buffer) - 8, _MAX_HEADER):
+        msg = f"header length {header_len} does not fit a {len(buffer)}-byte file"
+        raise ValueError(msg)
     header = json.loads(buffer[8 : 8 + header_len].tobytes())
-    base = 8 + header_len
+    if not isinstance(header, dict):
+        msg = "the header is not a JSON object"
+        raise ValueError(msg)
+    base, data_size = 8 + header_len, len(buffer) - 8 - header_len
     tensors: dict[str, np.ndarray[Any, Any]] = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
         dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]]).newbyteorder("<")
-        begin, end = (int(x) for x in info["data_offsets"])
-        shape = tuple(int(x) for x in info["shape"])
-        count = int(np.prod(shape, dtype=np.int64))
-        if end - begin != count * dtype.itemsize or base + end > len(buffer):
+        begin, end = info["data_offsets"]
+        shape = info["shape"]
+        exact_ints = all(type(x) is int for x in (begin, end, *shape))
+        count = math.prod(shape) if exact_ints else -1
+        if not exact_ints or min(shape, default=0) < 0 or not 0 <= begin <= end <= data_size:
+            msg = f"tensor {name!r}: byte range {begin}..{end} or shape {shape} is invalid"
+            raise ValueError(msg)
+        if end - begin != count * dtype.itemsize:
             msg = f"tensor {name!r}: byte range {begin}..{end} does not hold shape {shape} of {info['dtype']}"
             raise ValueError(msg)
         tensors[name] = np.frombuffer(buffer, dtype=dtype, count=count, offset=base + begin).reshape(shape)
