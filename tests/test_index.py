@@ -138,3 +138,20 @@ def test_concurrent_writers_keep_the_chunk_bookkeeping_consistent(stanford_encod
     children = {cid for cid, r in stored.items() if "parent_id" in r.metadata}
     assert children == {c for chunks in index._children.values() for c in chunks}
     assert all(cid.split("#")[0] in ("doc0", "doc1", "doc2") for cid in stored)
+
+
+def test_a_failed_upsert_keeps_the_old_chunks(
+    stanford_encoder: ColBERTEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = LateInteractionIndex(stanford_encoder, chunker=stanford_encoder.chunker(chunk_tokens=16, overlap=4))
+    long_text = " ".join(f"scrooge counted coin number {i} in the cold counting house." for i in range(6))
+    index.add([long_text], ids=["long"])
+    before = [r.id for r in index.get(["long"])]
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise InvalidInputError("the store refused the new records")
+
+    monkeypatch.setattr(index.store, "upsert", broken)
+    with pytest.raises(InvalidInputError, match="refused"):
+        index.add(["a short replacement"], ids=["long"], upsert=True)
+    assert [r.id for r in index.get(["long"])] == before  # nothing was deleted ahead of the failed write

@@ -465,3 +465,19 @@ def test_approximate_searches_use_the_old_index_while_it_is_refitted(monkeypatch
         refit.result(timeout=60)
     assert len(store._ivf.codes) == store.n_tokens
     assert {int(h.id[1:]) // 10 for h in store.search(families[17], k=3)} == {17}
+
+
+def test_upsert_replacing_other_records_is_one_step(store: InMemoryMultiVectorStore) -> None:
+    before = {r.id: r.vectors.copy() for r in store.records()}
+    bad = Record("new", np.full((1, DIM), np.nan, np.float32))
+    with pytest.raises(InvalidInputError):
+        store.upsert([bad], replacing=["doc1", "doc2"])
+    with pytest.raises(UnknownIdError):
+        store.upsert([Record("new", _unit(np.random.default_rng(1), 2))], replacing=["doc1", "nope"])
+    assert {r.id: r.vectors.tolist() for r in store.records()} == {k: v.tolist() for k, v in before.items()}
+    store.upsert(
+        [Record("doc3", _unit(np.random.default_rng(2), 2)), Record("new", _unit(np.random.default_rng(3), 1))],
+        replacing=["doc1", "doc2", "doc3"],
+    )
+    assert "doc1" not in store and "doc2" not in store and {"doc3", "new"} <= set(store.ids())
+    assert len(store) == 30 - 2 + 1

@@ -139,11 +139,11 @@ class LateInteractionIndex:
         vectors = self.encoder.encode_documents([c.item for _, c, _ in pieces], show_progress=show_progress)
         records = [Record(rid, vec, meta, chunk.text) for (rid, chunk, meta), vec in zip(pieces, vectors, strict=True)]
         with self._write_lock:
-            if upsert:
+            if upsert:  # old records (all chunks of a replaced item) go in the same step as the new arrive
                 replaced = [i for i in ids if i in self._children or i in self.store]
-                if replaced:
-                    self._delete_resolved(self._resolve(replaced))
-                self.store.upsert(records)
+                old = self._resolve(replaced) if replaced else []
+                self.store.upsert(records, replacing=old)
+                self._forget(old)
             else:
                 self._refuse_existing(ids)
                 self.store.add(records)
@@ -173,6 +173,10 @@ class LateInteractionIndex:
 
     def _delete_resolved(self, record_ids: list[str]) -> None:
         self.store.delete(record_ids)
+        self._forget(record_ids)
+
+    def _forget(self, record_ids: list[str]) -> None:
+        """Drop deleted chunk ids from the parent bookkeeping."""
         gone = set(record_ids)
         for parent in list(self._children):
             left = [c for c in self._children[parent] if c not in gone]

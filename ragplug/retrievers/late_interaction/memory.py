@@ -182,13 +182,18 @@ class InMemoryMultiVectorStore:
                 raise DuplicateIdError(msg)
             self._append(records, matrices, metadatas)
 
-    def upsert(self, records: Sequence[Record]) -> None:
-        """Add records, replacing those whose id exists."""
+    def upsert(self, records: Sequence[Record], *, replacing: Sequence[str] = ()) -> None:
+        """Add records, replacing those whose id exists, in one step.
+
+        ``replacing`` names more records to remove in that same step (each must exist, else
+        :class:`UnknownIdError` and nothing changes): a document whose chunks are being replaced by others.
+        """
         with self._lock:
             matrices, metadatas = self._validate(records)
-            replaced = [r.id for r in records if r.id in self._row]
-            if replaced:
-                self._remove(replaced)
+            gone = set(self._known(replacing)) if replacing else set()
+            gone.update(r.id for r in records if r.id in self._row)
+            if gone:
+                self._remove([i for i in self._ids if i in gone])
             self._append(records, matrices, metadatas)
 
     def delete(self, ids: Sequence[str]) -> None:
