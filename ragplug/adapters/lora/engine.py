@@ -97,8 +97,9 @@ def _contiguous_head_input(model: Any) -> None:
 
     Generation keeps only the last position (``hidden[:, -1:, :]``, a strided view). On CPU, torch 2.11
     multiplies such a 3-D view by a weight that does not require grad — every peft model, whose base
-    weights are frozen — through ``bmm`` on a per-row copy of the whole weight: 4.4 s instead of 17 ms
-    for 8 rows of a 152 k x 896 bf16 head. A contiguous copy of the few hidden rows avoids it.
+    weights are frozen — through ``bmm`` on a per-row copy of the whole weight: 3.8 s instead of 15 ms
+    for 8 rows of a 152 k x 896 bf16 head (benchmarks/results/lora_serving.md). A contiguous copy of the
+    few hidden rows avoids it.
     """
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is not None:
@@ -401,14 +402,12 @@ class LoRAModel:
                         f"adapter {self._merged!r} is merged; call unmerge() to serve {r.adapter or 'the base model'!r}"
                     )
                     raise AdapterError(msg)
-            for r in requests:
-                self._fit(list(r.prompt_ids), r.config)  # every prompt checked before any generation
-            results: list[GenerationResult | None] = [None] * len(requests)
+            prompts = [self._fit(list(r.prompt_ids), r.config) for r in requests]  # all checked before generating
+            results: dict[int, GenerationResult] = {}
             for indices, routing, extra in self._route([r.adapter for r in requests]):
-                group = self._generate([requests[i] for i in indices], routing, extra)
-                for i, result in zip(indices, group, strict=True):
-                    results[i] = result
-        return [r for r in results if r is not None]
+                group = self._generate([requests[i] for i in indices], [prompts[i] for i in indices], routing, extra)
+                results.update(zip(indices, group, strict=True))
+        return [results[i] for i in range(len(requests))]
 
     def _route(self, adapters: list[str | None]) -> list[tuple[list[int], Any, dict[str, Any]]]:
         """How a batch's rows reach their adapters: ``(row indices, context manager, generate kwargs)`` per call."""
@@ -437,13 +436,12 @@ class LoRAModel:
             yield
 
     def _generate(
-        self, requests: Sequence[GenerationRequest], routing: Any, extra: dict[str, Any]
+        self, requests: Sequence[GenerationRequest], prompts: list[list[int]], routing: Any, extra: dict[str, Any]
     ) -> list[GenerationResult]:
-        """One ``generate`` call for ``requests`` (the lock is held)."""
+        """One ``generate`` call for ``requests`` and their fitted ``prompts`` (the lock is held)."""
         torch = require("torch", "lora")
         from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-        prompts = [self._fit(list(r.prompt_ids), r.config) for r in requests]
         rows = [_Row(r, self.grammar().row(r.schema) if r.schema is not None else None) for r in requests]
         width = max(len(p) for p in prompts)
         input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)

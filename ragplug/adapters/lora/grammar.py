@@ -137,10 +137,10 @@ class GrammarRow:
         words = bitmask[index].numpy()
         if self._words is None or not np.array_equal(words, self._words):
             self._words = words.copy()
-            bits = np.unpackbits(words.view(np.uint8), bitorder="little")
+            allowed = _Packed(words, self.backend.vocab_size).unpack()
             blocked = np.ones(scores.shape[-1], dtype=bool)  # rows past the grammar's vocabulary: forbidden
-            n = min(len(blocked), self.backend.vocab_size)
-            blocked[:n] = bits[:n] == 0
+            n = min(len(blocked), len(allowed))
+            blocked[:n] = ~allowed[:n]
             self._blocked = torch.from_numpy(blocked).to(scores.device)
         scores.masked_fill_(self._blocked, float("-inf"))
 

@@ -193,7 +193,7 @@ class InMemoryMultiVectorStore:
             gone = set(self._known(replacing)) if replacing else set()
             gone.update(r.id for r in records if r.id in self._row)
             if gone:
-                self._remove([i for i in self._ids if i in gone])
+                self._remove(list(gone))
             self._append(records, matrices, metadatas)
 
     def delete(self, ids: Sequence[str]) -> None:
