@@ -264,9 +264,9 @@ def test_searches_and_writes_go_on_while_the_index_is_fitted(monkeypatch: pytest
 def test_searches_go_on_while_the_store_is_saved(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, store: InMemoryMultiVectorStore
 ) -> None:
-    import ragplug.retrievers.late_interaction.memory as memory
+    import ragplug.retrievers.late_interaction.folder as folder
 
-    started, release = _blocking(monkeypatch, memory, "_sha256")
+    started, release = _blocking(monkeypatch, folder, "_sha256")
     query = _unit(np.random.default_rng(4), 2)
     with ThreadPoolExecutor(2) as pool:
         try:
@@ -384,7 +384,7 @@ def test_crash_during_save_leaves_previous_store_intact(
     import safetensors.numpy
 
     monkeypatch.setattr(safetensors.numpy, "save_file", explode)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(StoreError, match="disk full"):
         store.save(tmp_path / "idx")
     loaded = InMemoryMultiVectorStore.load(tmp_path / "idx")
     assert len(loaded) == 30 and "doc1" in loaded

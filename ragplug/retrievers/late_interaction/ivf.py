@@ -54,7 +54,10 @@ class ApproximateConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 msg = f"ApproximateConfig.{name} must be a positive integer, got {value!r}"
                 raise InvalidInputError(msg)
-        if self.n_centroids is not None and (not isinstance(self.n_centroids, int) or self.n_centroids < 1):
+        if type(self.seed) is not int:
+            msg = f"ApproximateConfig.seed must be an integer, got {self.seed!r}"
+            raise InvalidInputError(msg)
+        if self.n_centroids is not None and (type(self.n_centroids) is not int or self.n_centroids < 1):
             msg = f"ApproximateConfig.n_centroids must be a positive integer or None, got {self.n_centroids!r}"
             raise InvalidInputError(msg)
 

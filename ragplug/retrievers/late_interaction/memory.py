@@ -5,26 +5,21 @@ Layout: one contiguous ``(n_tokens, dim)`` float32 matrix with per-document ``st
 exact MaxSim (:mod:`.maxsim`) or, for large corpora, centroid candidate generation followed by exact
 re-scoring (:mod:`.ivf`); :class:`SearchMode` picks one, ``AUTO`` by corpus size.
 
-On disk (:meth:`InMemoryMultiVectorStore.save`) a store is a folder holding ``manifest.json`` and data
-files named with a unique suffix: ``vectors-*.safetensors`` (vectors, starts, lengths), ``records-*.json``
-(ids, metadata, texts) and optionally ``ivf-*.safetensors`` (centroids and codes). New data files are
-written first, each via temp file + rename; ``manifest.json`` is then replaced atomically and names the
-files it belongs to, with their SHA-256. A crash at any point leaves the previous manifest and its files
-intact. :meth:`~InMemoryMultiVectorStore.load` verifies the format version, checksums and shapes, and
-refuses a store written by another encoder.
+On disk (:meth:`InMemoryMultiVectorStore.save`) a store is a folder in the format of :mod:`.folder`
+(atomic, checksummed, safe under concurrent saves and loads) holding ``vectors`` (vectors, starts,
+lengths), ``records`` (ids, metadata, texts) and optionally ``ivf`` (centroids and codes).
+:meth:`~InMemoryMultiVectorStore.load` verifies the format version, every manifest field, the checksums
+and shapes, and refuses a store written by another encoder.
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import logging
-import math
 import os
-import tempfile
 import threading
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -36,7 +31,6 @@ from ragplug.errors import (
     EncoderMismatchError,
     InvalidInputError,
     StoreCorruptedError,
-    StoreError,
     UnknownIdError,
 )
 from ragplug.retrievers.late_interaction.base import (
@@ -49,6 +43,7 @@ from ragplug.retrievers.late_interaction.base import (
     check_k,
 )
 from ragplug.retrievers.late_interaction.filters import Filter, compile_filter
+from ragplug.retrievers.late_interaction.folder import MANIFEST, read_folder, safetensors_views, write_folder
 from ragplug.retrievers.late_interaction.ivf import ApproximateConfig, CentroidIndex
 from ragplug.retrievers.late_interaction.maxsim import maxsim_all, maxsim_subset
 
@@ -58,7 +53,6 @@ logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "ragplug.multivector"
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 
 
 class SearchMode(str, Enum):
@@ -409,22 +403,27 @@ class InMemoryMultiVectorStore:
 
     # -- persistence ----------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the store to the folder ``path`` atomically (see the module docstring)."""
-        from safetensors.numpy import save_file
+        """Write the store to the folder ``path`` atomically, in the format of :mod:`.folder`.
 
-        folder = Path(path)
+        Saves from other threads or processes to the same folder wait for each other; a reader loading it
+        meanwhile gets the old or the new state. A failed save (disk full, say) raises
+        :class:`~ragplug.errors.StoreError` and leaves the previous state as it was.
+        """
         with self._save_lock:
             with self._lock:  # a snapshot; the files are written without holding the store's lock
                 if self._dim is None:
                     msg = "cannot save an empty store that has no dimension yet"
                     raise InvalidInputError(msg)
-                tensors: dict[str, np.ndarray[Any, Any]] = {
-                    "vectors": self._vectors[: self._n_tokens],
-                    "starts": self._starts,
-                    "lengths": self._lengths,
+                tensors: dict[str, dict[str, np.ndarray[Any, Any]]] = {
+                    "vectors": {
+                        "vectors": self._vectors[: self._n_tokens],
+                        "starts": self._starts,
+                        "lengths": self._lengths,
+                    }
                 }
+                if self._ivf is not None:
+                    tensors["ivf"] = {"centroids": self._ivf.centroids, "codes": self._ivf.codes}
                 records = {"ids": list(self._ids), "metadata": list(self._metadata), "texts": list(self._texts)}
-                ivf = {"centroids": self._ivf.centroids, "codes": self._ivf.codes} if self._ivf is not None else None
                 header = {
                     "format": FORMAT_NAME,
                     "format_version": FORMAT_VERSION,
@@ -433,35 +432,101 @@ class InMemoryMultiVectorStore:
                     "n_records": len(self._ids),
                     "n_tokens": self._n_tokens,
                     "mode": self.mode.value,
-                    "approximate": {k: getattr(self.approximate, k) for k in self.approximate.__dataclass_fields__},
+                    "approximate": dataclasses.asdict(self.approximate),
                     "approximate_min_tokens": self.approximate_min_tokens,
                 }
-            folder.mkdir(parents=True, exist_ok=True)
-            suffix = uuid.uuid4().hex[:12]
-            files: dict[str, str] = {}
-            files["vectors"] = _write_atomic(folder, f"vectors-{suffix}.safetensors", lambda p: save_file(tensors, p))
-            files["records"] = _write_atomic(
-                folder, f"records-{suffix}.json", lambda p: Path(p).write_text(json.dumps(records), encoding="utf-8")
-            )
-            if ivf is not None:
-                files["ivf"] = _write_atomic(folder, f"ivf-{suffix}.safetensors", lambda p: save_file(ivf, p))
-            manifest = {
-                **header,
-                "files": files,
-                "sha256": {name: _sha256(folder / fname) for name, fname in files.items()},
-            }
-            old = _read_manifest(folder) if (folder / MANIFEST).exists() else None
-            _write_atomic(folder, MANIFEST, lambda p: Path(p).write_text(json.dumps(manifest, indent=1), "utf-8"))
-            if old is not None:  # the new manifest is in place: the old data files are garbage now
-                for fname in old.get("files", {}).values():
-                    if fname not in files.values():
-                        (folder / fname).unlink(missing_ok=True)
+            write_folder(path, header, tensors=tensors, documents={"records": records})
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, encoder: EncoderIdentity | None = None) -> InMemoryMultiVectorStore:
         """Load a store saved by :meth:`save`; with ``encoder``, refuse one written by another encoder."""
         folder = Path(path)
-        manifest = _read_manifest(folder)
+        manifest, data = read_folder(folder)
+        header = _Header.parse(folder, manifest)
+        if encoder is not None:
+            header.check_encoder(folder, encoder)
+        if set(data) - {"ivf"} != {"vectors", "records"}:
+            msg = f"{folder}: the manifest names data files {sorted(data)}, expected vectors, records (and ivf)"
+            raise StoreCorruptedError(msg)
+        try:
+            tensors = safetensors_views(data["vectors"])
+            records = json.loads(data["records"].tobytes().decode("utf-8"))
+            ivf = safetensors_views(data["ivf"]) if "ivf" in data else None
+            vectors, starts, lengths = tensors["vectors"], tensors["starts"], tensors["lengths"]
+            ids, metadata, texts = records["ids"], records["metadata"], records["texts"]
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as err:
+            msg = f"{folder}: cannot read the store's data files: {err}"
+            raise StoreCorruptedError(msg) from err
+        consistent = (
+            vectors.ndim == 2
+            and vectors.shape[1] == header.dim
+            and starts.ndim == lengths.ndim == 1
+            and isinstance(ids, list)
+            and isinstance(metadata, list)
+            and isinstance(texts, list)
+            and len(starts) == len(lengths) == len(ids) == len(metadata) == len(texts) == header.n_records
+            and int(lengths.sum()) == len(vectors) == header.n_tokens
+            and bool((lengths > 0).all())
+            and bool((starts == np.cumsum(lengths) - lengths).all())
+            and all(isinstance(i, str) and i for i in ids)
+            and len(set(ids)) == len(ids)
+            and all(isinstance(m, dict) for m in metadata)
+            and all(t is None or isinstance(t, str) for t in texts)
+        )
+        if not consistent:
+            msg = f"{folder}: the store's data files are inconsistent with each other or with the manifest"
+            raise StoreCorruptedError(msg)
+        store = cls(
+            header.dim,
+            encoder=header.encoder,
+            mode=header.mode,
+            approximate=header.approximate,
+            approximate_min_tokens=header.approximate_min_tokens,
+        )
+        store._vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        store._n_tokens = len(vectors)
+        store._starts = starts.astype(np.int64)
+        store._lengths = lengths.astype(np.int64)
+        store._ids = list(ids)
+        store._row = {id_: row for row, id_ in enumerate(ids)}
+        store._metadata = list(metadata)
+        store._texts = list(texts)
+        if ivf is not None and _valid_ivf(ivf, len(vectors), header.dim):
+            store._ivf = CentroidIndex(ivf["centroids"], ivf["codes"])
+        return store
+
+
+def _valid_ivf(ivf: dict[str, np.ndarray[Any, Any]], n_tokens: int, dim: int) -> bool:
+    """A saved centroid index is used only when it fits the vectors (else it is refitted when needed)."""
+    centroids, codes = ivf.get("centroids"), ivf.get("codes")
+    return (
+        centroids is not None
+        and codes is not None
+        and centroids.ndim == 2
+        and centroids.shape[1] == dim
+        and len(centroids) > 0
+        and codes.ndim == 1
+        and len(codes) == n_tokens
+        and codes.dtype.kind in "iu"
+        and (n_tokens == 0 or (int(codes.min()) >= 0 and int(codes.max()) < len(centroids)))
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Header:
+    """The store's own fields of a manifest, each checked: a bad value is corruption, named in the error."""
+
+    dim: int
+    n_records: int
+    n_tokens: int
+    encoder: EncoderIdentity | None
+    mode: SearchMode
+    approximate: ApproximateConfig
+    approximate_min_tokens: int
+
+    @classmethod
+    def parse(cls, folder: Path, manifest: dict[str, Any]) -> _Header:
+        where = folder / MANIFEST
         if manifest.get("format") != FORMAT_NAME:
             msg = f"{folder} is not a ragplug multi-vector store (format {manifest.get('format')!r})"
             raise StoreCorruptedError(msg)
@@ -471,172 +536,46 @@ class InMemoryMultiVectorStore:
                 f"this ragplug reads version {FORMAT_VERSION}"
             )
             raise StoreCorruptedError(msg)
-        try:
-            files = dict(manifest["files"])
-            checksums = dict(manifest["sha256"])
-            dim = int(manifest["dim"])
-            stored_encoder = EncoderIdentity.from_dict(manifest["encoder"]) if manifest.get("encoder") else None
-        except (KeyError, TypeError, ValueError) as err:
-            msg = f"{folder / MANIFEST} is incomplete: {err}"
-            raise StoreCorruptedError(msg) from err
-        if encoder is not None:
-            if stored_encoder is None:
-                msg = f"{folder} does not record which encoder wrote it; cannot check it against {encoder.name!r}"
-                raise EncoderMismatchError(msg)
-            if (stored_encoder.dim, stored_encoder.fingerprint) != (encoder.dim, encoder.fingerprint):
-                msg = (
-                    f"{folder} was written by encoder {stored_encoder.name!r} (dim {stored_encoder.dim}, "
-                    f"fingerprint {stored_encoder.fingerprint}), not by {encoder.name!r} (dim {encoder.dim}, "
-                    f"fingerprint {encoder.fingerprint}); re-index with this encoder or load it with the other one"
-                )
-                raise EncoderMismatchError(msg)
-        data: dict[str, np.ndarray[Any, Any]] = {}
-        for name, fname in files.items():
-            file = folder / fname
-            if not file.is_file():
-                msg = f"{folder}: data file {fname} named by the manifest is missing"
+
+        def integer(name: str, low: int, default: int | None = None) -> int:
+            value = manifest.get(name, default)
+            if type(value) is not int or value < low:
+                msg = f"{where}: {name!r} must be an integer >= {low}, got {value!r}"
                 raise StoreCorruptedError(msg)
-            data[name] = _read_verified(file, checksums.get(name))
-        try:
-            tensors = _safetensors_views(data["vectors"])
-            records = json.loads(data["records"].tobytes().decode("utf-8"))
-            ivf = _safetensors_views(data["ivf"]) if "ivf" in data else None
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as err:
-            msg = f"{folder}: cannot read the store's data files: {err}"
-            raise StoreCorruptedError(msg) from err
-        store = cls(
-            dim,
-            encoder=stored_encoder,
-            mode=manifest.get("mode", SearchMode.AUTO.value),
-            approximate=ApproximateConfig(**manifest.get("approximate", {})),
-            approximate_min_tokens=int(manifest.get("approximate_min_tokens", 200_000)),
-        )
-        try:
-            vectors, starts, lengths = tensors["vectors"], tensors["starts"], tensors["lengths"]
-            ids, metadata, texts = records["ids"], records["metadata"], records["texts"]
-            consistent = (
-                vectors.ndim == 2
-                and vectors.shape[1] == dim
-                and len(starts) == len(lengths) == len(ids) == len(metadata) == len(texts) == manifest["n_records"]
-                and int(lengths.sum()) == len(vectors) == manifest["n_tokens"]
-                and bool((lengths > 0).all())
-                and bool((starts == np.cumsum(lengths) - lengths).all())
-                and len(set(ids)) == len(ids)
-            )
-        except (KeyError, TypeError, AttributeError) as err:
-            msg = f"{folder}: the store's data files are inconsistent: {err}"
-            raise StoreCorruptedError(msg) from err
-        if not consistent:
-            msg = f"{folder}: the store's data files are inconsistent with each other or with the manifest"
+            return value
+
+        def parsed(name: str, make: Callable[[Any], Any], default: Any = None) -> Any:
+            value = manifest.get(name, default)
+            try:
+                return make(value)
+            except (TypeError, ValueError, KeyError, AttributeError) as err:
+                msg = f"{where}: {name!r} is invalid ({value!r}): {err}"
+                raise StoreCorruptedError(msg) from err
+
+        dim = integer("dim", 1)
+        encoder = parsed("encoder", lambda v: None if v is None else EncoderIdentity.from_dict(v))
+        if encoder is not None and encoder.dim != dim:
+            msg = f"{where}: the encoder's dimension {encoder.dim} disagrees with the store's {dim}"
             raise StoreCorruptedError(msg)
-        store._vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        store._n_tokens = len(vectors)
-        store._starts = starts.astype(np.int64)
-        store._lengths = lengths.astype(np.int64)
-        store._ids = list(ids)
-        store._row = {id_: row for row, id_ in enumerate(ids)}
-        store._metadata = list(metadata)
-        store._texts = list(texts)
-        if ivf is not None and len(ivf["codes"]) == len(vectors):
-            store._ivf = CentroidIndex(ivf["centroids"], ivf["codes"])
-        return store
+        return cls(
+            dim=dim,
+            n_records=integer("n_records", 0),
+            n_tokens=integer("n_tokens", 0),
+            encoder=encoder,
+            mode=parsed("mode", SearchMode, SearchMode.AUTO.value),
+            approximate=parsed("approximate", lambda v: ApproximateConfig(**v), {}),
+            approximate_min_tokens=integer("approximate_min_tokens", 0, 200_000),
+        )
 
-
-def _sha256(file: Path) -> str:
-    digest = hashlib.sha256()
-    with file.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _read_verified(file: Path, expected: str | None) -> np.ndarray[Any, Any]:
-    """A data file's bytes, read once and hashed as they are read; a checksum mismatch is corruption."""
-    size = file.stat().st_size
-    buffer = np.empty(size, dtype=np.uint8)  # not zero-filled: every byte is read into it
-    view = buffer.data  # a writable memoryview over the array
-    digest = hashlib.sha256()
-    done = 0
-    with file.open("rb") as fh:
-        while done < size:
-            n = fh.readinto(view[done : done + (1 << 24)])
-            if not n:
-                break
-            digest.update(view[done : done + n])
-            done += n
-    if done != size or digest.hexdigest() != expected:
-        msg = f"{file.parent}: data file {file.name} is truncated or corrupted (checksum mismatch)"
-        raise StoreCorruptedError(msg)
-    return buffer
-
-
-_SAFETENSORS_DTYPES = {"F32": np.float32, "F64": np.float64, "I32": np.int32, "I64": np.int64}
-_MAX_HEADER = 100_000_000  # as in safetensors itself
-
-
-def _safetensors_views(buffer: np.ndarray[Any, Any]) -> dict[str, np.ndarray[Any, Any]]:
-    """The tensors of a safetensors file already in memory (and verified), as arrays over its bytes.
-
-    safetensors' own numpy loader copies every tensor (0.4 GB/s on the benchmark VM: 6.9 s for SciFact's
-    2.6 GB of vectors); the format is a little-endian u64 header length, a JSON header naming each
-    tensor's dtype, shape and byte range, then the data, so views need no copy. Files are still written
-    with ``safetensors.numpy.save_file``.
-    """
-    header_len = int.from_bytes(buffer[:8].tobytes(), "little")
-    if len(buffer) < 8 or not 0 < header_len <= min(len(buffer) - 8, _MAX_HEADER):
-        msg = f"header length {header_len} does not fit a {len(buffer)}-byte file"
-        raise ValueError(msg)
-    header = json.loads(buffer[8 : 8 + header_len].tobytes())
-    if not isinstance(header, dict):
-        msg = "the header is not a JSON object"
-        raise ValueError(msg)
-    base, data_size = 8 + header_len, len(buffer) - 8 - header_len
-    tensors: dict[str, np.ndarray[Any, Any]] = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]]).newbyteorder("<")
-        begin, end = info["data_offsets"]
-        shape = info["shape"]
-        exact_ints = all(type(x) is int for x in (begin, end, *shape))
-        count = math.prod(shape) if exact_ints else -1
-        if not exact_ints or min(shape, default=0) < 0 or not 0 <= begin <= end <= data_size:
-            msg = f"tensor {name!r}: byte range {begin}..{end} or shape {shape} is invalid"
-            raise ValueError(msg)
-        if end - begin != count * dtype.itemsize:
-            msg = f"tensor {name!r}: byte range {begin}..{end} does not hold shape {shape} of {info['dtype']}"
-            raise ValueError(msg)
-        tensors[name] = np.frombuffer(buffer, dtype=dtype, count=count, offset=base + begin).reshape(shape)
-    return tensors
-
-
-def _read_manifest(folder: Path) -> dict[str, Any]:
-    file = folder / MANIFEST
-    if not file.is_file():
-        msg = f"{folder} holds no ragplug store ({MANIFEST} not found)"
-        raise StoreError(msg)
-    try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        msg = f"{file} is truncated or corrupted: {err}"
-        raise StoreCorruptedError(msg) from err
-    if not isinstance(manifest, dict):
-        msg = f"{file} is not a JSON object"
-        raise StoreCorruptedError(msg)
-    return manifest
-
-
-def _write_atomic(folder: Path, name: str, write: Any) -> str:
-    """Write ``folder/name`` through a temp file in the same folder, fsync, then rename into place."""
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a saved index is an ordinary data file
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, folder / name)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return name
+    def check_encoder(self, folder: Path, encoder: EncoderIdentity) -> None:
+        stored = self.encoder
+        if stored is None:
+            msg = f"{folder} does not record which encoder wrote it; cannot check it against {encoder.name!r}"
+            raise EncoderMismatchError(msg)
+        if (stored.dim, stored.fingerprint) != (encoder.dim, encoder.fingerprint):
+            msg = (
+                f"{folder} was written by encoder {stored.name!r} (dim {stored.dim}, "
+                f"fingerprint {stored.fingerprint}), not by {encoder.name!r} (dim {encoder.dim}, "
+                f"fingerprint {encoder.fingerprint}); re-index with this encoder or load it with the other one"
+            )
+            raise EncoderMismatchError(msg)
