@@ -73,7 +73,8 @@ def _store(n: int = 40, seed: int = 0) -> InMemoryMultiVectorStore:
 
 
 def _data_files(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".ragplug-") and p.name != "manifest.json")
+    """Everything in the folder but the manifest and the lock files."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock") and p.name != "manifest.json")
 
 
 def _rewrite_manifest(folder: Path, **changes: object) -> None:
@@ -142,7 +143,7 @@ def test_sigkill_during_saves_never_breaks_the_store_and_the_next_save_removes_t
         assert len(loaded) in (2000, 2001)
         assert loaded.search(np.ones((1, DIM), np.float32), k=3)
     _store(2000).save(folder)
-    assert len(_data_files(folder)) == 2  # no orphaned data or temp files of the killed saves
+    assert len(_data_files(folder)) == 2, _data_files(folder)  # no orphans of the killed saves
     assert len(InMemoryMultiVectorStore.load(folder)) == 2000
 
 
@@ -286,5 +287,9 @@ def test_uuid_names_do_not_collide_with_leftovers(tmp_path: Path) -> None:
     leftover = folder / f"vectors-{uuid.uuid4().hex[:12]}.safetensors"
     leftover.write_bytes(b"partial")
     (folder / f".records-{uuid.uuid4().hex[:12]}.json.abc123_x.tmp").write_bytes(b"partial")
+    (folder / ".tmpAb3xYz").write_bytes(b"partial")  # safetensors' own temp file, from earlier versions
+    (folder / ".ragplug-staging-0123456789ab").mkdir()
+    (folder / ".ragplug-staging-0123456789ab" / "vectors-0123456789ab.safetensors").write_bytes(b"partial")
     _store(41).save(folder)
     assert len(_data_files(folder)) == 2 and not leftover.exists()
+    assert {p.name for p in folder.iterdir() if p.name.startswith(".")} == {".ragplug-read.lock", ".ragplug-write.lock"}

@@ -4,10 +4,11 @@ A saved store is a folder holding ``manifest.json`` and data files named ``<name
 (``vectors-….safetensors``, ``records-….json``, ``ivf-….safetensors``). The manifest names the files
 it belongs to with their SHA-256, plus the store's own header fields (format, version, dimension, …).
 
-Writing (:func:`write_folder`) puts each new data file in place via temp file + fsync + rename, then
-replaces ``manifest.json`` the same way: a crash at any point leaves the previous manifest and its files
-intact. The files of the previous state are then deleted, with every other data or temp file that no
-manifest names (leftovers of crashed saves), so a folder never accumulates orphans. A failed write
+Writing (:func:`write_folder`) writes each new data file in a staging folder inside the store folder,
+fsyncs it and renames it into place, then replaces ``manifest.json`` the same way: a crash at any point
+leaves the previous manifest and its files intact. The files of the previous state are then deleted, with
+every data file that no manifest names and every staging folder (leftovers of crashed saves), so a
+folder never accumulates orphans. A failed write
 (disk full, say) removes what it wrote and raises :class:`~ragplug.errors.StoreError`.
 
 Reading (:func:`read_folder`) refuses a manifest that names anything but plain data files inside the
@@ -34,7 +35,7 @@ import logging
 import math
 import os
 import re
-import tempfile
+import shutil
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -56,6 +57,9 @@ _WRITE_LOCK = ".ragplug-write.lock"
 _READ_LOCK = ".ragplug-read.lock"
 _NAME = re.compile(r"[a-z]{1,32}")
 _DATA_FILE = re.compile(r"(?P<name>[a-z]{1,32})-[0-9a-f]{12}\.(?:safetensors|json)")
+_STAGING = ".ragplug-staging-"
+# temp files of earlier ragplug versions, which wrote beside the data files: ours, and safetensors' own
+_OLD_TEMP_FILE = re.compile(r"\.tmp[A-Za-z0-9]{6}")
 _TEMP_FILE = re.compile(r"\.(?:manifest\.json|[a-z]{1,32}-[0-9a-f]{12}\.(?:safetensors|json))\.[A-Za-z0-9_]+\.tmp")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _READ_ATTEMPTS = 8
@@ -90,24 +94,27 @@ def write_folder(
         raise StoreError(msg) from err
     with _locked(folder / _WRITE_LOCK, exclusive=True, create=True):
         suffix = uuid.uuid4().hex[:12]
+        staging = folder / f"{_STAGING}{suffix}"  # every file is written here first, then renamed into place
         files: dict[str, str] = {}
         try:
+            staging.mkdir()
             for name, group in tensors.items():
-                files[name] = _write_atomic(
-                    folder, f"{name}-{suffix}.safetensors", functools.partial(save_file, dict(group))
-                )
+                files[name] = f"{name}-{suffix}.safetensors"
+                _write_atomic(staging, folder, files[name], functools.partial(save_file, dict(group)))
             for name, document in documents.items():
                 blob = json.dumps(document, ensure_ascii=False, allow_nan=False).encode("utf-8")
-                files[name] = _write_atomic(folder, f"{name}-{suffix}.json", functools.partial(_write_bytes, blob))
+                files[name] = f"{name}-{suffix}.json"
+                _write_atomic(staging, folder, files[name], functools.partial(_write_bytes, blob))
             manifest = {**header, "files": files, "sha256": {name: _sha256(folder / f) for name, f in files.items()}}
             text = json.dumps(manifest, indent=1)
             with _locked(folder / _READ_LOCK, exclusive=True, create=True):
-                _write_atomic(folder, MANIFEST, lambda p: Path(p).write_text(text, encoding="utf-8"))
+                _write_atomic(staging, folder, MANIFEST, lambda p: Path(p).write_text(text, encoding="utf-8"))
                 _fsync_folder(folder)  # from here on the save has happened; nothing below raises
                 _collect_garbage(folder, keep=set(files.values()))
         except BaseException as err:
             for fname in files.values():  # the manifest was not replaced: what this save wrote is garbage
                 (folder / fname).unlink(missing_ok=True)
+            shutil.rmtree(staging, ignore_errors=True)
             if isinstance(err, Exception) and not isinstance(err, StoreError):
                 msg = f"cannot save the store to {str(folder)!r}: {err}"
                 raise StoreError(msg) from err
@@ -118,20 +125,14 @@ def _write_bytes(blob: bytes, path: str) -> None:
     Path(path).write_bytes(blob)
 
 
-def _write_atomic(folder: Path, name: str, write: Callable[[str], Any]) -> str:
-    """Write ``folder/name`` through a temp file in the same folder, fsync, then rename into place."""
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a saved index is an ordinary data file
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, folder / name)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return name
+def _write_atomic(staging: Path, folder: Path, name: str, write: Callable[[str], Any]) -> None:
+    """Write ``staging/name``, fsync it, then rename it to ``folder/name`` (the same filesystem)."""
+    tmp = staging / name
+    write(str(tmp))
+    os.chmod(tmp, 0o644)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, folder / name)
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -149,9 +150,9 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def _collect_garbage(folder: Path, keep: set[str]) -> None:
-    """Delete data and temp files that the manifest does not name (called with both locks held, so no other
-    save is writing and no reader is between reading the manifest and opening its files). A file that cannot
-    be deleted is logged and left for the next save."""
+    """Delete data files that the manifest does not name, and the staging folders and temp files of crashed
+    saves (called with both locks held, so no other save is writing and no reader is between reading the
+    manifest and opening its files). What cannot be deleted is logged and left for the next save."""
     try:
         entries = list(os.scandir(folder))
     except OSError as err:
@@ -159,10 +160,11 @@ def _collect_garbage(folder: Path, keep: set[str]) -> None:
         return
     for entry in entries:
         name = entry.name
-        if name in keep or not (_DATA_FILE.fullmatch(name) or _TEMP_FILE.fullmatch(name)):
-            continue
         try:
-            if entry.is_file(follow_symlinks=False):
+            if entry.is_dir(follow_symlinks=False):
+                if name.startswith(_STAGING):
+                    shutil.rmtree(entry.path)
+            elif name not in keep and any(p.fullmatch(name) for p in (_DATA_FILE, _TEMP_FILE, _OLD_TEMP_FILE)):
                 os.unlink(entry.path)
         except FileNotFoundError:
             pass
