@@ -53,13 +53,13 @@ def test_concurrent_requests_share_generate_calls(tiny_llm: dict[str, Path], mon
         tiny_llm["base"], {"alpha": tiny_llm["alpha"], "beta": tiny_llm["beta"]}, load=LoadConfig(batch_window_ms=200)
     )
     sizes: list[int] = []
-    original = model.generate_batch
+    original = model._serve_batch  # what the scheduler calls, once per batch
 
     def counting(requests):
         sizes.append(len(requests))
         return original(requests)
 
-    monkeypatch.setattr(model, "generate_batch", counting)
+    monkeypatch.setattr(model, "_serve_batch", counting)
     expected = {a: _greedy(model, a) for a in (None, "alpha", "beta")}
     sizes.clear()
     adapters = [None, "alpha", "beta", "alpha", "beta", None, "alpha", "beta"]

@@ -14,7 +14,14 @@ decoding step.
 Prompt length policy (``LoadConfig.truncation``): ``"error"`` raises
 :class:`~ragplug.errors.ContextLengthError` when prompt + ``max_new_tokens`` exceeds the context
 window; ``"left"`` keeps the most recent tokens that fit (the oldest turns, system prompt included, are
-cut first).
+cut first). A constrained request's budget is first raised to its schema's shortest valid answer, so
+that answer always completes; a schema with none that fits the window is refused. No row ever
+generates past the context window.
+
+Failures stay with their request. A request is checked once, at :meth:`LoRAModel.submit` (token ids,
+schema, context length); what depends on the model's state (its adapter still loaded, not merged away)
+is checked again per row when its batch is served, and a streaming callback that raises (a consumer
+gone away) ends only its own row. The other rows of the batch are served as if it were not there.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import operator
 import queue
 import threading
 import time
@@ -64,6 +72,16 @@ class GenerationRequest:
     on_text: Callable[[str], None] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     future: Future[GenerationResult] = field(default_factory=Future)
+    _plan: _Plan | None = field(default=None, init=False, repr=False, compare=False)  # set by submit
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What serving a request needs, found once when it enters (see ``LoRAModel._plan``)."""
+
+    prompt: list[int]  # fitted to the context window
+    budget: int  # tokens the row may generate: max_new_tokens, raised to the schema's shortest valid answer
+    shortest: int  # tokens of the shortest valid answer (0 without a schema)
 
 
 @dataclass(frozen=True)
@@ -117,14 +135,54 @@ def render_prompt_ids(
     if not messages:
         msg = "messages must not be empty"
         raise InvalidInputError(msg)
-    if getattr(tokenizer, "chat_template", None) is None:
-        text = "".join(f"{m['role']}: {m.get('content') or ''}\n" for m in messages) + "assistant: "
-        return list(tokenizer(text, add_special_tokens=True)["input_ids"])
     tool_dicts = [t.to_openai() for t in tools] if tools else None
-    text = tokenizer.apply_chat_template(
-        [dict(m) for m in messages], tools=tool_dicts, add_generation_prompt=True, tokenize=False
-    )
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    try:
+        if getattr(tokenizer, "chat_template", None) is None:
+            text = "".join(f"{m['role']}: {m.get('content') or ''}\n" for m in messages) + "assistant: "
+            return list(tokenizer(text, add_special_tokens=True)["input_ids"])
+        text = tokenizer.apply_chat_template(
+            [dict(m) for m in messages], tools=tool_dicts, add_generation_prompt=True, tokenize=False
+        )
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    except (TypeError, UnicodeError) as err:  # tokenizers' TypeError for text that is not valid Unicode
+        where = _unencodable(list(messages), "messages") or _unencodable(tool_dicts, "tools")
+        if where is None:
+            raise
+        msg = (
+            f"{where} is not valid Unicode text: it holds a lone surrogate. Decode the text with "
+            "errors='replace' (or fix its source) before sending it"
+        )
+        raise InvalidInputError(msg) from err
+
+
+def _unencodable(value: Any, where: str) -> str | None:
+    """The path (``messages[1]['content']``, with the position) of the first string in ``value`` that has a
+    lone surrogate, which no tokenizer can encode; None if there is none. Walked only after a failure."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            return f"{where} (at index {err.start}: {value[err.start : err.end]!r})"
+        return None
+    if isinstance(value, Mapping):
+        items: Any = ((f"{where}[{k!r}]", v) for k, v in value.items())
+    elif isinstance(value, list | tuple):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for path, item in items:
+        found = _unencodable(item, path)
+        if found is not None:
+            return found
+    return None
+
+
+def _tensor_shapes(path: Path) -> dict[str, list[int]]:
+    """The shape of every tensor in a safetensors file, read from its header (checked against the file size)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return {key: list(fh.get_slice(key).get_shape()) for key in fh.keys()}  # noqa: SIM118 - no __iter__
 
 
 def resolve_local(name_or_path: str | Path, what: str) -> Path:
@@ -145,7 +203,7 @@ def resolve_local(name_or_path: str | Path, what: str) -> Path:
 class _Row:
     """Per-row decoding state inside one batched ``generate`` call."""
 
-    def __init__(self, request: GenerationRequest, grammar: GrammarRow | None) -> None:
+    def __init__(self, request: GenerationRequest, grammar: GrammarRow | None, plan: _Plan | None = None) -> None:
         self.request = request
         self.grammar = grammar
         self.tokens: list[int] = []
@@ -156,16 +214,20 @@ class _Row:
         self.cut = False  # the text was cut at a stop string
         self.emitted = 0
         self.done = False
+        self.error: BaseException | None = None  # this row failed (its streaming callback raised)
         self.closing = False
         self.finish_reason = "length"
-        self.budget = request.config.max_new_tokens
-        self.estimate = 0  # tokens the shortest valid finish needs (refreshed as decoding goes)
+        # A constrained answer's budget covers at least its shortest valid document (see LoRAModel._plan).
+        self.budget = plan.budget if plan is not None else request.config.max_new_tokens
+        self.estimate = plan.shortest if plan is not None else 0  # tokens the shortest valid finish needs
+        # (refreshed as decoding goes)
         self.fresh = False  # whether ``estimate`` is exact for the current state
         self.known: dict[int, int] = {}  # candidate token -> shortest finish after it, this step
-        if grammar is not None:
-            # A constrained answer must finish: the budget covers at least the shortest valid document.
-            self.estimate = grammar.min_remaining()
-            self.budget = max(self.budget, self.estimate + 1)
+
+    def fail(self, error: BaseException) -> None:
+        """End this row with ``error`` (delivered to its caller); the batch's other rows go on."""
+        self.error = error
+        self.done, self.finish_reason = True, "error"
 
 
 class LoRAModel:
@@ -211,6 +273,7 @@ class LoRAModel:
         self.model: Any = model.eval()
         _contiguous_head_input(self.model)
         self.device = next(self.model.parameters()).device
+        self.vocab_rows = int(self.model.get_input_embeddings().num_embeddings)  # valid token ids: 0 .. rows - 1
         self.context_window = int(
             getattr(self.model.config, "max_position_embeddings", None) or self.tokenizer.model_max_length
         )
@@ -248,7 +311,10 @@ class LoRAModel:
         return self._merged
 
     def add_adapter(self, name: str, path: str | Path) -> None:
-        """Load a LoRA adapter under ``name``; checks it fits this base model before loading it."""
+        """Load a LoRA adapter under ``name``; checks it fits this base model before loading it.
+
+        All or nothing: if the adapter cannot be loaded, the model is left as it was and ``name`` stays free.
+        """
         if not isinstance(name, str) or not name or name == BASE:
             msg = f"adapter name must be a non-empty string other than {BASE!r}, got {name!r}"
             raise InvalidInputError(msg)
@@ -263,17 +329,42 @@ class LoRAModel:
             self._check_adapter(name, folder)
             from peft import PeftModel
 
-            with warnings.catch_warnings():  # peft 0.20 calls an API transformers 5 deprecates
-                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-                if isinstance(self.model, PeftModel):
-                    self.model.load_adapter(str(folder), adapter_name=name)
-                else:
-                    self.model = PeftModel.from_pretrained(self.model, str(folder), adapter_name=name)
-                    self._segmented = SegmentedLoRA(self.model)
+            wrapped = isinstance(self.model, PeftModel)
+            try:
+                with warnings.catch_warnings():  # peft 0.20 calls an API transformers 5 deprecates
+                    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                    if wrapped:
+                        self.model.load_adapter(str(folder), adapter_name=name)
+                    else:
+                        self.model = PeftModel.from_pretrained(self.model, str(folder), adapter_name=name)
+            except Exception as err:  # peft changed the model before failing: undo it, whatever the failure
+                self._undo_load(name, wrapped)
+                msg = f"adapter {name!r} could not be loaded from {folder}: {err}"
+                raise AdapterError(msg) from err
+            if not wrapped:
+                self._segmented = SegmentedLoRA(self.model)
             self.model.eval()
             self._adapters[name] = folder
             assert self._segmented is not None
             self._segmented.clear()
+
+    def _undo_load(self, name: str, wrapped: bool) -> None:
+        """Remove what a failed load of ``name`` added: its layers and config, or (first adapter) every LoRA
+        layer peft injected into the base model in place."""
+        if wrapped:
+            if name in self.model.peft_config:
+                self.model.delete_adapter(name)
+            return
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for module_name, module in list(self.model.named_modules()):
+            if isinstance(module, BaseTunerLayer):
+                parent_name, _, child = module_name.rpartition(".")
+                parent = self.model.get_submodule(parent_name) if parent_name else self.model
+                setattr(parent, child, module.get_base_layer())
+        for attribute in ("peft_config", "_hf_peft_config_loaded"):
+            if attribute in vars(self.model):
+                delattr(self.model, attribute)
 
     def remove_adapter(self, name: str) -> None:
         with self._lock:
@@ -320,7 +411,14 @@ class LoRAModel:
         if not config_file.is_file():
             msg = f"adapter {name!r}: {folder} has no adapter_config.json"
             raise AdapterError(msg)
-        config = json.loads(config_file.read_text(encoding="utf-8"))
+        try:
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as err:  # truncated or not JSON (JSONDecodeError, UnicodeDecodeError)
+            msg = f"adapter {name!r}: {config_file} is not a readable JSON file ({err}); is it truncated?"
+            raise AdapterError(msg) from err
+        if not isinstance(config, dict):
+            msg = f"adapter {name!r}: {config_file} holds a {type(config).__name__}, not a JSON object"
+            raise AdapterError(msg)
         if str(config.get("peft_type", "LORA")).upper() != "LORA":
             msg = f"adapter {name!r} is a {config.get('peft_type')} adapter; only LoRA adapters are supported"
             raise AdapterError(msg)
@@ -328,52 +426,97 @@ class LoRAModel:
         if not weights.is_file():
             msg = f"adapter {name!r}: no adapter_model.safetensors in {folder} (pickled .bin adapters are refused)"
             raise AdapterError(msg)
-        from safetensors import safe_open
+        try:
+            shapes = _tensor_shapes(weights)
+        except Exception as err:  # SafetensorError (a truncated or corrupt file), OSError
+            msg = f"adapter {name!r}: {weights} is not a readable safetensors file ({err}); is it truncated?"
+            raise AdapterError(msg) from err
+        from peft.utils.other import get_pattern_key  # how peft itself finds a module's rank
 
+        rank, rank_pattern = config.get("r", 8), config.get("rank_pattern") or {}
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         modules = dict(base.named_modules())
-        with safe_open(str(weights), framework="pt") as fh:
-            for key in fh.keys():  # noqa: SIM118 - safe_open has keys(), no __iter__
-                if ".lora_A." not in key and ".lora_B." not in key:
-                    continue
-                module_name = key.split(".lora_")[0].removeprefix("base_model.model.")
-                module = modules.get(module_name)
-                if module is None:
-                    msg = (
-                        f"adapter {name!r} was trained for another base model: module {module_name!r} "
-                        f"does not exist in {self.base_name!r}"
-                    )
-                    raise AdapterMismatchError(msg)
-                base_layer = getattr(module, "base_layer", module)
-                shape = fh.get_slice(key).get_shape()
-                in_f, out_f = getattr(base_layer, "in_features", None), getattr(base_layer, "out_features", None)
-                expected = in_f if ".lora_A." in key else out_f
-                got = shape[1] if ".lora_A." in key else shape[0]
-                if expected is not None and got != expected:
-                    msg = (
-                        f"adapter {name!r} was trained for another base model: {key} has shape {list(shape)}, "
-                        f"but {module_name} in {self.base_name!r} has in/out features {in_f}/{out_f}"
-                    )
-                    raise AdapterMismatchError(msg)
+        for key, shape in shapes.items():
+            if ".lora_A." not in key and ".lora_B." not in key:
+                continue
+            module_name = key.split(".lora_")[0].removeprefix("base_model.model.")
+            module = modules.get(module_name)
+            if module is None:
+                msg = (
+                    f"adapter {name!r} was trained for another base model: module {module_name!r} "
+                    f"does not exist in {self.base_name!r}"
+                )
+                raise AdapterMismatchError(msg)
+            if len(shape) != 2:
+                msg = f"adapter {name!r}: {key} in {weights} has shape {shape}; a LoRA matrix has two dimensions"
+                raise AdapterError(msg)
+            base_layer = getattr(module, "base_layer", module)
+            in_f, out_f = getattr(base_layer, "in_features", None), getattr(base_layer, "out_features", None)
+            expected = in_f if ".lora_A." in key else out_f
+            got = shape[1] if ".lora_A." in key else shape[0]
+            if expected is not None and got != expected:
+                msg = (
+                    f"adapter {name!r} was trained for another base model: {key} has shape {shape}, "
+                    f"but {module_name} in {self.base_name!r} has in/out features {in_f}/{out_f}"
+                )
+                raise AdapterMismatchError(msg)
+            module_rank = rank_pattern.get(get_pattern_key(list(rank_pattern), module_name), rank)
+            got_rank = shape[0] if ".lora_A." in key else shape[1]
+            if got_rank != module_rank:
+                msg = (
+                    f"adapter {name!r}: {key} in {weights} has rank {got_rank}, but {config_file} gives "
+                    f"{module_name} rank {module_rank}; the config does not describe these weights"
+                )
+                raise AdapterError(msg)
 
     # -- prompts --------------------------------------------------------------------------------------
     def render(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[ToolSpec] | None = None) -> list[int]:
         """Token ids of a chat prompt (see :func:`render_prompt_ids`)."""
         return render_prompt_ids(self.tokenizer, messages, tools)
 
-    def _fit(self, prompt_ids: list[int], config: GenerationConfig) -> list[int]:
-        if not prompt_ids:
-            msg = "the prompt is empty"
+    def _plan(self, request: GenerationRequest) -> _Plan:
+        """Check a request against what does not change while serving (the vocabulary, the context window,
+        its schema) and find its fitted prompt and token budget. Raises ragplug errors naming the bad value."""
+        if not isinstance(request.config, GenerationConfig):
+            msg = f"config must be a GenerationConfig, got {type(request.config).__name__}"
             raise InvalidInputError(msg)
-        room = self.context_window - config.max_new_tokens
+        prompt = self._token_ids(request.prompt_ids)
+        budget, shortest = request.config.max_new_tokens, 0
+        if request.schema is not None:
+            shortest = self.grammar().shortest(request.schema)  # SchemaError when no answer fits the window
+            budget = max(budget, shortest + 1)
+        return _Plan(self._fit(prompt, request.config, budget), budget, shortest)
+
+    def _token_ids(self, prompt_ids: Any) -> list[int]:
+        """``prompt_ids`` as a list of ints, each a row of this model's embedding table."""
+        try:
+            ids = [operator.index(t) for t in prompt_ids]  # ints and numpy integers; not floats, not text
+        except TypeError as err:
+            msg = f"prompt_ids must be a sequence of integer token ids, got {prompt_ids!r:.200}"
+            raise InvalidInputError(msg) from err
+        if not ids or isinstance(prompt_ids, str | bytes):
+            msg = "the prompt is empty" if not ids else f"prompt_ids must be token ids, got text {prompt_ids!r:.200}"
+            raise InvalidInputError(msg)
+        if min(ids) < 0 or max(ids) >= self.vocab_rows:
+            position, bad = next((i, t) for i, t in enumerate(ids) if not 0 <= t < self.vocab_rows)
+            msg = f"prompt_ids[{position}] = {bad} is not a token id of this model (0 to {self.vocab_rows - 1})"
+            raise InvalidInputError(msg)
+        return ids
+
+    def _fit(self, prompt_ids: list[int], config: GenerationConfig, budget: int) -> list[int]:
+        """The prompt, cut on the left if the policy allows, so that it and ``budget`` new tokens fit."""
+        room = self.context_window - budget
         if len(prompt_ids) <= room:
             return prompt_ids
         if self.load_config.truncation == "left" and room > 0:
             logger.warning("prompt of %d tokens truncated to the last %d", len(prompt_ids), room)
             return prompt_ids[-room:]
+        wanted = f"max_new_tokens={config.max_new_tokens}"
+        if budget > config.max_new_tokens:
+            wanted = f"the {budget} tokens the schema's shortest valid answer needs ({wanted} is raised to that)"
         msg = (
-            f"the prompt has {len(prompt_ids)} tokens; with max_new_tokens={config.max_new_tokens} it exceeds the "
-            f"context window of {self.context_window} tokens. Shorten it, lower max_new_tokens, or load with "
+            f"the prompt has {len(prompt_ids)} tokens; with {wanted} it exceeds the context window of "
+            f"{self.context_window} tokens. Shorten it, lower max_new_tokens, or load with "
             "LoadConfig(truncation='left')"
         )
         raise ContextLengthError(msg)
@@ -381,33 +524,57 @@ class LoRAModel:
     def grammar(self) -> GrammarBackend:
         if self._grammar is None:
             vocab = int(self.model.config.vocab_size if hasattr(self.model, "config") else len(self.tokenizer))
-            self._grammar = GrammarBackend(self.tokenizer, max(vocab, len(self.tokenizer)), self.eos_token_ids)
+            self._grammar = GrammarBackend(
+                self.tokenizer, max(vocab, len(self.tokenizer)), self.eos_token_ids, self.context_window
+            )
         return self._grammar
 
     # -- the batched generate call --------------------------------------------------------------------
     def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """Serve ``requests`` together (they must share a sampling setting): one ``generate`` call, except for
-        DoRA adapters without the segmented path, which peft cannot mix (one call per adapter then)."""
+        DoRA adapters without the segmented path, which peft cannot mix (one call per adapter then).
+
+        Raises the error of the first request that failed (the others were served all the same).
+        """
+        outcomes = self._serve_batch(requests)
+        results = []
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            results.append(outcome)
+        return results
+
+    def _serve_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult | BaseException]:
+        """:meth:`generate_batch` with an outcome per request: its result, or the error that failed it alone."""
         if not requests:
             return []
-        keys = {r.config.sampling_key for r in requests}
+        keys = {getattr(r.config, "sampling_key", None) for r in requests}
         if len(keys) > 1:
             msg = "requests in one batch must share temperature and top_p"
             raise InvalidInputError(msg)
+        outcomes: list[GenerationResult | BaseException | None] = [None] * len(requests)
         with self._lock:
-            for r in requests:
-                self._require_adapter(r.adapter)
-                if self._merged is not None and r.adapter != self._merged:
-                    msg = (
-                        f"adapter {self._merged!r} is merged; call unmerge() to serve {r.adapter or 'the base model'!r}"
-                    )
-                    raise AdapterError(msg)
-            prompts = [self._fit(list(r.prompt_ids), r.config) for r in requests]  # all checked before generating
-            results: dict[int, GenerationResult] = {}
-            for indices, routing, extra in self._route([r.adapter for r in requests]):
-                group = self._generate([requests[i] for i in indices], [prompts[i] for i in indices], routing, extra)
-                results.update(zip(indices, group, strict=True))
-        return [results[i] for i in range(len(requests))]
+            admitted: list[tuple[int, _Plan]] = []
+            for i, r in enumerate(requests):
+                try:
+                    admitted.append((i, self._admit(r)))
+                except Exception as err:  # this request only (ragplug errors by design): the others are served
+                    outcomes[i] = err
+            routes = self._route([requests[i].adapter for i, _ in admitted]) if admitted else []
+            for indices, routing, extra in routes:
+                rows = [admitted[j] for j in indices]
+                group = self._generate([requests[i] for i, _ in rows], [plan for _, plan in rows], routing, extra)
+                for (i, _), outcome in zip(rows, group, strict=True):
+                    outcomes[i] = outcome
+        return [o if o is not None else AdapterError("the request was not served") for o in outcomes]
+
+    def _admit(self, request: GenerationRequest) -> _Plan:
+        """A request's plan (found at submit, else now), once the model's current state can serve it."""
+        self._require_adapter(request.adapter)  # it may have been removed since submit
+        if self._merged is not None and request.adapter != self._merged:
+            msg = f"adapter {self._merged!r} is merged; call unmerge() to serve {request.adapter or 'the base model'!r}"
+            raise AdapterError(msg)
+        return request._plan if request._plan is not None else self._plan(request)
 
     def _route(self, adapters: list[str | None]) -> list[tuple[list[int], Any, dict[str, Any]]]:
         """How a batch's rows reach their adapters: ``(row indices, context manager, generate kwargs)`` per call."""
@@ -436,13 +603,18 @@ class LoRAModel:
             yield
 
     def _generate(
-        self, requests: Sequence[GenerationRequest], prompts: list[list[int]], routing: Any, extra: dict[str, Any]
-    ) -> list[GenerationResult]:
-        """One ``generate`` call for ``requests`` and their fitted ``prompts`` (the lock is held)."""
+        self, requests: Sequence[GenerationRequest], plans: list[_Plan], routing: Any, extra: dict[str, Any]
+    ) -> list[GenerationResult | BaseException]:
+        """One ``generate`` call for ``requests`` and their ``plans`` (the lock is held). A row whose callback
+        fails gets its error as its outcome; an error of the call itself fails every row (it is raised)."""
         torch = require("torch", "lora")
         from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-        rows = [_Row(r, self.grammar().row(r.schema) if r.schema is not None else None) for r in requests]
+        rows = [
+            _Row(r, self.grammar().row(r.schema) if r.schema is not None else None, plan)
+            for r, plan in zip(requests, plans, strict=True)
+        ]
+        prompts = [plan.prompt for plan in plans]
         width = max(len(p) for p in prompts)
         input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
         attention = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -457,7 +629,10 @@ class LoRAModel:
                 last = ids[:, -1].tolist()
                 for row, token in zip(rows, last, strict=True):
                     if not row.done:
-                        engine._advance(row, int(token))
+                        try:
+                            engine._advance(row, int(token))
+                        except Exception as err:  # its streaming callback or grammar: this row only
+                            row.fail(err)
                 return torch.tensor([row.done for row in rows], device=ids.device)
 
         class Constrain(LogitsProcessor):
@@ -555,11 +730,18 @@ class LoRAModel:
         kwargs.update(extra)
         with torch.inference_mode(), routing:
             self.model.generate(**kwargs)
-        results = []
+        results: list[GenerationResult | BaseException] = []
         for row, prompt in zip(rows, prompts, strict=True):
-            if not row.cut:
-                self._extend_text(row, final=True)  # an incomplete character left at the very end
-            self._flush(row, final=True)
+            if row.error is None:
+                if not row.cut:
+                    self._extend_text(row, final=True)  # an incomplete character left at the very end
+                try:
+                    self._flush(row, final=True)
+                except Exception as err:
+                    row.fail(err)
+            if row.error is not None:
+                results.append(row.error)
+                continue
             results.append(
                 GenerationResult(
                     text=row.text,
@@ -596,7 +778,8 @@ class LoRAModel:
                 row.done, row.finish_reason, row.cut = True, "stop", True
         if request.cancel.is_set():
             row.done, row.finish_reason = True, "cancelled"
-        elif not row.done and len(row.tokens) >= row.budget:
+            return  # nobody reads a cancelled row's stream any more (its consumer may be gone)
+        if not row.done and len(row.tokens) >= row.budget:
             row.done, row.finish_reason = True, "length"
         self._flush(row, final=row.done)
 
@@ -617,7 +800,7 @@ class LoRAModel:
     @staticmethod
     def _flush(row: _Row, final: bool) -> None:
         sink = row.request.on_text
-        if sink is None:
+        if sink is None or row.finish_reason == "cancelled":
             return
         safe = len(row.text)
         if not final:
@@ -639,9 +822,7 @@ class LoRAModel:
             msg = "this model has been closed"
             raise AdapterError(msg)
         self._require_adapter(request.adapter)
-        self._fit(list(request.prompt_ids), request.config)
-        if request.schema is not None:
-            self.grammar().compile(request.schema)  # a rejected schema fails here, before any generation
+        request._plan = self._plan(request)  # bad input fails here, alone, before any generation
         with self._worker_lock:  # not the model lock, which a running batch holds: never blocks the caller
             if self._closed:
                 msg = "this model has been closed"
@@ -705,15 +886,15 @@ class LoRAModel:
                     groups.setdefault(request.config.sampling_key, []).append(request)
             for group in groups.values():
                 try:
-                    results: list[GenerationResult] | None = self.generate_batch(group)
+                    outcomes = self._serve_batch(group)
                 except BaseException as err:  # delivered to the callers; the scheduler keeps serving
-                    results, error = None, err
-                for i, request in enumerate(group):
+                    outcomes = [err] * len(group)
+                for request, outcome in zip(group, outcomes, strict=True):
                     with contextlib.suppress(InvalidStateError):  # a caller settled it meanwhile
-                        if results is None:
-                            request.future.set_exception(error)
+                        if isinstance(outcome, BaseException):
+                            request.future.set_exception(outcome)
                         else:
-                            request.future.set_result(results[i])
+                            request.future.set_result(outcome)
 
     def close(self) -> None:
         """Stop the scheduler thread (pending requests are still served first)."""
@@ -846,8 +1027,11 @@ class LoRAModel:
         loop = asyncio.get_running_loop()
         deltas: asyncio.Queue[str | None] = asyncio.Queue()
 
-        def push(delta: str | None) -> None:
-            loop.call_soon_threadsafe(deltas.put_nowait, delta)
+        def push(delta: str | None) -> None:  # called from the scheduler thread
+            try:
+                loop.call_soon_threadsafe(deltas.put_nowait, delta)
+            except RuntimeError:  # the consumer's event loop is closed (e.g. asyncio.run returned): nobody reads
+                request.cancel.set()  # this row any more; the batch's other rows are not affected
 
         options = _chat_defaults(kwargs)
         request, mode, allowed = self._chat_request(messages, on_text=push, **options)

@@ -13,7 +13,10 @@ after which the rest of the budget still covers the shortest finish; once the bu
 it, the row enters a *closing mode* that follows that shortest finish: inside a string the closing
 quote, outside the stop token, ``}``, ``]``, ``,``, ``"``, else the longest allowed token. Schemas are
 compiled without free whitespace for the same reason. The engine raises the token budget of a
-constrained request to at least the shortest valid document, so every constrained answer completes.
+constrained request to at least the shortest valid document, so every constrained answer completes,
+but never past the context window: :meth:`GrammarBackend.shortest` measures that document once per
+schema, and a schema with none that fits the window (one whose required property refers back to its
+own object, or a constant longer than the window) is refused with :class:`SchemaError`.
 """
 
 from __future__ import annotations
@@ -34,14 +37,16 @@ _CLOSERS = ("}", "]", ",", '"')
 class GrammarBackend:
     """Compiles JSON schemas for one tokenizer (cached) and finds the closing-mode tokens."""
 
-    def __init__(self, tokenizer: Any, vocab_size: int, stop_token_ids: Sequence[int]) -> None:
+    def __init__(self, tokenizer: Any, vocab_size: int, stop_token_ids: Sequence[int], max_steps: int) -> None:
         xgr = require("xgrammar", "lora")
         self._xgr = xgr
         self.vocab_size = vocab_size
+        self.max_steps = max_steps  # the longest answer there can be: the model's context window
         self.stop_token_ids = list(stop_token_ids)
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=self.stop_token_ids)
         self._compiler = xgr.GrammarCompiler(info)
         self._cache: dict[str, Any] = {}
+        self._shortest: dict[str, int | None] = {}
         self._lock = threading.Lock()
         import numpy as np
 
@@ -58,25 +63,58 @@ class GrammarBackend:
 
     def compile(self, schema: dict[str, Any]) -> Any:
         """Compile ``schema`` (cached); a schema xgrammar rejects raises :class:`SchemaError`."""
-        try:
-            key = json.dumps(schema)  # property order matters: it is the order the model writes them in
-        except (TypeError, ValueError) as err:
-            msg = f"the schema is not JSON-serialisable: {err}"
-            raise SchemaError(msg) from err
+        return self._compile(_key(schema))
+
+    def _compile(self, key: str) -> Any:
         with self._lock:
             if key not in self._cache:
                 try:
                     self._cache[key] = self._compiler.compile_json_schema(key, any_whitespace=False)
                 except Exception as err:  # xgrammar raises RuntimeError / InvalidJSONError subclasses
-                    msg = f"the grammar compiler rejected the schema: {err}"
+                    msg = f"the grammar compiler rejected the schema {_excerpt(key)}: {err}"
                     raise SchemaError(msg) from err
             return self._cache[key]
+
+    def shortest(self, schema: dict[str, Any]) -> int:
+        """Tokens (end-of-sequence included) of the shortest answer the closing policy writes for ``schema``,
+        measured once per schema. A schema with no valid document within :attr:`max_steps` tokens raises
+        :class:`SchemaError`: no answer to it can finish inside the context window."""
+        key = _key(schema)
+        compiled = self._compile(key)
+        if key not in self._shortest:  # two threads may measure the same schema once each: harmless
+            row = GrammarRow(self, self._xgr.GrammarMatcher(compiled))
+            self._shortest[key] = row.finish_length(limit=self.max_steps)
+        steps = self._shortest[key]
+        if steps is None:
+            msg = (
+                f"no JSON document valid against the schema {_excerpt(key)} fits in {self.max_steps} tokens, the "
+                "model's context window: the schema has no finite valid document (a required property that refers "
+                "back to its own object?) or its shortest one is longer than the window"
+            )
+            raise SchemaError(msg)
+        return steps
 
     def row(self, schema: dict[str, Any]) -> GrammarRow:
         return GrammarRow(self, self._xgr.GrammarMatcher(self.compile(schema)))
 
     def allocate(self, batch: int) -> Any:
         return self._xgr.allocate_token_bitmask(batch, self.vocab_size)
+
+
+def _key(schema: dict[str, Any]) -> str:
+    """The cache key of a schema: its JSON text (property order matters: the model writes them in it)."""
+    if not isinstance(schema, dict):
+        msg = f"a JSON schema must be a dict, got {type(schema).__name__}: {schema!r:.200}"
+        raise SchemaError(msg)
+    try:
+        return json.dumps(schema)
+    except (TypeError, ValueError) as err:
+        msg = f"the schema is not JSON-serialisable: {err}"
+        raise SchemaError(msg) from err
+
+
+def _excerpt(key: str, width: int = 200) -> str:
+    return key if len(key) <= width else f"{key[: width - 3]}..."
 
 
 class _Lexer:
@@ -144,10 +182,16 @@ class GrammarRow:
             self._blocked = torch.from_numpy(blocked).to(scores.device)
         scores.masked_fill_(self._blocked, float("-inf"))
 
-    def min_remaining(self, after: int | None = None, limit: int = 2048) -> int:
+    def min_remaining(self, after: int | None = None, limit: int | None = None) -> int:
         """Tokens the closing policy needs to finish the document from the current state (simulated on a
-        fork of the matcher), or from the state after accepting ``after`` (which must be allowed)."""
+        fork of the matcher), or from the state after accepting ``after`` (which must be allowed); ``limit``
+        (default: the backend's ``max_steps``) when it does not finish within that many."""
+        limit = self.backend.max_steps if limit is None else limit
+        steps = self.finish_length(after, limit)
+        return limit if steps is None else steps
 
+    def finish_length(self, after: int | None = None, limit: int = 2048) -> int | None:
+        """:meth:`min_remaining`, or None when the closing policy does not finish within ``limit`` tokens."""
         fork = self.matcher.fork()
         lexer = self.lexer.copy()
         if after is not None:
@@ -157,7 +201,9 @@ class GrammarRow:
             lexer.feed(self.backend.token_text.get(int(after), ""))
         bitmask = self.backend.allocate(1)
         steps = 0
-        while not fork.is_terminated() and steps < limit:
+        while not fork.is_terminated():
+            if steps >= limit:
+                return None
             fork.fill_next_token_bitmask(bitmask, 0)
             choice = self.closing_choice(_Packed(bitmask.numpy()[0], self.backend.vocab_size), lexer)
             if choice is None:
