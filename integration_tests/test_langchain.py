@@ -58,7 +58,7 @@ def test_documents_carry_id_metadata_and_score(retriever: ColBERTRetriever) -> N
     assert len(docs) == 2
     top = docs[0]
     assert top.id == "paris" and top.page_content == FACTS["paris"]
-    assert top.metadata["topic"] == "paris" and top.metadata["score"] > docs[1].metadata["score"]
+    assert top.metadata["topic"] == "paris" and top.metadata["ragplug_score"] > docs[1].metadata["ragplug_score"]
 
 
 def test_k_and_filter_per_call(retriever: ColBERTRetriever) -> None:

@@ -144,7 +144,7 @@ def run(model: str | Path | None = None, cache: Path = Path(".ragplug-cache/demo
             m = doc.metadata
             where = f"Stave {m['stave']} ({m['stave_title']}), line {m['line']}"
             snippet = doc.page_content[:160].rstrip() + ("..." if len(doc.page_content) > 160 else "")
-            print(f"    {m['score']:6.2f}  [{where}] {snippet}")
+            print(f"    {m['ragplug_score']:6.2f}  [{where}] {snippet}")
         same = [n.node.node_id for n in nodes] == [d.id for d in docs]
         print(
             f"  LlamaIndex retriever ({li_ms:.0f} ms): {'same passages' if same else [n.node.node_id for n in nodes]}"

@@ -1,8 +1,8 @@
 """LangChain retriever and reranker over ragplug's late-interaction engine.
 
 Thin glue only: retrieval happens in :class:`~ragplug.retrievers.late_interaction.LateInteractionIndex`;
-this module converts hits into ``Document`` objects (``id``, metadata, and the MaxSim ``score`` in
-``metadata["score"]``).
+this module converts hits into ``Document`` objects (``id``, metadata, and the MaxSim score in
+``metadata["ragplug_score"]``, a key reserved so that it never overwrites a field of the user's own).
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ from ragplug.errors import InvalidInputError, RagplugError
 from ragplug.plugins._build import build_index, load_index, make_encoder
 from ragplug.retrievers.colbert.encoder import DEFAULT_MODEL
 from ragplug.retrievers.late_interaction import Encoder, Hit, LateInteractionIndex, MultiVectorStore, rerank
-from ragplug.retrievers.late_interaction.base import check_k
+from ragplug.retrievers.late_interaction.base import SCORE_KEY, check_k
 from ragplug.retrievers.late_interaction.filters import Filter, compile_filter
 
 __all__ = ["ColBERTReranker", "ColBERTRetriever"]
 
 
 def _to_document(hit: Hit) -> Document:
-    return Document(page_content=hit.text or "", id=hit.id, metadata={**hit.metadata, "score": hit.score})
+    return Document(page_content=hit.text or "", id=hit.id, metadata={**hit.metadata, SCORE_KEY: hit.score})
 
 
 class ColBERTRetriever(BaseRetriever):

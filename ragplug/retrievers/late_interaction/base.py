@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -20,6 +21,7 @@ from ragplug.errors import DuplicateIdError, InvalidInputError
 from ragplug.retrievers.late_interaction.filters import Filter
 
 __all__ = [
+    "SCORE_KEY",
     "Encoder",
     "EncoderIdentity",
     "Hit",
@@ -28,9 +30,18 @@ __all__ = [
     "as_matrix",
     "check_ids",
     "check_k",
+    "check_metadata",
+    "check_text",
+    "copy_metadata",
 ]
 
 FloatMatrix = npt.NDArray[np.float32]
+
+#: The metadata key under which the framework faces report a hit's score (LangChain ``Document.metadata``).
+#: Reserved: a stored item's own metadata may not use it, so a user's field is never overwritten.
+SCORE_KEY = "ragplug_score"
+
+_MAX_METADATA_DEPTH = 32
 
 
 @dataclass(frozen=True)
@@ -124,7 +135,11 @@ class MultiVectorStore(Protocol):
 
 def as_matrix(vectors: Any, dim: int | None, what: str) -> FloatMatrix:
     """Validate one multi-vector: a non-empty finite 2-D float matrix of width ``dim``."""
-    matrix = np.asarray(vectors, dtype=np.float32)
+    try:
+        matrix = np.asarray(vectors, dtype=np.float32)
+    except (ValueError, TypeError) as err:  # strings, ragged lists, objects
+        msg = f"{what} must be a 2-D matrix of numbers (n_vectors, dim): {err}"
+        raise InvalidInputError(msg) from None
     if matrix.ndim != 2 or matrix.shape[0] == 0 or matrix.shape[1] == 0:
         msg = f"{what} must be a non-empty 2-D matrix (n_vectors, dim), got shape {matrix.shape}"
         raise InvalidInputError(msg)
@@ -139,14 +154,15 @@ def as_matrix(vectors: Any, dim: int | None, what: str) -> FloatMatrix:
 
 def check_ids(ids: Sequence[str], what: str = "ids") -> list[str]:
     """Validate a list of ids: non-empty strings, no duplicates within the call."""
-    if isinstance(ids, str):
-        msg = f"{what} must be a list of strings, not a single string {ids!r}"
+    if isinstance(ids, str | bytes) or not isinstance(ids, Iterable):
+        msg = f"{what} must be a list of strings, got {type(ids).__name__} {ids!r:.80}"
         raise InvalidInputError(msg)
     out = list(ids)
     for id_ in out:
         if not isinstance(id_, str) or not id_:
             msg = f"{what} must be non-empty strings, got {id_!r}"
             raise InvalidInputError(msg)
+        check_text(id_, f"id {id_!r}")
     if len(set(out)) != len(out):
         seen: set[str] = set()
         dupes = sorted({i for i in out if i in seen or seen.add(i)})  # type: ignore[func-returns-value]
@@ -161,3 +177,72 @@ def check_k(k: Any) -> int:
         msg = f"k must be a positive integer, got {k!r}"
         raise InvalidInputError(msg)
     return int(k)
+
+
+def check_text(text: Any, what: str) -> str:
+    """A string that can be stored and encoded: a ``str`` without lone surrogates (they are not UTF-8)."""
+    if not isinstance(text, str):
+        msg = f"{what} must be a string, got {type(text).__name__}: {text!r:.80}"
+        raise InvalidInputError(msg)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        bad = text[err.start : err.end]
+        msg = f"{what} holds a lone surrogate {bad!r} at position {err.start}; it is not valid Unicode"
+        raise InvalidInputError(msg) from None
+    return text
+
+
+def check_metadata(metadata: Any, what: str) -> dict[str, Any]:
+    """A validated deep copy of a metadata dict: JSON values only (string keys, finite numbers, valid text),
+    nested at most 32 deep. Tuples become lists, as they would through JSON."""
+    if not isinstance(metadata, Mapping):
+        msg = f"{what} must be a dict, got {type(metadata).__name__}"
+        raise InvalidInputError(msg)
+    return _checked_value(metadata, what, 0)
+
+
+def _checked_value(value: Any, path: str, depth: int) -> Any:
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            msg = f"{path} is {value!r}; metadata numbers must be finite"
+            raise InvalidInputError(msg)
+        return value
+    if isinstance(value, str):
+        return check_text(value, path)
+    if depth >= _MAX_METADATA_DEPTH:
+        msg = f"{path} is nested more than {_MAX_METADATA_DEPTH} levels deep"
+        raise InvalidInputError(msg)
+    if isinstance(value, Mapping):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                msg = f"{path} has a non-string key {key!r}; metadata keys must be strings"
+                raise InvalidInputError(msg)
+            check_text(key, f"a key of {path}")
+            out[key] = _checked_value(item, f"{path}[{key!r}]", depth + 1)
+        return out
+    if isinstance(value, list | tuple):
+        return [_checked_value(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
+    if isinstance(value, np.generic):
+        return _checked_value(value.item(), path, depth)
+    msg = (
+        f"{path} is a {type(value).__name__} ({value!r:.80}); "
+        "metadata values must be JSON (str, number, bool, None, list, dict)"
+    )
+    raise InvalidInputError(msg)
+
+
+def copy_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of stored metadata that shares nothing mutable with it (stored metadata is JSON-like)."""
+    return {key: _copy_value(value) for key, value in metadata.items()}
+
+
+def _copy_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _copy_value(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy_value(item) for item in value]
+    return value

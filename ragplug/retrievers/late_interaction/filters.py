@@ -18,8 +18,8 @@ operator    meaning                                          example
 ==========  ===============================================  ==========================
 
 A range comparison against a missing field, or between incomparable types (a string and a number),
-does not match. An unknown operator, an empty ``$and``/``$or``, or a ``$in`` without a list raises
-:class:`~ragplug.errors.FilterError`: nothing is silently ignored.
+does not match. An unknown operator, an empty ``$and``/``$or``, a ``$in`` without a list, or nesting
+deeper than 32 levels raises :class:`~ragplug.errors.FilterError`: nothing is silently ignored.
 
 >>> match = compile_filter({"year": {"$gte": 1843}, "$or": [{"tag": "ghost"}, {"tag": "spirit"}]})
 >>> match({"year": 1843, "tag": "ghost"}), match({"year": 1843, "tag": "miser"})
@@ -53,16 +53,20 @@ _RANGE: dict[str, Callable[[Any, Any], bool]] = {
 }
 COMPARISON_OPERATORS = frozenset({"$eq", "$ne", "$in", "$nin", *_RANGE})
 LOGICAL_OPERATORS = frozenset({"$and", "$or"})
+MAX_DEPTH = 32  # $and/$or nesting; deeper filters are refused (they would exhaust the stack)
 
 
 def compile_filter(filter: Filter | None) -> MetadataPredicate:
     """Validate ``filter`` and return a predicate over a metadata dict (``None`` matches everything)."""
     if filter is None:
         return lambda _metadata: True
-    return _compile(filter, path="filter")
+    return _compile(filter, path="filter", depth=0)
 
 
-def _compile(node: Any, path: str) -> MetadataPredicate:
+def _compile(node: Any, path: str, depth: int) -> MetadataPredicate:
+    if depth > MAX_DEPTH:
+        msg = f"filter is nested more than {MAX_DEPTH} levels deep (at {path[:80]}...)"
+        raise FilterError(msg)
     if not isinstance(node, Mapping):
         msg = f"{path} must be a dict, got {type(node).__name__}: {node!r}"
         raise FilterError(msg)
@@ -75,7 +79,7 @@ def _compile(node: Any, path: str) -> MetadataPredicate:
             msg = f"{path} has a non-string key {key!r}"
             raise FilterError(msg)
         if key.startswith("$"):
-            parts.append(_compile_logical(key, value, path))
+            parts.append(_compile_logical(key, value, path, depth))
         else:
             parts.append(_compile_field(key, value, path))
     if len(parts) == 1:
@@ -83,14 +87,14 @@ def _compile(node: Any, path: str) -> MetadataPredicate:
     return lambda metadata: all(part(metadata) for part in parts)
 
 
-def _compile_logical(op: str, value: Any, path: str) -> MetadataPredicate:
+def _compile_logical(op: str, value: Any, path: str, depth: int) -> MetadataPredicate:
     if op not in LOGICAL_OPERATORS:
         msg = f"unknown logical operator {op!r} in {path}; supported: $and, $or"
         raise FilterError(msg)
     if not isinstance(value, list | tuple) or not value:
         msg = f"{op} in {path} takes a non-empty list of filters, got {value!r}"
         raise FilterError(msg)
-    children = [_compile(child, f"{path}.{op}[{i}]") for i, child in enumerate(value)]
+    children = [_compile(child, f"{path}.{op}[{i}]", depth + 1) for i, child in enumerate(value)]
     if op == "$and":
         return lambda metadata: all(child(metadata) for child in children)
     return lambda metadata: any(child(metadata) for child in children)

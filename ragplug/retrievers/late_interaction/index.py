@@ -11,6 +11,7 @@ id acts on all of its chunks.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import threading
 import uuid
@@ -20,12 +21,14 @@ from typing import Any
 
 from ragplug.errors import DuplicateIdError, InvalidInputError, UnknownIdError
 from ragplug.retrievers.late_interaction.base import (
+    SCORE_KEY,
     Encoder,
     Hit,
     MultiVectorStore,
     Record,
     check_ids,
     check_k,
+    check_text,
 )
 from ragplug.retrievers.late_interaction.filters import Filter, compile_filter
 from ragplug.retrievers.late_interaction.memory import InMemoryMultiVectorStore
@@ -34,6 +37,7 @@ __all__ = ["CHUNK_KEYS", "Chunk", "LateInteractionIndex"]
 
 #: Metadata keys the index writes on chunks of a split item; user metadata may not use them.
 CHUNK_KEYS = ("parent_id", "chunk_index", "start_index")
+_RESERVED_KEYS = (*CHUNK_KEYS, SCORE_KEY)
 
 
 @dataclass(frozen=True)
@@ -115,14 +119,17 @@ class LateInteractionIndex:
                 msg = f"{len(items)} items but {len(values)} {name}"
                 raise InvalidInputError(msg)
         for i, item in enumerate(items):
-            if isinstance(item, str) and not item.strip():
+            if isinstance(item, str) and not check_text(item, f"item {i} (id {ids[i]!r})").strip():
                 msg = f"item {i} (id {ids[i]!r}) is empty or whitespace"
                 raise InvalidInputError(msg)
+        for i, text in enumerate(texts):
+            if text is not None:
+                check_text(text, f"text {i} (id {ids[i]!r})")
         if not upsert:
             self._refuse_existing(ids)  # before the (slow) encoding; checked again when storing
         metas = [dict(m or {}) for m in metadatas]
         for id_, meta in zip(ids, metas, strict=True):
-            clash = [key for key in CHUNK_KEYS if key in meta]
+            clash = [key for key in _RESERVED_KEYS if key in meta]
             if clash:
                 msg = f"metadata of {id_!r} uses reserved keys {clash}; rename them"
                 raise InvalidInputError(msg)
@@ -140,17 +147,40 @@ class LateInteractionIndex:
         records = [Record(rid, vec, meta, chunk.text) for (rid, chunk, meta), vec in zip(pieces, vectors, strict=True)]
         with self._write_lock:
             if upsert:  # old records (all chunks of a replaced item) go in the same step as the new arrive
+                self._refuse_chunk_ids(ids)
                 replaced = [i for i in ids if i in self._children or i in self.store]
                 old = self._resolve(replaced) if replaced else []
+                self._refuse_collisions(records, set(old))
                 self.store.upsert(records, replacing=old)
                 self._forget(old)
             else:
                 self._refuse_existing(ids)
+                self._refuse_collisions(records, set())
                 self.store.add(records)
             for record in records:
                 if "parent_id" in record.metadata:
                     self._note_child(record.id, record.metadata)
         return ids
+
+    def _refuse_chunk_ids(self, ids: Sequence[str]) -> None:
+        """An item id may not name the chunk of another item: upserting it would replace that chunk."""
+        wanted = set(ids)
+        owned = {chunk: parent for parent, chunks in self._children.items() for chunk in chunks if chunk in wanted}
+        if owned:
+            chunk, parent = next(iter(owned.items()))
+            msg = f"id {chunk!r} is a chunk of item {parent!r}; upsert or delete {parent!r} instead"
+            raise DuplicateIdError(msg)
+
+    def _refuse_collisions(self, records: Sequence[Record], replaced: set[str]) -> None:
+        """A new record may replace only what this upsert replaces: a chunk id (``"<id>#<n>"``) that is
+        another item's id is a collision, never a silent overwrite."""
+        clash = [r.id for r in records if r.id not in replaced and r.id in self.store]
+        if clash:
+            msg = (
+                f"the chunks of this item would be stored as {clash[:5]}, which are ids of other stored items; "
+                "choose another id for the item or delete those first"
+            )
+            raise DuplicateIdError(msg)
 
     def _refuse_existing(self, ids: Sequence[str]) -> None:
         """An id already stored, as a record or as the parent of chunks, is a duplicate."""
@@ -217,13 +247,31 @@ class LateInteractionIndex:
             msg = "search_batch takes a list of queries; use search for one"
             raise InvalidInputError(msg)
         for query in queries:
-            if not isinstance(query, str) or not query.strip():
+            if not isinstance(query, str) or not check_text(query, "a query").strip():
                 msg = f"a query must be a non-empty string, got {query!r}"
                 raise InvalidInputError(msg)
+        self._check_options(options)
         if not queries:
             return []
         encoded = self.encoder.encode_queries(list(queries))
         return [self.store.search(q, k=k, filter=filter, **options) for q in encoded]
+
+    def _check_options(self, options: dict[str, Any]) -> None:
+        """Search options must be ones the store's ``search`` takes (an unknown one is an error, not a
+        ``TypeError`` from deep inside the store)."""
+        if not options:
+            return
+        try:
+            parameters = inspect.signature(self.store.search).parameters
+        except (TypeError, ValueError):  # pragma: no cover - a store whose signature cannot be read
+            return
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            return
+        unknown = sorted(set(options) - {n for n, p in parameters.items() if p.kind is p.KEYWORD_ONLY})
+        if unknown:
+            known = sorted(n for n, p in parameters.items() if p.kind is p.KEYWORD_ONLY and n not in ("k", "filter"))
+            msg = f"unknown search options {unknown} for {type(self.store).__name__}; it takes {known}"
+            raise InvalidInputError(msg)
 
     async def asearch(self, query: str, *, k: int = 4, filter: Filter | None = None, **options: Any) -> list[Hit]:
         """:meth:`search` in a worker thread, so the event loop is never blocked."""

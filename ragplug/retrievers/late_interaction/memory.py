@@ -41,6 +41,9 @@ from ragplug.retrievers.late_interaction.base import (
     as_matrix,
     check_ids,
     check_k,
+    check_metadata,
+    check_text,
+    copy_metadata,
 )
 from ragplug.retrievers.late_interaction.filters import Filter, compile_filter
 from ragplug.retrievers.late_interaction.folder import MANIFEST, read_folder, safetensors_views, write_folder
@@ -67,6 +70,14 @@ class SearchMode(str, Enum):
     (the first such search starts building it in the background and searches exactly), else exact."""
 
 
+def _search_mode(mode: SearchMode | str) -> SearchMode:
+    try:
+        return SearchMode(mode)
+    except ValueError:
+        msg = f"unknown search mode {mode!r}; one of {[m.value for m in SearchMode]}"
+        raise InvalidInputError(msg) from None
+
+
 class InMemoryMultiVectorStore:
     """A :class:`~ragplug.retrievers.late_interaction.base.MultiVectorStore` held in memory.
 
@@ -91,7 +102,7 @@ class InMemoryMultiVectorStore:
             raise InvalidInputError(msg)
         self._dim = dim if dim is not None else (encoder.dim if encoder else None)
         self.encoder = encoder
-        self.mode = SearchMode(mode)
+        self.mode = _search_mode(mode)
         self.approximate = approximate or ApproximateConfig()
         self.approximate_min_tokens = approximate_min_tokens
         self._vectors: FloatMatrix = np.empty((0, self._dim or 0), dtype=np.float32)
@@ -130,7 +141,7 @@ class InMemoryMultiVectorStore:
     def metadata(self) -> list[tuple[str, dict[str, Any]]]:
         """``(id, metadata)`` of every record, in insertion order, without copying vectors."""
         with self._lock:
-            return [(id_, dict(m)) for id_, m in zip(self._ids, self._metadata, strict=True)]
+            return [(id_, copy_metadata(m)) for id_, m in zip(self._ids, self._metadata, strict=True)]
 
     def records(self) -> Iterator[Record]:
         """Every record, in insertion order."""
@@ -140,7 +151,7 @@ class InMemoryMultiVectorStore:
     def _record(self, row: int) -> Record:
         lo = int(self._starts[row])
         vectors = self._vectors[lo : lo + int(self._lengths[row])].copy()
-        return Record(self._ids[row], vectors, dict(self._metadata[row]), self._texts[row])
+        return Record(self._ids[row], vectors, copy_metadata(self._metadata[row]), self._texts[row])
 
     # -- writes ---------------------------------------------------------------------------------------
     def _validate(self, records: Sequence[Record]) -> tuple[list[FloatMatrix], list[dict[str, Any]]]:
@@ -154,16 +165,10 @@ class InMemoryMultiVectorStore:
             matrix = as_matrix(record.vectors, dim, f"vectors of {record.id!r}")
             dim = matrix.shape[1]
             matrices.append(matrix)
-        metadatas = []
+        metadatas = [check_metadata(record.metadata, f"metadata of {record.id!r}") for record in records]
         for record in records:
-            if not isinstance(record.metadata, dict):
-                msg = f"metadata of {record.id!r} must be a dict, got {type(record.metadata).__name__}"
-                raise InvalidInputError(msg)
-            try:
-                metadatas.append(json.loads(json.dumps(record.metadata)))
-            except (TypeError, ValueError) as err:
-                msg = f"metadata of {record.id!r} must be JSON-serialisable: {err}"
-                raise InvalidInputError(msg) from err
+            if record.text is not None:
+                check_text(record.text, f"text of {record.id!r}")
         return matrices, metadatas
 
     def add(self, records: Sequence[Record]) -> None:
@@ -323,7 +328,7 @@ class InMemoryMultiVectorStore:
     def _resolve_mode(self, mode: SearchMode | str | None) -> SearchMode:
         """The mode a search runs in. ``AUTO`` past ``approximate_min_tokens`` is approximate once the index
         is ready; until then it searches exactly and has the index built in the background."""
-        chosen = SearchMode(mode) if mode is not None else self.mode
+        chosen = _search_mode(mode) if mode is not None else self.mode
         if chosen is SearchMode.AUTO:
             if self._n_tokens < self.approximate_min_tokens:
                 return SearchMode.EXACT
@@ -399,7 +404,10 @@ class InMemoryMultiVectorStore:
                 scores[~allowed] = -np.inf
                 docs, scores = docs[allowed], scores[allowed]
         top = np.argsort(-scores, kind="stable")[:k]
-        return [Hit(ids[d], float(scores[t]), dict(metadata[d]), texts[d]) for t, d in ((t, int(docs[t])) for t in top)]
+        return [
+            Hit(ids[d], float(scores[t]), copy_metadata(metadata[d]), texts[d])
+            for t, d in ((t, int(docs[t])) for t in top)
+        ]
 
     # -- persistence ----------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:
