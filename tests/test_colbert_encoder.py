@@ -109,6 +109,43 @@ def test_identity_changes_with_weights(stanford_checkpoint: Path, pylate_checkpo
     assert a.fingerprint != ColBERTEncoder(pylate_checkpoint).identity.fingerprint
 
 
+def test_identity_covers_the_content_of_the_weights(tokenizer_dir: Path, tmp_path: Path) -> None:
+    """Two checkpoints with the same shapes whose weights differ only in the middle of a multi-MB file."""
+    from safetensors.torch import load_file, save_file
+    from transformers import BertConfig, BertModel
+
+    from ragplug.errors import EncoderMismatchError
+    from ragplug.retrievers.late_interaction import LateInteractionIndex
+
+    vocab = len(json.loads((tokenizer_dir / "tokenizer.json").read_text())["model"]["vocab"])
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=vocab,
+        hidden_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=1024,
+        max_position_embeddings=128,
+    )
+    first, second = tmp_path / "first", tmp_path / "second"
+    BertModel(config).eval().save_pretrained(first)
+    for file in tokenizer_dir.iterdir():
+        shutil.copy(file, first / file.name)
+    shutil.copytree(first, second)
+    weights = load_file(str(second / "model.safetensors"))
+    assert (second / "model.safetensors").stat().st_size > 4 << 20
+    weights["encoder.layer.0.attention.self.query.weight"] += 0.05  # bytes far from the file's head and tail
+    save_file(weights, str(second / "model.safetensors"), metadata={"format": "pt"})
+    a, b = ColBERTEncoder(first), ColBERTEncoder(second)
+    assert a.identity.dim == b.identity.dim and a.identity.fingerprint != b.identity.fingerprint
+    index = LateInteractionIndex(a)
+    index.add(["marley was dead"], ids=["m"])
+    index.save(tmp_path / "index")
+    with pytest.raises(EncoderMismatchError, match="fingerprint"):
+        LateInteractionIndex.load(tmp_path / "index", b)
+    assert len(LateInteractionIndex.load(tmp_path / "index", a)) == 1
+
+
 def test_pickle_only_checkpoint_is_refused(stanford_checkpoint: Path, tmp_path: Path) -> None:
     folder = tmp_path / "pickled"
     shutil.copytree(stanford_checkpoint, folder)

@@ -19,6 +19,7 @@ refused (they can run code when loaded).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import string
@@ -204,19 +205,34 @@ def _stanford_settings(folder: Path) -> ColBERTSettings:
     )
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json")
+
+
 def fingerprint_files(settings: ColBERTSettings) -> str:
-    """Hash of what determines the vectors: settings, configs, and the weights' size and head/tail bytes."""
+    """Hash of what determines the vectors: the settings, and the whole content of the model's config,
+    weights (every ``*.safetensors`` of the checkpoint, shards included, and the dense heads) and tokenizer
+    files. Two checkpoints with the same shapes but other weights get different fingerprints."""
     digest = hashlib.sha256(json.dumps(settings.describe(), sort_keys=True, default=str).encode())
-    weights = [settings.transformer_path / "config.json", *(d.weights for d in settings.dense)]
-    for candidate in ("model.safetensors", "pytorch_model.safetensors"):
-        if (settings.transformer_path / candidate).is_file():
-            weights.append(settings.transformer_path / candidate)
-    for file in weights:
-        size = file.stat().st_size
-        digest.update(str(size).encode())
-        with file.open("rb") as fh:
-            digest.update(fh.read(1 << 20))
-            if size > 2 << 20:
-                fh.seek(-(1 << 20), 2)
-                digest.update(fh.read())
+    root = settings.transformer_path
+    files = [root / "config.json", *sorted(root.glob("*.safetensors")), *(d.weights for d in settings.dense)]
+    files += [root / name for name in _TOKENIZER_FILES if (root / name).is_file()]
+    seen: set[Path] = set()
+    for file in files:
+        resolved = file.resolve()
+        if resolved in seen:
+            continue
+        seen.add(resolved)
+        stat = resolved.stat()
+        digest.update(f"{file.name}:{stat.st_size}:".encode())
+        digest.update(_content_digest(str(resolved), stat.st_size, stat.st_mtime_ns, stat.st_ino))
     return digest.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=256)
+def _content_digest(path: str, size: int, mtime_ns: int, inode: int) -> bytes:
+    """SHA-256 of a file's content (cached per process while its size, mtime and inode stay the same)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.digest()
