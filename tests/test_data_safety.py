@@ -183,3 +183,12 @@ def test_fuzzed_filters_raise_only_filter_errors() -> None:
         assert predicate(meta) in (True, False)
 
     check()
+
+
+def test_lone_surrogates_reaching_the_encoder_or_the_reranker_are_refused(stanford_encoder: ColBERTEncoder) -> None:
+    from ragplug.retrievers.late_interaction import rerank
+
+    with pytest.raises(InvalidInputError, match="lone surrogate"):
+        stanford_encoder.encode_queries(["ok", "bad \udc80"])
+    with pytest.raises(InvalidInputError, match="document 1 holds a lone surrogate"):
+        rerank(stanford_encoder, "marley", ["fine", "bad \udc80"])

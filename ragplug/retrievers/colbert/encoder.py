@@ -34,7 +34,7 @@ from ragplug.retrievers.colbert.checkpoint import (
     read_settings,
     resolve_checkpoint,
 )
-from ragplug.retrievers.late_interaction.base import EncoderIdentity, FloatMatrix
+from ragplug.retrievers.late_interaction.base import EncoderIdentity, FloatMatrix, check_text
 from ragplug.retrievers.late_interaction.index import Chunk
 
 __all__ = ["DEFAULT_MODEL", "ColBERTEncoder"]
@@ -162,7 +162,7 @@ class ColBERTEncoder:
             raise InvalidInputError(msg)
         out = list(items)
         for i, item in enumerate(out):
-            if not isinstance(item, str) or not item.strip():
+            if not isinstance(item, str) or not check_text(item, f"{what} {i}").strip():
                 msg = f"{what} {i} must be a non-empty string, got {item!r}"
                 raise InvalidInputError(msg)
         return out
