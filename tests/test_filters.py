@@ -34,6 +34,21 @@ CASES = [
     ({"year": {"$gt": "1800"}}, [4]),  # strings compare with strings only; numbers never match a string bound
 ]
 
+TYPED = [  # JSON equality: booleans never equal numbers, containers compare element-wise
+    ({"flag": 1}, [{"flag": True}, {"flag": 1}, {"flag": 1.0}], [False, True, True]),
+    ({"flag": True}, [{"flag": True}, {"flag": 1}], [True, False]),
+    ({"flag": {"$in": [0]}}, [{"flag": False}, {"flag": 0}], [False, True]),
+    ({"flag": {"$ne": 1}}, [{"flag": True}, {}], [True, True]),
+    ({"tags": ["a", "b"]}, [{"tags": ["a", "b"]}, {"tags": ["b", "a"]}, {"tags": "a"}], [True, False, False]),
+    ({"n": {"$gte": 1}}, [{"n": True}, {"n": 1}, {"n": "2"}], [False, True, False]),
+]
+
+
+@pytest.mark.parametrize(("filter_", "docs", "expected"), TYPED)
+def test_equality_is_json_equality(filter_, docs, expected) -> None:
+    match = compile_filter(filter_)
+    assert [match(d) for d in docs] == expected
+
 
 @pytest.mark.parametrize(("filter_", "expected"), CASES)
 def test_filter_semantics(filter_, expected) -> None:
@@ -51,6 +66,8 @@ BAD = [
     ({"year": {"$gt": 1, "plain": 2}}, "mixes operators"),
     ({}, "empty dict"),
     (["tag"], "must be a dict"),
+    ({"x": {"$in": [float("nan")]}}, "finite"),
+    ({"x": {"$eq": object()}}, "JSON values"),
 ]
 
 

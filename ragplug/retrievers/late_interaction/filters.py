@@ -1,4 +1,4 @@
-"""A small filter language over metadata, shared by every store.
+"""A small filter language over metadata, parsed once into typed nodes that every store evaluates.
 
 A filter is a dict. Top-level keys are metadata fields (implicit ``$and`` between them) or the logical
 operators ``$and`` / ``$or`` (each taking a non-empty list of filters). A field maps either to a plain
@@ -17,9 +17,14 @@ operator    meaning                                          example
 ``$lte``    less than or equal                               ``{"page": {"$lte": 10}}``
 ==========  ===============================================  ==========================
 
-A range comparison against a missing field, or between incomparable types (a string and a number),
-does not match. An unknown operator, an empty ``$and``/``$or``, a ``$in`` without a list, or nesting
-deeper than 32 levels raises :class:`~ragplug.errors.FilterError`: nothing is silently ignored.
+Equality is JSON equality: ``true`` never equals ``1``, a list equals only the same list. A range
+comparison matches numbers against a number bound and strings against a string bound (by code point);
+against a missing field, a boolean or a value of the other type it does not match. An unknown operator,
+an empty ``$and``/``$or``, a ``$in`` without a list, or nesting deeper than 32 levels raises
+:class:`~ragplug.errors.FilterError`: nothing is silently ignored.
+
+:func:`parse_filter` turns the dict into nodes (:class:`Comparison`, :class:`And`, :class:`Or`), validated
+once where the filter enters; stores evaluate the nodes, in Python (:func:`to_predicate`) or as SQL.
 
 >>> match = compile_filter({"year": {"$gte": 1843}, "$or": [{"tag": "ghost"}, {"tag": "spirit"}]})
 >>> match({"year": 1843, "tag": "ghost"}), match({"year": 1843, "tag": "miser"})
@@ -32,113 +37,232 @@ ragplug.errors.FilterError: unknown filter operator '$regex' on field 'year'; su
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Union
 
 from ragplug.errors import FilterError
 
-__all__ = ["COMPARISON_OPERATORS", "LOGICAL_OPERATORS", "Filter", "MetadataPredicate", "compile_filter"]
+__all__ = [
+    "MAX_DEPTH",
+    "And",
+    "Comparison",
+    "Filter",
+    "FilterNode",
+    "MetadataPredicate",
+    "Op",
+    "Or",
+    "compile_filter",
+    "parse_filter",
+    "to_predicate",
+]
 
 Filter = Mapping[str, Any]
 MetadataPredicate = Callable[[Mapping[str, Any]], bool]
-
-_MISSING = object()
-
-_RANGE: dict[str, Callable[[Any, Any], bool]] = {
-    "$gt": operator.gt,
-    "$gte": operator.ge,
-    "$lt": operator.lt,
-    "$lte": operator.le,
-}
-COMPARISON_OPERATORS = frozenset({"$eq", "$ne", "$in", "$nin", *_RANGE})
-LOGICAL_OPERATORS = frozenset({"$and", "$or"})
 MAX_DEPTH = 32  # $and/$or nesting; deeper filters are refused (they would exhaust the stack)
 
 
-def compile_filter(filter: Filter | None) -> MetadataPredicate:
+class Op(str, Enum):
+    """A comparison operator, with what each back end needs to evaluate it."""
+
+    EQ = "$eq"
+    NE = "$ne"
+    IN = "$in"
+    NIN = "$nin"
+    GT = "$gt"
+    GTE = "$gte"
+    LT = "$lt"
+    LTE = "$lte"
+
+    @property
+    def is_range(self) -> bool:
+        return self in _RANGE
+
+    @property
+    def python(self) -> Callable[[Any, Any], bool]:
+        """The Python comparison of a range operator."""
+        return _RANGE[self]
+
+    @property
+    def sql(self) -> str:
+        """The SQL comparison of a range operator."""
+        return _RANGE_SQL[self]
+
+
+_RANGE: dict[Op, Callable[[Any, Any], bool]] = {
+    Op.GT: operator.gt,
+    Op.GTE: operator.ge,
+    Op.LT: operator.lt,
+    Op.LTE: operator.le,
+}
+_RANGE_SQL = {Op.GT: ">", Op.GTE: ">=", Op.LT: "<", Op.LTE: "<="}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``field <op> value``; for ``$in``/``$nin`` the value is a tuple of options."""
+
+    field: str
+    op: Op
+    value: Any
+
+
+@dataclass(frozen=True)
+class And:
+    children: tuple[FilterNode, ...]
+
+
+@dataclass(frozen=True)
+class Or:
+    children: tuple[FilterNode, ...]
+
+
+FilterNode = Union[Comparison, And, Or]  # noqa: UP007 - a runtime alias, also used with isinstance
+
+
+def parse_filter(filter: Filter | FilterNode | None) -> FilterNode | None:
+    """Validate a filter dict into nodes (``None`` stays ``None``: no filter; nodes pass through)."""
+    if filter is None or isinstance(filter, Comparison | And | Or):
+        return filter
+    return _parse(filter, path="filter", depth=0)
+
+
+def compile_filter(filter: Filter | FilterNode | None) -> MetadataPredicate:
     """Validate ``filter`` and return a predicate over a metadata dict (``None`` matches everything)."""
-    if filter is None:
-        return lambda _metadata: True
-    return _compile(filter, path="filter", depth=0)
+    node = parse_filter(filter)
+    return (lambda _metadata: True) if node is None else to_predicate(node)
 
 
-def _compile(node: Any, path: str, depth: int) -> MetadataPredicate:
+def _parse(node: Any, path: str, depth: int) -> FilterNode:
     if depth > MAX_DEPTH:
         msg = f"filter is nested more than {MAX_DEPTH} levels deep (at {path[:80]}...)"
         raise FilterError(msg)
     if not isinstance(node, Mapping):
-        msg = f"{path} must be a dict, got {type(node).__name__}: {node!r}"
+        msg = f"{path} must be a dict, got {type(node).__name__}: {node!r:.200}"
         raise FilterError(msg)
     if not node:
         msg = f"{path} is an empty dict; pass None for no filter"
         raise FilterError(msg)
-    parts: list[MetadataPredicate] = []
+    parts: list[FilterNode] = []
     for key, value in node.items():
         if not isinstance(key, str):
             msg = f"{path} has a non-string key {key!r}"
             raise FilterError(msg)
         if key.startswith("$"):
-            parts.append(_compile_logical(key, value, path, depth))
+            parts.append(_parse_logical(key, value, path, depth))
         else:
-            parts.append(_compile_field(key, value, path))
-    if len(parts) == 1:
-        return parts[0]
-    return lambda metadata: all(part(metadata) for part in parts)
+            parts.extend(_parse_field(key, value, path))
+    return parts[0] if len(parts) == 1 else And(tuple(parts))
 
 
-def _compile_logical(op: str, value: Any, path: str, depth: int) -> MetadataPredicate:
-    if op not in LOGICAL_OPERATORS:
+def _parse_logical(op: str, value: Any, path: str, depth: int) -> FilterNode:
+    if op not in ("$and", "$or"):
         msg = f"unknown logical operator {op!r} in {path}; supported: $and, $or"
         raise FilterError(msg)
     if not isinstance(value, list | tuple) or not value:
-        msg = f"{op} in {path} takes a non-empty list of filters, got {value!r}"
+        msg = f"{op} in {path} takes a non-empty list of filters, got {value!r:.200}"
         raise FilterError(msg)
-    children = [_compile(child, f"{path}.{op}[{i}]", depth + 1) for i, child in enumerate(value)]
-    if op == "$and":
-        return lambda metadata: all(child(metadata) for child in children)
-    return lambda metadata: any(child(metadata) for child in children)
+    children = tuple(_parse(child, f"{path}.{op}[{i}]", depth + 1) for i, child in enumerate(value))
+    return And(children) if op == "$and" else Or(children)
 
 
-def _compile_field(field: str, condition: Any, path: str) -> MetadataPredicate:
+def _parse_field(field: str, condition: Any, path: str) -> list[FilterNode]:
     if isinstance(condition, Mapping) and any(isinstance(k, str) and k.startswith("$") for k in condition):
         if not all(isinstance(k, str) and k.startswith("$") for k in condition):
-            msg = f"field {field!r} in {path} mixes operators and plain keys: {condition!r}"
+            msg = f"field {field!r} in {path} mixes operators and plain keys: {condition!r:.200}"
             raise FilterError(msg)
-        checks = [_compile_comparison(field, op, operand) for op, operand in condition.items()]
-        return lambda metadata: all(check(metadata) for check in checks)
-    return _compile_comparison(field, "$eq", condition)
+        return [_parse_comparison(field, op, operand) for op, operand in condition.items()]
+    return [_parse_comparison(field, "$eq", condition)]
 
 
-def _compile_comparison(field: str, op: str, operand: Any) -> MetadataPredicate:
-    if op not in COMPARISON_OPERATORS:
-        supported = ", ".join(sorted(COMPARISON_OPERATORS))
-        msg = f"unknown filter operator {op!r} on field {field!r}; supported: {supported}"
-        raise FilterError(msg)
-    if op in ("$in", "$nin"):
+def _parse_comparison(field: str, op_name: str, operand: Any) -> Comparison:
+    try:
+        op = Op(op_name)
+    except ValueError:
+        supported = ", ".join(sorted(o.value for o in Op))
+        msg = f"unknown filter operator {op_name!r} on field {field!r}; supported: {supported}"
+        raise FilterError(msg) from None
+    if op in (Op.IN, Op.NIN):
         if not isinstance(operand, list | tuple | set | frozenset):
-            msg = f"{op} on field {field!r} takes a list, got {operand!r}"
+            msg = f"{op.value} on field {field!r} takes a list, got {operand!r:.200}"
             raise FilterError(msg)
-        options = list(operand)
-        if op == "$in":
-            return lambda metadata: metadata.get(field, _MISSING) in options
-        return lambda metadata: metadata.get(field, _MISSING) not in options
-    if op == "$eq":
-        return lambda metadata: metadata.get(field, _MISSING) == operand
-    if op == "$ne":
-        return lambda metadata: metadata.get(field, _MISSING) != operand
-    if isinstance(operand, bool) or not isinstance(operand, int | float | str):
-        msg = f"{op} on field {field!r} takes a number or a string, got {operand!r}"
+        options = tuple(operand)
+        for option in options:
+            _check_json(option, field, op)
+        return Comparison(field, op, options)
+    if op.is_range and (isinstance(operand, bool) or not isinstance(operand, int | float | str)):
+        msg = f"{op.value} on field {field!r} takes a number or a string, got {operand!r:.200}"
         raise FilterError(msg)
-    compare = _RANGE[op]
+    _check_json(operand, field, op)
+    return Comparison(field, op, operand)
+
+
+def _check_json(value: Any, field: str, op: Op, depth: int = 0) -> None:
+    """Operands are JSON values (what metadata can hold), so every back end compares them the same way."""
+    if value is None or isinstance(value, bool | int | str):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            msg = f"{op.value} on field {field!r} takes finite numbers, got {value!r}"
+            raise FilterError(msg)
+        return
+    if depth < MAX_DEPTH and isinstance(value, list | tuple):
+        for item in value:
+            _check_json(item, field, op, depth + 1)
+        return
+    if depth < MAX_DEPTH and isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+        for item in value.values():
+            _check_json(item, field, op, depth + 1)
+        return
+    msg = f"{op.value} on field {field!r} takes JSON values, got {type(value).__name__} {value!r:.200}"
+    raise FilterError(msg)
+
+
+# -- the Python back end ----------------------------------------------------------------------------
+_MISSING = object()
+
+
+def to_predicate(node: FilterNode) -> MetadataPredicate:
+    """A predicate over a metadata dict that evaluates ``node``."""
+    if isinstance(node, And):
+        children = [to_predicate(child) for child in node.children]
+        return lambda metadata: all(child(metadata) for child in children)
+    if isinstance(node, Or):
+        children = [to_predicate(child) for child in node.children]
+        return lambda metadata: any(child(metadata) for child in children)
+    field, op, operand = node.field, node.op, node.value
+    if op is Op.EQ:
+        return lambda metadata: json_equal(metadata.get(field, _MISSING), operand)
+    if op is Op.NE:
+        return lambda metadata: not json_equal(metadata.get(field, _MISSING), operand)
+    if op is Op.IN:
+        return lambda metadata: any(json_equal(metadata.get(field, _MISSING), o) for o in operand)
+    if op is Op.NIN:
+        return lambda metadata: not any(json_equal(metadata.get(field, _MISSING), o) for o in operand)
+    compare = op.python
+    numeric = not isinstance(operand, str)
 
     def check(metadata: Mapping[str, Any]) -> bool:
         value = metadata.get(field, _MISSING)
-        if value is _MISSING or isinstance(value, bool):
-            return False
-        try:
-            return bool(compare(value, operand))
-        except TypeError:
-            return False
+        if numeric:
+            return isinstance(value, int | float) and not isinstance(value, bool) and compare(value, operand)
+        return isinstance(value, str) and compare(value, operand)
 
     return check
+
+
+def json_equal(a: Any, b: Any) -> bool:
+    """Equality of JSON values: numbers by value (``1 == 1.0``), booleans only with booleans, containers
+    element-wise; what Postgres ``jsonb`` equality does too."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple | Mapping) or isinstance(b, list | tuple | Mapping):
+        return False
+    return bool(a == b)
