@@ -4,7 +4,7 @@ Needs ``pip install "ragplug[lora]"``. Importing this package does not import to
 :class:`LoRAModel` does.
 """
 
-from ragplug.adapters.lora.config import GenerationConfig, LoadConfig
+from ragplug.adapters.lora.config import GenerationConfig, LoadConfig, stop_sequences
 from ragplug.adapters.lora.engine import ChatResult, GenerationRequest, GenerationResult, LoRAModel
 from ragplug.adapters.lora.tools import ToolCall, ToolSpec, parse_tool_calls
 from ragplug.adapters.lora.train import TrainConfig, TrainExample, TrainResult, build_messages, train_lora
@@ -23,5 +23,6 @@ __all__ = [
     "TrainResult",
     "build_messages",
     "parse_tool_calls",
+    "stop_sequences",
     "train_lora",
 ]

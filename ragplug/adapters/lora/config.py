@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from ragplug.errors import InvalidInputError
 
-__all__ = ["GenerationConfig", "LoadConfig"]
+__all__ = ["GenerationConfig", "LoadConfig", "stop_sequences"]
+
+
+def stop_sequences(stop: str | Sequence[str] | None) -> tuple[str, ...]:
+    """Stop sequences as :class:`GenerationConfig` takes them: one string is one stop sequence (as in the
+    OpenAI API), never split into characters; None is none. The items are checked by GenerationConfig."""
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        return (stop,)
+    if isinstance(stop, bytes) or not isinstance(stop, Sequence | set | frozenset):
+        msg = f"stop must be a string or a sequence of strings, got {stop!r}"
+        raise InvalidInputError(msg)
+    return tuple(stop)
 
 
 @dataclass(frozen=True)
@@ -29,7 +43,13 @@ class GenerationConfig:
         if not isinstance(self.top_p, int | float) or not 0 < self.top_p <= 1:
             msg = f"top_p must be in (0, 1], got {self.top_p!r}"
             raise InvalidInputError(msg)
-        if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):
+        if isinstance(self.stop, str):  # never split into characters
+            msg = (
+                f"stop must be a sequence of non-empty strings; for the one stop string {self.stop!r} "
+                f"pass ({self.stop!r},)"
+            )
+            raise InvalidInputError(msg)
+        if not all(isinstance(s, str) and s for s in self.stop):
             msg = f"stop must be a sequence of non-empty strings, got {self.stop!r}"
             raise InvalidInputError(msg)
         object.__setattr__(self, "stop", tuple(self.stop))

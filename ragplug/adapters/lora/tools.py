@@ -20,6 +20,7 @@ from ragplug.errors import InvalidInputError, SchemaError
 
 __all__ = ["ToolCall", "ToolSpec", "forced_call_schema", "parse_tool_calls", "resolve_tool_choice"]
 
+_NOT_AN_OBJECT = ("enum", "const", "items", "prefixItems")  # keywords that describe a non-object value
 _BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
 
 
@@ -37,6 +38,13 @@ class ToolSpec:
             raise InvalidInputError(msg)
         if not isinstance(self.parameters, dict):
             msg = f"parameters of tool {self.name!r} must be a JSON schema dict"
+            raise SchemaError(msg)
+        kind = self.parameters.get("type", "object")
+        if kind not in ("object", ["object"]) or any(k in self.parameters for k in _NOT_AN_OBJECT):
+            msg = (
+                f"parameters of tool {self.name!r} must be the JSON schema of an object (a call's arguments are "
+                f"named), got {json.dumps(self.parameters, default=str)[:200]}; for other JSON use a response schema"
+            )
             raise SchemaError(msg)
 
     def to_openai(self) -> dict[str, Any]:

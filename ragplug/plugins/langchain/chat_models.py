@@ -10,6 +10,7 @@ decoded under a grammar, so they always parse. Concurrent calls share ``generate
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -36,7 +37,7 @@ from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import BaseModel, ConfigDict, Field
 
 from ragplug.adapters.lora import ChatResult as LoRAChatResult
-from ragplug.adapters.lora import GenerationConfig, LoadConfig, LoRAModel, ToolSpec
+from ragplug.adapters.lora import GenerationConfig, LoadConfig, LoRAModel, ToolSpec, stop_sequences
 from ragplug.errors import InvalidInputError
 
 __all__ = ["ChatLoRA"]
@@ -86,6 +87,29 @@ def to_chat_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
     return out
 
 
+def _openai_tool(tool: Any) -> dict[str, Any]:
+    """A tool as an OpenAI function description. A JSON schema dict (a ``title``, no function keys) keeps its
+    whole schema as the parameters: LangChain's converter drops what is not an object schema's (an array's
+    ``items``, an ``enum``), which would leave the call's arguments unconstrained; ToolSpec refuses it instead."""
+    function_keys = {"name", "function", "parameters", "input_schema", "toolSpec"}
+    if isinstance(tool, Mapping) and "title" in tool and not function_keys & set(tool):
+        parameters = {k: v for k, v in tool.items() if k not in ("title", "description")}
+        function = {"name": tool["title"], "description": tool.get("description", ""), "parameters": parameters}
+        return {"type": "function", "function": function}
+    return convert_to_openai_tool(tool)
+
+
+def _json_schema(schema: Any) -> dict[str, Any]:
+    """The JSON schema a structured output must follow: a dict as given (or an OpenAI function's parameters),
+    a pydantic model or TypedDict converted; nothing is dropped, so what compiles is what the user asked for."""
+    if isinstance(schema, Mapping):
+        function = schema.get("function", schema) if schema.get("type") == "function" else schema
+        if "name" in function and isinstance(function.get("parameters"), Mapping):
+            return copy.deepcopy(dict(function["parameters"]))
+        return copy.deepcopy(dict(schema))
+    return convert_to_json_schema(schema)
+
+
 def _tool_specs(tools: Sequence[Mapping[str, Any]] | None) -> list[ToolSpec]:
     specs = []
     for tool in tools or []:
@@ -109,7 +133,7 @@ class ChatLoRA(BaseChatModel):
     max_new_tokens: int = 256
     temperature: float = 0.0
     top_p: float = 1.0
-    stop: list[str] | None = None
+    stop: list[str] | None = Field(default=None, description="stop sequences; one string is one stop sequence")
     model_name: str = ""
 
     def __init__(
@@ -130,7 +154,14 @@ class ChatLoRA(BaseChatModel):
             msg = "ChatLoRA needs base= (hub id or folder) or llm= (a LoRAModel)"
             raise InvalidInputError(msg)
         kwargs.setdefault("model_name", getattr(llm, "base_name", ""))
-        GenerationConfig(kwargs.get("max_new_tokens", 256), kwargs.get("temperature", 0.0), kwargs.get("top_p", 1.0))
+        if kwargs.get("stop") is not None:
+            kwargs["stop"] = list(stop_sequences(kwargs["stop"]))
+        GenerationConfig(
+            kwargs.get("max_new_tokens", 256),
+            kwargs.get("temperature", 0.0),
+            kwargs.get("top_p", 1.0),
+            tuple(kwargs.get("stop") or ()),
+        )
         super().__init__(**kwargs)
 
     @property
@@ -153,7 +184,8 @@ class ChatLoRA(BaseChatModel):
         tools = _tool_specs(kwargs.pop("tools", None))
         tool_choice = kwargs.pop("tool_choice", None)
         schema = kwargs.pop("response_schema", None)
-        stops = tuple(stop if stop is not None else (kwargs.pop("stop", None) or self.stop or ()))
+        call_stop = kwargs.pop("stop", None)
+        stops = stop_sequences(next((s for s in (stop, call_stop, self.stop) if s is not None), None))
         config = GenerationConfig(
             max_new_tokens=kwargs.pop("max_new_tokens", kwargs.pop("max_tokens", self.max_new_tokens)),
             temperature=kwargs.pop("temperature", self.temperature),
@@ -272,7 +304,7 @@ class ChatLoRA(BaseChatModel):
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, AIMessage]:
         """Bind tools; ``tool_choice`` "any"/"required"/a name forces a (grammar-constrained) call."""
-        formatted = [convert_to_openai_tool(t) for t in tools]
+        formatted = [_openai_tool(t) for t in tools]
         specs = _tool_specs(formatted)  # validates names and schemas now, not at the first call
         if tool_choice is not None and tool_choice not in ("auto", "none", "any", "required", True, False):
             names = {s.name for s in specs}
@@ -299,8 +331,8 @@ class ChatLoRA(BaseChatModel):
         if method not in ("json_schema", "json_mode"):
             msg = f"method must be 'function_calling', 'json_schema' or 'json_mode', got {method!r}"
             raise InvalidInputError(msg)
-        json_schema = convert_to_json_schema(schema) if method == "json_schema" else {"type": "object"}
-        self.llm.grammar().compile(json_schema)
+        json_schema = _json_schema(schema) if method == "json_schema" else {"type": "object"}
+        self.llm.grammar().shortest(json_schema)  # a schema the compiler rejects, or none fits, fails here
         llm = self.bind(response_schema=json_schema, ls_structured_output_format={"schema": json_schema})
         parser: Runnable[Any, Any] = (
             PydanticOutputParser(pydantic_object=schema)

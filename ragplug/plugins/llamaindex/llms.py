@@ -133,12 +133,22 @@ def to_chat_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
 
 
 def _tool_dict(tool: BaseTool) -> dict[str, Any]:
-    """A LlamaIndex tool as an OpenAI-style function description (checked by :class:`ToolSpec` now)."""
+    """A LlamaIndex tool as an OpenAI-style function description (checked by :class:`ToolSpec` now).
+
+    The parameters are the tool's whole JSON schema: ``ToolMetadata.get_parameters_dict`` keeps only
+    ``type``/``properties``/``required``/``$defs``, which drops ``additionalProperties`` and turns an array or
+    enum output into ``{"type": "array"}`` — arguments the grammar would then not constrain.
+    """
     meta = tool.metadata
     if not meta.name:
         msg = f"tool {tool!r} has no name; give it one in its ToolMetadata"
         raise InvalidInputError(msg)
-    return ToolSpec(meta.name, meta.description or "", meta.get_parameters_dict()).to_openai()
+    if meta.fn_schema is None:
+        parameters = meta.get_parameters_dict()
+    else:
+        schema = meta.fn_schema.model_json_schema()
+        parameters = {k: v for k, v in schema.items() if k not in ("title", "description")}
+    return ToolSpec(meta.name, meta.description or "", parameters).to_openai()
 
 
 def _tool_specs(tools: Sequence[Any] | None) -> list[ToolSpec]:
@@ -279,7 +289,7 @@ class LoRALLM(FunctionCallingLLM):
             max_new_tokens=kwargs.pop("max_new_tokens", max_tokens),
             temperature=kwargs.pop("temperature", self.temperature),
             top_p=kwargs.pop("top_p", self.top_p),
-            stop=stop if stop is not None else tuple(self.stop or ()),
+            stop=stop if stop is not None else tuple(self.stop or ()),  # a single string is refused, not split
         )
         options = {
             "tools": _tool_specs(kwargs.pop("tools", None)),
