@@ -383,3 +383,32 @@ def test_a_string_stop_is_never_split_into_characters(lora_model: LoRAModel) -> 
     with pytest.raises(InvalidInputError, match="one stop string"):
         llm.complete("Who is Scrooge?", stop=stop)
     assert llm.complete("Who is Scrooge?", stop=[stop]).text == expected
+
+
+def test_rows_of_one_batch_never_run_past_the_context(lora_model: LoRAModel) -> None:
+    """A finished row keeps being fed (padding) while the others generate: its positions must stay inside
+    the context window too, or a model with learned position embeddings fails the whole batch."""
+    import torch
+
+    seen: list[int] = []
+    inner = lora_model.model.get_base_model().model if hasattr(lora_model.model, "get_base_model") else None
+    assert inner is not None
+
+    def record(_module: torch.nn.Module, _args: tuple, kwargs: dict) -> None:
+        if kwargs.get("position_ids") is not None:
+            seen.append(int(kwargs["position_ids"].max()))
+
+    long_prompt = lora_model.render([{"role": "user", "content": "ghost " * 225}])
+    assert len(long_prompt) + 12 <= 512 < len(long_prompt) + 100
+    requests = [
+        GenerationRequest(long_prompt, config=GenerationConfig(max_new_tokens=12)),
+        GenerationRequest(lora_model.render(MESSAGES), adapter="alpha", config=GenerationConfig(max_new_tokens=100)),
+    ]
+    alone = [lora_model.generate_batch([GenerationRequest(r.prompt_ids, r.adapter, r.config)])[0] for r in requests]
+    handle = inner.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        together = lora_model.generate_batch(requests)
+    finally:
+        handle.remove()
+    assert max(seen) < lora_model.context_window
+    assert [r.token_ids for r in together] == [r.token_ids for r in alone]

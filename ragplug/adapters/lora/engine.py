@@ -560,13 +560,33 @@ class LoRAModel:
                     admitted.append((i, self._admit(r)))
                 except Exception as err:  # this request only (ragplug errors by design): the others are served
                     outcomes[i] = err
-            routes = self._route([requests[i].adapter for i, _ in admitted]) if admitted else []
-            for indices, routing, extra in routes:
-                rows = [admitted[j] for j in indices]
-                group = self._generate([requests[i] for i, _ in rows], [plan for _, plan in rows], routing, extra)
-                for (i, _), outcome in zip(rows, group, strict=True):
-                    outcomes[i] = outcome
+            for part in self._within_context(admitted):
+                for indices, routing, extra in self._route([requests[i].adapter for i, _ in part]):
+                    rows = [part[j] for j in indices]
+                    group = self._generate([requests[i] for i, _ in rows], [plan for _, plan in rows], routing, extra)
+                    for (i, _), outcome in zip(rows, group, strict=True):
+                        outcomes[i] = outcome
         return [o if o is not None else AdapterError("the request was not served") for o in outcomes]
+
+    def _within_context(self, admitted: list[tuple[int, _Plan]]) -> list[list[tuple[int, _Plan]]]:
+        """Split a batch so that no row runs past the context window. A row that has finished is still fed
+        padding while the others generate, so every row of a ``generate`` call reaches position
+        ``len(its prompt) + the call's largest budget``. One call when that fits (the usual case); otherwise
+        rows in order of prompt length, a new call whenever the next row would not fit."""
+        if not admitted:
+            return []
+        window = self.context_window
+        if max(len(plan.prompt) for _, plan in admitted) + max(plan.budget for _, plan in admitted) <= window:
+            return [admitted]
+        parts: list[list[tuple[int, _Plan]]] = [[]]
+        budget = 0
+        for item in sorted(admitted, key=lambda item: len(item[1].prompt)):
+            budget = max(budget, item[1].budget)
+            if parts[-1] and len(item[1].prompt) + budget > window:  # each row alone fits (see _fit)
+                parts.append([])
+                budget = item[1].budget
+            parts[-1].append(item)
+        return parts
 
     def _admit(self, request: GenerationRequest) -> _Plan:
         """A request's plan (found at submit, else now), once the model's current state can serve it."""
