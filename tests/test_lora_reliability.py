@@ -142,6 +142,17 @@ def test_non_integer_token_ids_are_refused(lora_model: LoRAModel) -> None:
         lora_model.submit(GenerationRequest("hello", config=SHORT))  # type: ignore[arg-type]
 
 
+def test_a_request_without_a_generation_config_fails_alone(lora_model: LoRAModel) -> None:
+    bad = GenerationRequest(lora_model.render(MESSAGES), config={"max_new_tokens": 4})  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="GenerationConfig"):
+        lora_model.submit(bad)
+    fine = GenerationRequest(lora_model.render(MESSAGES), adapter="alpha", config=SHORT)
+    _queue_directly(lora_model, bad, fine)
+    assert fine.future.result(timeout=60).token_ids == _greedy_ids(lora_model, "alpha")
+    with pytest.raises(InvalidInputError, match="GenerationConfig"):
+        bad.future.result(timeout=60)
+
+
 def test_removing_an_adapter_fails_only_the_requests_queued_for_it(batching_model: LoRAModel) -> None:
     model = batching_model
     expected = _greedy_ids(model, "beta")

@@ -79,6 +79,7 @@ class GenerationRequest:
 class _Plan:
     """What serving a request needs, found once when it enters (see ``LoRAModel._plan``)."""
 
+    owner: int  # id() of the model that made it: a request submitted to two models is planned by each
     prompt: list[int]  # fitted to the context window
     budget: int  # tokens the row may generate: max_new_tokens, raised to the schema's shortest valid answer
     shortest: int  # tokens of the shortest valid answer (0 without a schema)
@@ -485,7 +486,7 @@ class LoRAModel:
         if request.schema is not None:
             shortest = self.grammar().shortest(request.schema)  # SchemaError when no answer fits the window
             budget = max(budget, shortest + 1)
-        return _Plan(self._fit(prompt, request.config, budget), budget, shortest)
+        return _Plan(id(self), self._fit(prompt, request.config, budget), budget, shortest)
 
     def _token_ids(self, prompt_ids: Any) -> list[int]:
         """``prompt_ids`` as a list of ints, each a row of this model's embedding table."""
@@ -594,7 +595,8 @@ class LoRAModel:
         if self._merged is not None and request.adapter != self._merged:
             msg = f"adapter {self._merged!r} is merged; call unmerge() to serve {request.adapter or 'the base model'!r}"
             raise AdapterError(msg)
-        return request._plan if request._plan is not None else self._plan(request)
+        plan = request._plan
+        return plan if plan is not None and plan.owner == id(self) else self._plan(request)
 
     def _route(self, adapters: list[str | None]) -> list[tuple[list[int], Any, dict[str, Any]]]:
         """How a batch's rows reach their adapters: ``(row indices, context manager, generate kwargs)`` per call."""
@@ -895,7 +897,7 @@ class LoRAModel:
                     self._queue.put(None)
                     break
                 batch.append(item)
-            groups: dict[tuple[bool, float, float], list[GenerationRequest]] = {}
+            groups: dict[tuple[bool, float, float] | None, list[GenerationRequest]] = {}
             for request in batch:
                 try:
                     running = request.future.set_running_or_notify_cancel()
@@ -903,7 +905,8 @@ class LoRAModel:
                     logger.warning("skipping a request whose future is already running or done")
                     continue
                 if running:
-                    groups.setdefault(request.config.sampling_key, []).append(request)
+                    # a config that is no GenerationConfig (only past submit) fails in its own group, alone
+                    groups.setdefault(getattr(request.config, "sampling_key", None), []).append(request)
             for group in groups.values():
                 try:
                     outcomes = self._serve_batch(group)
