@@ -42,6 +42,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np
 from tqdm.auto import tqdm
 
+from ragplug.retrievers.late_interaction import MemorySearchOptions
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = REPO / ".ragplug-cache" / "scifact"
 METRICS = ["ndcg@10", "recall@100", "mrr@10"]
@@ -247,9 +249,7 @@ def run_bm25(ids: list[str], texts: list[str], queries: dict[str, str], qids: li
     )
     k = min(TOP, len(ids))
     docs, scores = retriever.retrieve(query_tokens, k=k, show_progress=False)
-    run = {
-        q: {ids[int(d)]: float(s) for d, s in zip(docs[i], scores[i], strict=True)} for i, q in enumerate(qids)
-    }
+    run = {q: {ids[int(d)]: float(s) for d, s in zip(docs[i], scores[i], strict=True)} for i, q in enumerate(qids)}
     return run, index_s
 
 
@@ -279,8 +279,13 @@ def mean_pooled(
 
 
 def run_dense(
-    model_path: Path, ids: list[str], texts: list[str], queries: dict[str, str], qids: list[str],
-    cache: Path | None, key: str,
+    model_path: Path,
+    ids: list[str],
+    texts: list[str],
+    queries: dict[str, str],
+    qids: list[str],
+    cache: Path | None,
+    key: str,
 ) -> tuple[dict, dict[str, Any]]:
     from safetensors.numpy import load_file, save_file
 
@@ -332,8 +337,10 @@ def interleaved_search(
             every = options.pop("every", 1)
             if i % every:
                 continue
+            k = options.pop("k")
+            search_options = MemorySearchOptions(**options)
             w0, c0 = time.perf_counter(), time.process_time()
-            hits = store.search(q, **options)
+            hits = store.search(q, k=k, options=search_options)
             out[name]["wall"].append(time.perf_counter() - w0)
             out[name]["cpu"].append(time.process_time() - c0)
             out[name]["run"][qid] = {h.id: h.score for h in hits}
@@ -470,10 +477,17 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
             f"{fmt(row['ndcg@10'])} | {row['p50_ms']} | {row['p95_ms']} | {row['cpu_p50_ms']} | "
             f"{row['speedup_vs_exact_p50']:.1f}× |"
         )
-    lines += ["", "Index builds in the sweep: " + ", ".join(
-        f"{b['n_centroids']} centroids {b['seconds']:.1f} s (exact reference p50 {b['exact_ref']['p50_ms']} ms, "
-        f"other processes {b.get('other_processes_cores', float('nan')):.2f} cores)" for b in res["sweep"]["builds"])
-        + ".", ""]
+    lines += [
+        "",
+        "Index builds in the sweep: "
+        + ", ".join(
+            f"{b['n_centroids']} centroids {b['seconds']:.1f} s (exact reference p50 {b['exact_ref']['p50_ms']} ms, "
+            f"other processes {b.get('other_processes_cores', float('nan')):.2f} cores)"
+            for b in res["sweep"]["builds"]
+        )
+        + ".",
+        "",
+    ]
     lines += ["![sweep](colbert_scifact_sweep.png)", ""]
     if res.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in res["notes"]] + [""]
@@ -494,15 +508,27 @@ def plot_sweep(res: dict[str, Any], path: Path) -> None:
     colors = plt.get_cmap("viridis")(np.linspace(0.1, 0.85, max(len(cents), 1)))
     for color, c in zip(colors, cents, strict=True):
         for probe in sorted({p["n_probe"] for p in points}):
-            row = sorted((p for p in points if p["n_centroids"] == c and p["n_probe"] == probe),
-                         key=lambda p: p["n_candidates"])
+            row = sorted(
+                (p for p in points if p["n_centroids"] == c and p["n_probe"] == probe), key=lambda p: p["n_candidates"]
+            )
             if not row:
                 continue
-            ax.plot([p["p50_ms"] for p in row], [p["recall@10_vs_exact"] for p in row], color=color, alpha=0.5,
-                    marker=markers.get(probe, "x"), label=f"{c} centroids, n_probe {probe}")
+            ax.plot(
+                [p["p50_ms"] for p in row],
+                [p["recall@10_vs_exact"] for p in row],
+                color=color,
+                alpha=0.5,
+                marker=markers.get(probe, "x"),
+                label=f"{c} centroids, n_probe {probe}",
+            )
             for p in row:
-                ax.annotate(str(p["n_candidates"]), (p["p50_ms"], p["recall@10_vs_exact"]), fontsize=6,
-                            textcoords="offset points", xytext=(3, 3))
+                ax.annotate(
+                    str(p["n_candidates"]),
+                    (p["p50_ms"], p["recall@10_vs_exact"]),
+                    fontsize=6,
+                    textcoords="offset points",
+                    xytext=(3, 3),
+                )
     exact = res["latency"]["exact"]["p50_ms"]
     ax.axvline(exact, color="crimson", linestyle="--", label=f"exact MaxSim p50 {exact:.0f} ms")
     ax.axvline(exact / TARGET_SPEEDUP, color="grey", linestyle=":", label="exact p50 / 10")
@@ -529,8 +555,9 @@ def main() -> None:
     parser.add_argument("--limit-queries", type=int, default=None, help="use only the first N test queries")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="cache dir for encoded corpora")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
-    parser.add_argument("--centroid-factors", default="0.5,1,2",
-                        help="sweep centroid counts as multiples of the engine's default count")
+    parser.add_argument(
+        "--centroid-factors", default="0.5,1,2", help="sweep centroid counts as multiples of the engine's default count"
+    )
     parser.add_argument("--probes", default="4,8,16")
     parser.add_argument("--candidates", default="64,128,256,512")
     args = parser.parse_args()
@@ -589,20 +616,25 @@ def main() -> None:
         store.approximate = default_cfg
         notes.append("the loaded store carried a non-default ApproximateConfig; reset to the defaults")
     n_centroids_default = default_cfg.centroids_for(store.n_tokens)
-    store.search(encoded[0], k=k, mode="exact")  # warm-up
+    store.search(encoded[0], k=k, options=MemorySearchOptions(mode="exact"))  # warm-up
     # The first approximate call fits the centroid index: timed as the build (minus a plain second call).
     t0 = time.perf_counter()
-    store.search(encoded[0], k=k, mode="approximate")
+    store.search(encoded[0], k=k, options=MemorySearchOptions(mode="approximate"))
     build_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    store.search(encoded[0], k=k, mode="approximate")
+    store.search(encoded[0], k=k, options=MemorySearchOptions(mode="approximate"))
     second_call_s = time.perf_counter() - t0
     load_before = load()
     snap = cpu_snapshot()
     arms = interleaved_search(
-        store, encoded, qids,
-        {"exact": {"k": k, "mode": "exact"}, "approx": {"k": k, "mode": "approximate"},
-         "approx10": {"k": 10, "mode": "approximate"}},
+        store,
+        encoded,
+        qids,
+        {
+            "exact": {"k": k, "mode": "exact"},
+            "approx": {"k": k, "mode": "approximate"},
+            "approx10": {"k": 10, "mode": "approximate"},
+        },
         "exact + approximate (interleaved)",
     )
     exact_run, exact_ranked = arms["exact"]["run"], arms["exact"]["ranked"]
@@ -680,11 +712,12 @@ def main() -> None:
         cfg = ApproximateConfig(n_centroids=n_cent)
         t0 = time.perf_counter()
         store.build_index(cfg)
-        store.search(encoded[0], k=10, mode="approximate")  # builds the inverted lists
+        store.search(encoded[0], k=10, options=MemorySearchOptions(mode="approximate"))  # builds the inverted lists
         builds.append({"n_centroids": n_cent, "seconds": round(time.perf_counter() - t0, 2)})
         sweep_arms: dict[str, dict[str, Any]] = {
             f"{probe}/{cand}": {"k": 10, "mode": "approximate", "n_probe": probe, "n_candidates": cand}
-            for probe in probes for cand in cands
+            for probe in probes
+            for cand in cands
         }
         # Exact reference timed in the same loop (every 5th query), so the speedups compare like with like.
         sweep_arms["exact_ref"] = {"k": 10, "mode": "exact", "every": 5}
@@ -692,13 +725,17 @@ def main() -> None:
         snap = cpu_snapshot()
         result = interleaved_search(store, encoded, qids, sweep_arms, f"sweep {n_cent} centroids", seed=n_cent)
         ref = arm_stats(result.pop("exact_ref"))
-        builds[-1].update(exact_ref=ref, load_avg_before_after=[load_before, load()],
-                          other_processes_cores=foreign_cores(snap))
+        builds[-1].update(
+            exact_ref=ref, load_avg_before_after=[load_before, load()], other_processes_cores=foreign_cores(snap)
+        )
         for name, arm in result.items():
             probe, cand = (int(x) for x in name.split("/"))
             st = arm_stats(arm)
             row = {
-                "n_centroids": n_cent, "n_probe": probe, "n_candidates": cand, "k": 10,
+                "n_centroids": n_cent,
+                "n_probe": probe,
+                "n_candidates": cand,
+                "k": 10,
                 "recall@10_vs_exact": round(overlap_at(arm["ranked"], exact_ranked), 4),
                 "ndcg@10": evaluate(qrels, arm["run"])["ndcg@10"],
                 **st,

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 import ragplug.retrievers.late_interaction.filters
-import ragplug.retrievers.late_interaction.memory
+import ragplug.retrievers.late_interaction.stores.memory
 
 README = Path(__file__).parent.parent / "README.md"
 
 
 @pytest.mark.parametrize(
-    "module", [ragplug.retrievers.late_interaction.filters, ragplug.retrievers.late_interaction.memory]
+    "module", [ragplug.retrievers.late_interaction.filters, ragplug.retrievers.late_interaction.stores.memory]
 )
 def test_doctests(module) -> None:
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)

@@ -23,6 +23,7 @@ from ragplug.retrievers.late_interaction import (
     ApproximateConfig,
     EncoderIdentity,
     InMemoryMultiVectorStore,
+    MemorySearchOptions,
     Record,
     SearchMode,
 )
@@ -61,7 +62,7 @@ def test_exact_search_matches_reference(store: InMemoryMultiVectorStore) -> None
     records = _records(30)
     query = _unit(np.random.default_rng(9), 5)
     ref = _reference_scores(query, records)
-    hits = store.search(query, k=30, mode="exact")
+    hits = store.search(query, k=30, options=MemorySearchOptions(mode="exact"))
     assert [h.id for h in hits] == sorted(ref, key=lambda i: -ref[i])
     for hit in hits:
         assert hit.score == pytest.approx(ref[hit.id], abs=1e-5)
@@ -184,17 +185,29 @@ def test_approximate_search_recall_against_exact() -> None:
     for q in range(20):
         family = families[int(rng.integers(len(families)))]
         query = family + 0.05 * rng.standard_normal(family.shape).astype(np.float32)
-        exact = {h.id for h in store.search(query, k=10, mode="exact")}
-        approx = store.search(query, k=10, mode="approximate", filter={"g": {"$in": [0, 1, 2]}} if q % 2 else None)
+        exact = {h.id for h in store.search(query, k=10, options=MemorySearchOptions(mode="exact"))}
+        approx = store.search(
+            query,
+            k=10,
+            options=MemorySearchOptions(mode="approximate"),
+            filter={"g": {"$in": [0, 1, 2]}} if q % 2 else None,
+        )
         recalls.append(len(exact & {h.id for h in approx}) / 10)
-        exact_scores = {h.id: h.score for h in store.search(query, k=len(records), mode="exact")}
+        exact_scores = {
+            h.id: h.score for h in store.search(query, k=len(records), options=MemorySearchOptions(mode="exact"))
+        }
         for hit in approx:  # approximate hits carry exact MaxSim scores
             assert hit.score == pytest.approx(exact_scores[hit.id], abs=1e-4)
     assert np.mean(recalls) >= 0.95
     # The knob: with one probe and the minimum of candidates, recall drops; probing everything restores it.
     query = families[0] + 0.05 * rng.standard_normal(families[0].shape).astype(np.float32)
-    exact_top = [h.id for h in store.search(query, k=10, mode="exact")]
-    wide = [h.id for h in store.search(query, k=10, mode="approximate", n_probe=4096, n_candidates=2000)]
+    exact_top = [h.id for h in store.search(query, k=10, options=MemorySearchOptions(mode="exact"))]
+    wide = [
+        h.id
+        for h in store.search(
+            query, k=10, options=MemorySearchOptions(mode="approximate", n_probe=4096, n_candidates=2000)
+        )
+    ]
     assert wide == exact_top
 
 
@@ -216,7 +229,7 @@ def test_auto_mode_switches_on_size_once_the_background_index_is_ready() -> None
     query = _unit(np.random.default_rng(9), 3)
     assert store._resolve_mode(None) is SearchMode.EXACT and store.index_status == "none"
     store.add(_records(60, seed=2)[5:])
-    exact = store.search(query, k=5, mode="exact")
+    exact = store.search(query, k=5, options=MemorySearchOptions(mode="exact"))
     assert store.search(query, k=5) == exact  # served exactly while the index is fitted in the background
     assert store.index_status in ("building", "ready")
     assert store.wait_for_index(timeout=60) and store.index_status == "ready"
@@ -248,7 +261,7 @@ def test_searches_and_writes_go_on_while_the_index_is_fitted(monkeypatch: pytest
             build = pool.submit(store.build_index)
             assert started.wait(30)
             assert store.index_status == "none"
-            search = pool.submit(store.search, families[3], k=3, mode="exact")
+            search = pool.submit(store.search, families[3], k=3, options=MemorySearchOptions(mode="exact"))
             assert {int(h.id[1:]) // 10 for h in search.result(timeout=10)} == {3}  # not blocked by the fit
             store.add(records[200:])  # families 20..29 arrive while the centroids are being fitted
             store.delete(["d250", "d251"])
@@ -257,14 +270,14 @@ def test_searches_and_writes_go_on_while_the_index_is_fitted(monkeypatch: pytest
         build.result(timeout=60)
     assert store.index_status == "ready"
     assert len(store._ivf.codes) == store.n_tokens  # the tokens that arrived meanwhile were coded too
-    hits = store.search(families[25], k=5, mode="approximate")
+    hits = store.search(families[25], k=5, options=MemorySearchOptions(mode="approximate"))
     assert {int(h.id[1:]) // 10 for h in hits} == {25} and not {"d250", "d251"} & {h.id for h in hits}
 
 
 def test_searches_go_on_while_the_store_is_saved(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, store: InMemoryMultiVectorStore
 ) -> None:
-    import ragplug.retrievers.late_interaction.folder as folder
+    import ragplug.retrievers.late_interaction.stores.folder as folder
 
     started, release = _blocking(monkeypatch, folder, "_sha256")
     query = _unit(np.random.default_rng(4), 2)
@@ -285,25 +298,27 @@ def test_searches_go_on_while_the_store_is_saved(
 def test_n_candidates_per_search_is_used_as_given(
     monkeypatch: pytest.MonkeyPatch, store: InMemoryMultiVectorStore
 ) -> None:
-    import ragplug.retrievers.late_interaction.memory as memory
+    import ragplug.retrievers.late_interaction.twostage as twostage
 
     rescored: list[int] = []
-    real = memory.maxsim_subset
+    real = twostage.maxsim_subset
 
     def counting(query, vectors, starts, lengths, docs):  # type: ignore[no-untyped-def]
         rescored.append(len(docs))
         return real(query, vectors, starts, lengths, docs)
 
-    monkeypatch.setattr(memory, "maxsim_subset", counting)
+    monkeypatch.setattr(twostage, "maxsim_subset", counting)
     query = _unit(np.random.default_rng(4), 2)
-    store.search(query, k=2, mode="approximate", n_candidates=3)
-    store.search(query, k=2, mode="approximate")  # default: the store's setting (256), capped by the corpus
+    store.search(query, k=2, options=MemorySearchOptions(mode="approximate", n_candidates=3))
+    store.search(
+        query, k=2, options=MemorySearchOptions(mode="approximate")
+    )  # default: the store's setting (256), capped by the corpus
     assert rescored == [3, 30]
     with pytest.raises(InvalidInputError, match="at least k"):
-        store.search(query, k=5, mode="approximate", n_candidates=4)
+        store.search(query, k=5, options=MemorySearchOptions(mode="approximate", n_candidates=4))
     for bad in (0, -1, 2.5, True):
         with pytest.raises(InvalidInputError, match="n_probe"):
-            store.search(query, k=2, mode="approximate", n_probe=bad)
+            MemorySearchOptions(mode="approximate", n_probe=bad)
 
 
 def test_approximate_config_is_validated() -> None:
@@ -317,14 +332,15 @@ IDENTITY = EncoderIdentity("tiny", DIM, "abc123")
 
 
 def test_save_load_roundtrip(tmp_path: Path, store: InMemoryMultiVectorStore) -> None:
-    store.encoder = IDENTITY
+    store.bind_encoder(IDENTITY)
     store.build_index()
     store.save(tmp_path / "idx")
     loaded = InMemoryMultiVectorStore.load(tmp_path / "idx", encoder=IDENTITY)
     assert loaded.ids() == store.ids() and loaded.encoder == IDENTITY
     query = _unit(np.random.default_rng(3), 4)
     for mode in ("exact", "approximate"):
-        assert loaded.search(query, k=7, mode=mode) == store.search(query, k=7, mode=mode)
+        opts = MemorySearchOptions(mode=mode)
+        assert loaded.search(query, k=7, options=opts) == store.search(query, k=7, options=opts)
     # saving again replaces the data files and removes the old ones
     loaded.delete(["doc0"])
     loaded.save(tmp_path / "idx")
@@ -335,7 +351,7 @@ def test_save_load_roundtrip(tmp_path: Path, store: InMemoryMultiVectorStore) ->
 
 
 def test_load_refuses_other_encoder(tmp_path: Path, store: InMemoryMultiVectorStore) -> None:
-    store.encoder = IDENTITY
+    store.bind_encoder(IDENTITY)
     store.save(tmp_path / "idx")
     with pytest.raises(EncoderMismatchError, match="written by encoder 'tiny'"):
         InMemoryMultiVectorStore.load(tmp_path / "idx", encoder=EncoderIdentity("other", DIM, "zzz"))
@@ -467,17 +483,24 @@ def test_approximate_searches_use_the_old_index_while_it_is_refitted(monkeypatch
     assert {int(h.id[1:]) // 10 for h in store.search(families[17], k=3)} == {17}
 
 
-def test_upsert_replacing_other_records_is_one_step(store: InMemoryMultiVectorStore) -> None:
+def test_upsert_replaces_every_record_of_an_item_in_one_step(store: InMemoryMultiVectorStore) -> None:
+    rng = np.random.default_rng(1)
+    chunks = [Record(f"long#{n}", _unit(rng, 2), {"n": n}, parent_id="long") for n in range(3)]
+    store.add(chunks)
+    assert "long" in store and [r.id for r in store.get(["long"])] == ["long#0", "long#1", "long#2"]
     before = {r.id: r.vectors.copy() for r in store.records()}
-    bad = Record("new", np.full((1, DIM), np.nan, np.float32))
+    bad = Record("long#0", np.full((1, DIM), np.nan, np.float32), parent_id="long")
     with pytest.raises(InvalidInputError):
-        store.upsert([bad], replacing=["doc1", "doc2"])
-    with pytest.raises(UnknownIdError):
-        store.upsert([Record("new", _unit(np.random.default_rng(1), 2))], replacing=["doc1", "nope"])
+        store.upsert([bad])
     assert {r.id: r.vectors.tolist() for r in store.records()} == {k: v.tolist() for k, v in before.items()}
-    store.upsert(
-        [Record("doc3", _unit(np.random.default_rng(2), 2)), Record("new", _unit(np.random.default_rng(3), 1))],
-        replacing=["doc1", "doc2", "doc3"],
-    )
-    assert "doc1" not in store and "doc2" not in store and {"doc3", "new"} <= set(store.ids())
-    assert len(store) == 30 - 2 + 1
+    store.upsert([Record("long#0", _unit(rng, 1), parent_id="long"), Record("doc3", _unit(rng, 1))])
+    assert [r.id for r in store.get(["long"])] == ["long#0"]  # the item's old chunks went in the same step
+    assert len(store) == 30 + 1
+    store.upsert([Record("long", _unit(rng, 2))])  # a plain record replaces an item stored as chunks
+    assert [r.id for r in store.get(["long"])] == ["long"] and "long#0" not in store
+    with pytest.raises(DuplicateIdError, match=r"already stored: \['doc4'\]"):
+        store.add([Record("x#0", _unit(rng, 1), parent_id="doc4")])  # doc4 is a stored record
+    with pytest.raises(DuplicateIdError, match="already stored"):
+        store.add([Record("long#5", _unit(rng, 1), parent_id="long")])
+    store.delete(["long"])
+    assert "long" not in store

@@ -34,8 +34,7 @@ from ragplug.retrievers.colbert.checkpoint import (
     read_settings,
     resolve_checkpoint,
 )
-from ragplug.retrievers.late_interaction.base import EncoderIdentity, FloatMatrix, check_text
-from ragplug.retrievers.late_interaction.index import Chunk
+from ragplug.retrievers.late_interaction.base import Chunk, EncoderIdentity, FloatMatrix, check_text
 
 __all__ = ["DEFAULT_MODEL", "ColBERTEncoder"]
 

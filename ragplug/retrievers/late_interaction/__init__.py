@@ -6,29 +6,46 @@ ties the two together.
 """
 
 from ragplug.retrievers.late_interaction.base import (
+    Chunk,
+    Chunker,
     Encoder,
     EncoderIdentity,
     Hit,
     MultiVectorStore,
     Record,
+    SearchOptions,
 )
-from ragplug.retrievers.late_interaction.filters import Filter, compile_filter
+from ragplug.retrievers.late_interaction.filters import Filter, FilterNode, compile_filter, parse_filter
 from ragplug.retrievers.late_interaction.index import LateInteractionIndex
 from ragplug.retrievers.late_interaction.ivf import ApproximateConfig
-from ragplug.retrievers.late_interaction.memory import InMemoryMultiVectorStore, SearchMode
 from ragplug.retrievers.late_interaction.rerank import rerank
+from ragplug.retrievers.late_interaction.stores import create_store, load_store, register_store
+from ragplug.retrievers.late_interaction.stores.memory import (
+    InMemoryMultiVectorStore,
+    MemorySearchOptions,
+    SearchMode,
+)
 
 __all__ = [
     "ApproximateConfig",
+    "Chunk",
+    "Chunker",
     "Encoder",
     "EncoderIdentity",
     "Filter",
+    "FilterNode",
     "Hit",
     "InMemoryMultiVectorStore",
     "LateInteractionIndex",
+    "MemorySearchOptions",
     "MultiVectorStore",
     "Record",
     "SearchMode",
+    "SearchOptions",
     "compile_filter",
+    "create_store",
+    "load_store",
+    "parse_filter",
+    "register_store",
     "rerank",
 ]

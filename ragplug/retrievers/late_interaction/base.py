@@ -7,27 +7,35 @@ keeps those matrices by id with metadata and scores a query matrix against them 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
-from ragplug.errors import DuplicateIdError, InvalidInputError
-from ragplug.retrievers.late_interaction.filters import Filter
+from ragplug.errors import DuplicateIdError, EncoderMismatchError, InvalidInputError
+from ragplug.retrievers.late_interaction.filters import Filter, FilterNode
+
+_Options = TypeVar("_Options", bound="SearchOptions")
 
 __all__ = [
     "SCORE_KEY",
+    "Chunk",
+    "Chunker",
     "Encoder",
     "EncoderIdentity",
     "Hit",
     "MultiVectorStore",
     "Record",
+    "SearchOptions",
+    "ThreadedAsync",
     "as_matrix",
+    "check_encoder",
     "check_ids",
     "check_k",
     "check_metadata",
@@ -84,12 +92,23 @@ class Encoder(Protocol):
 
 @dataclass
 class Record:
-    """One stored item: its id, multi-vector, metadata and (optionally) its text."""
+    """One stored record: its id, multi-vector, metadata and (optionally) its text.
+
+    A long item split into chunks is stored as one record per chunk, each with the item's id as
+    ``parent_id``; stores expand a parent id in ``get`` and ``delete`` and replace all of an item's
+    records in ``upsert``.
+    """
 
     id: str
     vectors: FloatMatrix
     metadata: dict[str, Any] = field(default_factory=dict)
     text: str | None = None
+    parent_id: str | None = None
+
+    @property
+    def item_id(self) -> str:
+        """The id of the item this record belongs to: its parent's, or its own."""
+        return self.parent_id if self.parent_id is not None else self.id
 
 
 @dataclass(frozen=True)
@@ -100,19 +119,63 @@ class Hit:
     score: float
     metadata: dict[str, Any]
     text: str | None = None
+    parent_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One piece of a split item: what to encode, its text, and where it starts in the original."""
+
+    item: Any
+    text: str | None
+    start: int = 0
+
+
+Chunker = Callable[[Any], list[Chunk]]
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """Per-search settings of a store; each store declares its own subclass as ``search_options``.
+
+    Fields are checked at construction; :meth:`from_kwargs` turns keyword arguments (a retriever's
+    ``search_kwargs``) into options, refusing names the store does not take.
+    """
+
+    @classmethod
+    def from_kwargs(cls: type[_Options], **kwargs: Any) -> _Options:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            msg = f"unknown search options {unknown}; this store takes {sorted(names)}"
+            raise InvalidInputError(msg)
+        return cls(**kwargs)
 
 
 @runtime_checkable
 class MultiVectorStore(Protocol):
     """Storage and MaxSim search for multi-vectors, keyed by string ids.
 
-    ``add`` refuses ids that exist (:class:`~ragplug.errors.DuplicateIdError`); ``upsert`` replaces them;
-    ``delete`` and ``get`` raise :class:`~ragplug.errors.UnknownIdError` for unknown ids. A call that
-    raises changes nothing.
+    Ids name records; an item split into chunks is also addressable by its id (the chunks'
+    ``parent_id``). ``add`` refuses an id or item that exists (:class:`~ragplug.errors.DuplicateIdError`);
+    ``upsert`` replaces every record of the items it is given; ``delete`` and ``get`` expand item ids
+    to their chunks and raise :class:`~ragplug.errors.UnknownIdError` for unknown ids. A record may never
+    silently replace another item's record. A call that raises changes nothing.
+
+    ``encoder`` is the identity of the encoder the stored vectors came from (``None`` until known);
+    ``bind_encoder`` records it, or raises :class:`~ragplug.errors.EncoderMismatchError` when it differs.
+    Every method has an ``a``-prefixed async twin; in-process stores run the sync body in a thread.
     """
+
+    search_options: ClassVar[type[SearchOptions]]
 
     @property
     def dim(self) -> int | None: ...
+
+    @property
+    def encoder(self) -> EncoderIdentity | None: ...
+
+    def bind_encoder(self, identity: EncoderIdentity) -> None: ...
 
     def __len__(self) -> int: ...
 
@@ -120,17 +183,88 @@ class MultiVectorStore(Protocol):
 
     def ids(self) -> list[str]: ...
 
-    def metadata(self) -> list[tuple[str, dict[str, Any]]]: ...
-
     def add(self, records: Sequence[Record]) -> None: ...
 
-    def upsert(self, records: Sequence[Record], *, replacing: Sequence[str] = ()) -> None: ...
+    def upsert(self, records: Sequence[Record]) -> None: ...
 
     def delete(self, ids: Sequence[str]) -> None: ...
 
     def get(self, ids: Sequence[str]) -> list[Record]: ...
 
-    def search(self, query: FloatMatrix, *, k: int = 10, filter: Filter | None = None) -> list[Hit]: ...
+    def search(
+        self,
+        query: FloatMatrix,
+        *,
+        k: int = 10,
+        filter: FilterNode | Filter | None = None,
+        options: SearchOptions | None = None,
+    ) -> list[Hit]: ...
+
+    def search_batch(
+        self,
+        queries: Sequence[FloatMatrix],
+        *,
+        k: int = 10,
+        filter: FilterNode | Filter | None = None,
+        options: SearchOptions | None = None,
+    ) -> list[list[Hit]]: ...
+
+    async def aadd(self, records: Sequence[Record]) -> None: ...
+
+    async def aupsert(self, records: Sequence[Record]) -> None: ...
+
+    async def adelete(self, ids: Sequence[str]) -> None: ...
+
+    async def aget(self, ids: Sequence[str]) -> list[Record]: ...
+
+    async def asearch_batch(
+        self,
+        queries: Sequence[FloatMatrix],
+        *,
+        k: int = 10,
+        filter: FilterNode | Filter | None = None,
+        options: SearchOptions | None = None,
+    ) -> list[list[Hit]]: ...
+
+
+class ThreadedAsync:
+    """Async twins for an in-process store: each runs the sync method in a worker thread."""
+
+    async def aadd(self, records: Sequence[Record]) -> None:
+        await asyncio.to_thread(self.add, records)  # type: ignore[attr-defined]
+
+    async def aupsert(self, records: Sequence[Record]) -> None:
+        await asyncio.to_thread(self.upsert, records)  # type: ignore[attr-defined]
+
+    async def adelete(self, ids: Sequence[str]) -> None:
+        await asyncio.to_thread(self.delete, ids)  # type: ignore[attr-defined]
+
+    async def aget(self, ids: Sequence[str]) -> list[Record]:
+        return await asyncio.to_thread(self.get, ids)  # type: ignore[attr-defined]
+
+    async def asearch_batch(
+        self,
+        queries: Sequence[FloatMatrix],
+        *,
+        k: int = 10,
+        filter: FilterNode | Filter | None = None,
+        options: SearchOptions | None = None,
+    ) -> list[list[Hit]]:
+        search = self.search_batch  # type: ignore[attr-defined]
+        return await asyncio.to_thread(search, queries, k=k, filter=filter, options=options)
+
+
+def check_encoder(stored: EncoderIdentity | None, given: EncoderIdentity, where: str) -> None:
+    """Refuse vectors of one encoder in a store (or saved index) written by another."""
+    if stored is None:
+        return
+    if (stored.dim, stored.fingerprint) != (given.dim, given.fingerprint):
+        msg = (
+            f"{where} was written by encoder {stored.name!r} (dim {stored.dim}, fingerprint {stored.fingerprint}), "
+            f"not by {given.name!r} (dim {given.dim}, fingerprint {given.fingerprint}); "
+            "re-index with this encoder or use the other one"
+        )
+        raise EncoderMismatchError(msg)
 
 
 def as_matrix(vectors: Any, dim: int | None, what: str) -> FloatMatrix:

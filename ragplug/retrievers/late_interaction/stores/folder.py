@@ -50,7 +50,7 @@ try:
 except ImportError:  # pragma: no cover - Windows: readers fall back to retrying
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["MANIFEST", "read_folder", "safetensors_views", "write_folder"]
+__all__ = ["MANIFEST", "manifest_format", "read_folder", "safetensors_views", "write_folder"]
 
 MANIFEST = "manifest.json"
 _WRITE_LOCK = ".ragplug-write.lock"
@@ -234,6 +234,11 @@ def read_folder(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str,
         previous = manifest
     msg = f"{folder}: data file {missing} named by the manifest is missing"
     raise StoreCorruptedError(msg)
+
+
+def manifest_format(path: str | os.PathLike[str]) -> Any:
+    """The ``format`` field of the manifest in ``path`` (which store wrote it)."""
+    return _read_manifest(Path(path)).get("format")
 
 
 def _read_manifest(folder: Path) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -38,19 +39,22 @@ from ragplug.retrievers.late_interaction.base import (
     FloatMatrix,
     Hit,
     Record,
+    SearchOptions,
+    ThreadedAsync,
     as_matrix,
+    check_encoder,
     check_ids,
     check_k,
     check_metadata,
     check_text,
     copy_metadata,
 )
-from ragplug.retrievers.late_interaction.filters import Filter, compile_filter
-from ragplug.retrievers.late_interaction.folder import MANIFEST, read_folder, safetensors_views, write_folder
+from ragplug.retrievers.late_interaction.filters import Filter, FilterNode, parse_filter, to_predicate
 from ragplug.retrievers.late_interaction.ivf import ApproximateConfig, CentroidIndex
-from ragplug.retrievers.late_interaction.maxsim import maxsim_all, maxsim_subset
+from ragplug.retrievers.late_interaction.stores.folder import MANIFEST, read_folder, safetensors_views, write_folder
+from ragplug.retrievers.late_interaction.twostage import top_k_exact
 
-__all__ = ["FORMAT_VERSION", "InMemoryMultiVectorStore", "SearchMode"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "InMemoryMultiVectorStore", "MemorySearchOptions", "SearchMode"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +82,45 @@ def _search_mode(mode: SearchMode | str) -> SearchMode:
         raise InvalidInputError(msg) from None
 
 
-class InMemoryMultiVectorStore:
+@dataclass(frozen=True)
+class MemorySearchOptions(SearchOptions):
+    """Per-search settings of :class:`InMemoryMultiVectorStore` (``None``: the store's own setting)."""
+
+    mode: SearchMode | str | None = None
+    n_probe: int | None = None
+    n_candidates: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode is not None:
+            object.__setattr__(self, "mode", _search_mode(self.mode))
+        for name in ("n_probe", "n_candidates"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                msg = f"{name} must be a positive integer, got {value!r}"
+                raise InvalidInputError(msg)
+
+
+def _options(options: MemorySearchOptions | None) -> MemorySearchOptions:
+    if options is None:
+        return _DEFAULT_OPTIONS
+    if not isinstance(options, MemorySearchOptions):
+        msg = f"options must be MemorySearchOptions, got {type(options).__name__}"
+        raise InvalidInputError(msg)
+    return options
+
+
+def _children_of(ids: list[str], parents: list[str | None]) -> dict[str, list[str]]:
+    children: dict[str, list[str]] = {}
+    for id_, parent in zip(ids, parents, strict=True):
+        if parent is not None:
+            children.setdefault(parent, []).append(id_)
+    return children
+
+
+_DEFAULT_OPTIONS = MemorySearchOptions()
+
+
+class InMemoryMultiVectorStore(ThreadedAsync):
     """A :class:`~ragplug.retrievers.late_interaction.base.MultiVectorStore` held in memory.
 
     >>> import numpy as np
@@ -101,7 +143,7 @@ class InMemoryMultiVectorStore:
             msg = f"dim={dim} disagrees with the encoder's dimension {encoder.dim}"
             raise InvalidInputError(msg)
         self._dim = dim if dim is not None else (encoder.dim if encoder else None)
-        self.encoder = encoder
+        self._encoder = encoder
         self.mode = _search_mode(mode)
         self.approximate = approximate or ApproximateConfig()
         self.approximate_min_tokens = approximate_min_tokens
@@ -113,6 +155,8 @@ class InMemoryMultiVectorStore:
         self._row: dict[str, int] = {}
         self._metadata: list[dict[str, Any]] = []
         self._texts: list[str | None] = []
+        self._parents: list[str | None] = []
+        self._children: dict[str, list[str]] = {}  # parent id -> its chunks' ids, in insertion order
         self._ivf: CentroidIndex | None = None
         self._lock = threading.RLock()  # guards the fields above; held briefly, never while scoring or fitting
         self._removals = 0  # bumped by every delete, so an index fitted meanwhile knows its codes are stale
@@ -120,10 +164,28 @@ class InMemoryMultiVectorStore:
         self._save_lock = threading.Lock()  # one save at a time
         self._builder: threading.Thread | None = None
 
+    search_options = MemorySearchOptions
+
     # -- introspection --------------------------------------------------------------------------------
     @property
     def dim(self) -> int | None:
         return self._dim
+
+    @property
+    def encoder(self) -> EncoderIdentity | None:
+        return self._encoder
+
+    def bind_encoder(self, identity: EncoderIdentity) -> None:
+        """Record the encoder of the stored vectors; refuse another one."""
+        with self._lock:
+            check_encoder(self._encoder, identity, "this store")
+            if self._dim is not None and self._dim != identity.dim:
+                msg = f"the store holds {self._dim}-dim vectors; encoder {identity.name!r} makes {identity.dim}-dim"
+                raise EncoderMismatchError(msg)
+            self._encoder = identity
+            self._dim = identity.dim
+            if not self._n_tokens:
+                self._vectors = np.empty((0, self._dim), dtype=np.float32)
 
     @property
     def n_tokens(self) -> int:
@@ -133,7 +195,8 @@ class InMemoryMultiVectorStore:
         return len(self._ids)
 
     def __contains__(self, id: object) -> bool:
-        return id in self._row
+        """True for a record id and for the id of an item stored as chunks."""
+        return id in self._row or id in self._children
 
     def ids(self) -> list[str]:
         return list(self._ids)
@@ -151,14 +214,28 @@ class InMemoryMultiVectorStore:
     def _record(self, row: int) -> Record:
         lo = int(self._starts[row])
         vectors = self._vectors[lo : lo + int(self._lengths[row])].copy()
-        return Record(self._ids[row], vectors, copy_metadata(self._metadata[row]), self._texts[row])
+        metadata = copy_metadata(self._metadata[row])
+        return Record(self._ids[row], vectors, metadata, self._texts[row], self._parents[row])
 
     # -- writes ---------------------------------------------------------------------------------------
     def _validate(self, records: Sequence[Record]) -> tuple[list[FloatMatrix], list[dict[str, Any]]]:
+        if isinstance(records, Record) or not isinstance(records, Sequence):
+            msg = f"records must be a list of Record, got {type(records).__name__}"
+            raise InvalidInputError(msg)
         if not records:
             msg = "no records given"
             raise InvalidInputError(msg)
+        for record in records:
+            if not isinstance(record, Record):
+                msg = f"records must be Record objects, got {type(record).__name__}"
+                raise InvalidInputError(msg)
         check_ids([r.id for r in records])
+        for record in records:
+            if record.parent_id is not None:
+                check_ids([record.parent_id], f"parent_id of {record.id!r}")
+                if record.parent_id == record.id:
+                    msg = f"record {record.id!r} names itself as its parent"
+                    raise InvalidInputError(msg)
         dim = self._dim
         matrices = []
         for record in records:
@@ -172,42 +249,61 @@ class InMemoryMultiVectorStore:
         return matrices, metadatas
 
     def add(self, records: Sequence[Record]) -> None:
-        """Add new records; raises :class:`DuplicateIdError` (and adds nothing) if an id exists."""
+        """Add new records; an id or item that exists raises :class:`DuplicateIdError` and adds nothing."""
         with self._lock:
             matrices, metadatas = self._validate(records)
-            existing = [r.id for r in records if r.id in self._row]
-            if existing:
-                msg = f"ids already in the store: {existing[:10]}; use upsert to replace them"
+            taken = sorted({r.id for r in records if r.id in self} | {r.item_id for r in records if r.item_id in self})
+            if taken:
+                msg = f"ids already stored: {taken[:10]}; use upsert to replace them"
                 raise DuplicateIdError(msg)
             self._append(records, matrices, metadatas)
 
-    def upsert(self, records: Sequence[Record], *, replacing: Sequence[str] = ()) -> None:
-        """Add records, replacing those whose id exists, in one step.
+    def upsert(self, records: Sequence[Record]) -> None:
+        """Add records, replacing in the same step every stored record of the items they belong to.
 
-        ``replacing`` names more records to remove in that same step (each must exist, else
-        :class:`UnknownIdError` and nothing changes): a document whose chunks are being replaced by others.
+        An item is a record's ``parent_id`` (the chunks of a split item) or its own id. A record whose id
+        belongs to another stored item (say ``"doc#0"``, a chunk of ``"doc"``) is a
+        :class:`DuplicateIdError`: an upsert never replaces what it was not asked to.
         """
         with self._lock:
             matrices, metadatas = self._validate(records)
-            gone = set(self._known(replacing)) if replacing else set()
-            gone.update(r.id for r in records if r.id in self._row)
+            items = {r.item_id for r in records}
+            foreign = sorted(i for i in items if i in self._row and self._parents[self._row[i]] not in (None, i))
+            if foreign:
+                owner = self._parents[self._row[foreign[0]]]
+                msg = f"id {foreign[0]!r} is a chunk of item {owner!r}; upsert or delete {owner!r} instead"
+                raise DuplicateIdError(msg)
+            gone = self._expand([i for i in items if i in self])
+            clash = sorted(r.id for r in records if r.id in self._row and r.id not in gone)
+            if clash:
+                owners = {c: self._parents[self._row[c]] or c for c in clash}
+                msg = f"ids {clash[:5]} belong to other stored items {sorted(set(owners.values()))[:5]}; not replaced"
+                raise DuplicateIdError(msg)
             if gone:
-                self._remove(list(gone))
+                self._remove(gone)
             self._append(records, matrices, metadatas)
 
     def delete(self, ids: Sequence[str]) -> None:
-        """Delete records by id; raises :class:`UnknownIdError` (and deletes nothing) if one is missing."""
+        """Delete records or whole items by id; an unknown id raises :class:`UnknownIdError` and deletes nothing."""
         with self._lock:
-            self._remove(self._known(ids))
+            self._remove(self._expand(self._known(ids)))
 
     def get(self, ids: Sequence[str]) -> list[Record]:
-        """Records by id, in the order asked; raises :class:`UnknownIdError` for a missing id."""
+        """Records by id, in the order asked (an item id gives its chunks); an unknown id raises
+        :class:`UnknownIdError`."""
         with self._lock:
-            return [self._record(self._row[i]) for i in self._known(ids)]
+            return [self._record(self._row[i]) for i in self._expand(self._known(ids), unique=False)]
+
+    def _expand(self, ids: Sequence[str], *, unique: bool = True) -> list[str]:
+        """Record ids for ids of records or items (an item's chunks in their order)."""
+        out: list[str] = []
+        for id_ in ids:
+            out.extend(self._children.get(id_, [id_]))
+        return list(dict.fromkeys(out)) if unique else out
 
     def _known(self, ids: Sequence[str]) -> list[str]:
         ids = check_ids(ids)
-        missing = [i for i in ids if i not in self._row]
+        missing = [i for i in ids if i not in self]
         if missing:
             msg = f"unknown ids: {missing[:10]}"
             raise UnknownIdError(msg)
@@ -233,6 +329,9 @@ class InMemoryMultiVectorStore:
             self._ids.append(record.id)
             self._metadata.append(metadata)
             self._texts.append(record.text)
+            self._parents.append(record.parent_id)
+            if record.parent_id is not None:
+                self._children.setdefault(record.parent_id, []).append(record.id)
         if self._ivf is not None:
             self._ivf.append(new)
 
@@ -249,7 +348,9 @@ class InMemoryMultiVectorStore:
         self._ids = [self._ids[r] for r in keep_rows]
         self._metadata = [self._metadata[r] for r in keep_rows]
         self._texts = [self._texts[r] for r in keep_rows]
+        self._parents = [self._parents[r] for r in keep_rows]
         self._row = {id_: row for row, id_ in enumerate(self._ids)}
+        self._children = _children_of(self._ids, self._parents)
         if self._ivf is not None:
             if self._n_tokens:
                 self._ivf.keep(keep_tokens)
@@ -343,71 +444,74 @@ class InMemoryMultiVectorStore:
         query: FloatMatrix,
         *,
         k: int = 10,
-        filter: Filter | None = None,
-        mode: SearchMode | str | None = None,
-        n_probe: int | None = None,
-        n_candidates: int | None = None,
+        filter: FilterNode | Filter | None = None,
+        options: MemorySearchOptions | None = None,
     ) -> list[Hit]:
-        """The ``k`` best records for ``query`` by MaxSim, best first, among those matching ``filter``.
+        """The ``k`` best records for ``query`` by MaxSim, best first, among those matching ``filter``."""
+        return self.search_batch([query], k=k, filter=filter, options=options)[0]
+
+    def search_batch(
+        self,
+        queries: Sequence[FloatMatrix],
+        *,
+        k: int = 10,
+        filter: FilterNode | Filter | None = None,
+        options: MemorySearchOptions | None = None,
+    ) -> list[list[Hit]]:
+        """One result list per query (the filter is evaluated once for all of them).
 
         Approximate search re-scores ``n_candidates`` documents exactly (default: the store's setting, at
-        least ``4 * k``; a value given here is used as is and must be at least ``k``). Scoring runs on a
-        snapshot of the store, outside its lock: concurrent searches run in parallel, and writes wait only
-        for the snapshot to be taken.
+        least ``4 * k``; a value given in ``options`` is used as is and must be at least ``k``). Scoring runs
+        on a snapshot of the store, outside its lock: concurrent searches run in parallel, and writes wait
+        only for the snapshot to be taken.
         """
         k = check_k(k)
-        for name, value in (("n_probe", n_probe), ("n_candidates", n_candidates)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-                msg = f"{name} must be a positive integer, got {value!r}"
-                raise InvalidInputError(msg)
-        if n_candidates is not None and n_candidates < k:
-            msg = f"n_candidates ({n_candidates}) must be at least k ({k})"
+        node = parse_filter(filter)
+        options = _options(options)
+        if options.n_candidates is not None and options.n_candidates < k:
+            msg = f"n_candidates ({options.n_candidates}) must be at least k ({k})"
             raise InvalidInputError(msg)
-        predicate = compile_filter(filter)
+        if isinstance(queries, np.ndarray) and queries.ndim == 2:
+            msg = "search_batch takes a list of query matrices; use search for one"
+            raise InvalidInputError(msg)
         with self._lock:
             if not self._ids:
-                return []
-            query = as_matrix(query, self._dim, "query")
-            chosen = self._resolve_mode(mode)
+                return [[] for _ in queries]
+            matrices = [as_matrix(q, self._dim, f"query {i}") for i, q in enumerate(queries)]
+            chosen = self._resolve_mode(options.mode)
             missing = chosen is SearchMode.APPROXIMATE and self._ivf is None
         if missing:
             self._build(refit=False)  # the first approximate search fits the index (not under the store lock)
         with self._lock:  # a consistent snapshot: writers replace these arrays and lists, or append past them
             n = len(self._ids)
-            if not n:
-                return []
-            ids, metadata, texts = self._ids, self._metadata, self._texts
+            ids, metadata, texts, parents = self._ids, self._metadata, self._texts, self._parents
             vectors, starts, lengths = self._vectors[: self._n_tokens], self._starts, self._lengths
             frozen = self._ivf.frozen(lengths) if chosen is SearchMode.APPROXIMATE and self._ivf else None
             settings = self.approximate
+        if not n:
+            return [[] for _ in queries]
         allowed = None
-        if filter is not None:
+        if node is not None:
+            predicate = to_predicate(node)
             allowed = np.fromiter((predicate(metadata[i]) for i in range(n)), dtype=bool, count=n)
             if not allowed.any():
-                return []
-        if frozen is not None:
-            approx = frozen.approximate_scores(query, n_probe or settings.n_probe)
-            if allowed is not None:
-                approx[~allowed] = -np.inf
-            n_cand = n_candidates if n_candidates is not None else max(settings.n_candidates, 4 * k)
-            n_cand = min(n_cand, n if allowed is None else int(allowed.sum()))
-            docs = np.argpartition(-approx, n_cand - 1)[:n_cand]
-            scores = maxsim_subset(query, vectors, starts, lengths, docs)
-        elif allowed is not None and allowed.mean() < 0.5:
-            docs = np.flatnonzero(allowed)
-            scores = maxsim_subset(query, vectors, starts, lengths, docs)
-        else:
-            scores = maxsim_all(query, vectors, starts, lengths)
-            docs = np.arange(len(scores))
-            if allowed is not None:
-                scores = scores.copy()
-                scores[~allowed] = -np.inf
-                docs, scores = docs[allowed], scores[allowed]
-        top = np.argsort(-scores, kind="stable")[:k]
-        return [
-            Hit(ids[d], float(scores[t]), copy_metadata(metadata[d]), texts[d])
-            for t, d in ((t, int(docs[t])) for t in top)
-        ]
+                return [[] for _ in queries]
+        results = []
+        for query in matrices:
+            if frozen is not None:
+                approx = frozen.approximate_scores(query, options.n_probe or settings.n_probe)
+                if allowed is not None:
+                    approx[~allowed] = -np.inf
+                n_cand = options.n_candidates or max(settings.n_candidates, 4 * k)
+                n_cand = min(n_cand, n if allowed is None else int(allowed.sum()))
+                candidates = np.argpartition(-approx, n_cand - 1)[:n_cand]
+                top = top_k_exact(query, vectors, starts, lengths, k, candidates=candidates)
+            elif allowed is not None and allowed.mean() < 0.5:
+                top = top_k_exact(query, vectors, starts, lengths, k, candidates=np.flatnonzero(allowed))
+            else:
+                top = top_k_exact(query, vectors, starts, lengths, k, mask=allowed)
+            results.append([Hit(ids[d], s, copy_metadata(metadata[d]), texts[d], parents[d]) for d, s in top])
+        return results
 
     # -- persistence ----------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -431,12 +535,17 @@ class InMemoryMultiVectorStore:
                 }
                 if self._ivf is not None:
                     tensors["ivf"] = {"centroids": self._ivf.centroids, "codes": self._ivf.codes}
-                records = {"ids": list(self._ids), "metadata": list(self._metadata), "texts": list(self._texts)}
+                records = {
+                    "ids": list(self._ids),
+                    "metadata": list(self._metadata),
+                    "texts": list(self._texts),
+                    "parents": list(self._parents),
+                }
                 header = {
                     "format": FORMAT_NAME,
                     "format_version": FORMAT_VERSION,
                     "dim": self._dim,
-                    "encoder": self.encoder.to_dict() if self.encoder else None,
+                    "encoder": self._encoder.to_dict() if self._encoder else None,
                     "n_records": len(self._ids),
                     "n_tokens": self._n_tokens,
                     "mode": self.mode.value,
@@ -452,7 +561,10 @@ class InMemoryMultiVectorStore:
         manifest, data = read_folder(folder)
         header = _Header.parse(folder, manifest)
         if encoder is not None:
-            header.check_encoder(folder, encoder)
+            if header.encoder is None:
+                msg = f"{folder} does not record which encoder wrote it; cannot check it against {encoder.name!r}"
+                raise EncoderMismatchError(msg)
+            check_encoder(header.encoder, encoder, str(folder))
         if set(data) - {"ivf"} != {"vectors", "records"}:
             msg = f"{folder}: the manifest names data files {sorted(data)}, expected vectors, records (and ivf)"
             raise StoreCorruptedError(msg)
@@ -462,9 +574,12 @@ class InMemoryMultiVectorStore:
             ivf = safetensors_views(data["ivf"]) if "ivf" in data else None
             vectors, starts, lengths = tensors["vectors"], tensors["starts"], tensors["lengths"]
             ids, metadata, texts = records["ids"], records["metadata"], records["texts"]
+            # stores saved before parents were recorded kept them only in the chunks' metadata
+            parents = records.get("parents") or [_parent_in(m) for m in metadata]
         except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as err:
             msg = f"{folder}: cannot read the store's data files: {err}"
             raise StoreCorruptedError(msg) from err
+        ids_set = set(ids) if isinstance(ids, list) and all(isinstance(i, str) for i in ids) else set()
         consistent = (
             vectors.ndim == 2
             and vectors.shape[1] == header.dim
@@ -480,6 +595,9 @@ class InMemoryMultiVectorStore:
             and len(set(ids)) == len(ids)
             and all(isinstance(m, dict) for m in metadata)
             and all(t is None or isinstance(t, str) for t in texts)
+            and isinstance(parents, list)
+            and len(parents) == len(ids)
+            and all(p is None or (isinstance(p, str) and p and p not in ids_set) for p in parents)
         )
         if not consistent:
             msg = f"{folder}: the store's data files are inconsistent with each other or with the manifest"
@@ -499,9 +617,16 @@ class InMemoryMultiVectorStore:
         store._row = {id_: row for row, id_ in enumerate(ids)}
         store._metadata = list(metadata)
         store._texts = list(texts)
+        store._parents = list(parents)
+        store._children = _children_of(store._ids, store._parents)
         if ivf is not None and _valid_ivf(ivf, len(vectors), header.dim):
             store._ivf = CentroidIndex(ivf["centroids"], ivf["codes"])
         return store
+
+
+def _parent_in(metadata: Any) -> str | None:
+    parent = metadata.get("parent_id") if isinstance(metadata, dict) else None
+    return parent if isinstance(parent, str) and parent else None
 
 
 def _valid_ivf(ivf: dict[str, np.ndarray[Any, Any]], n_tokens: int, dim: int) -> bool:
@@ -574,16 +699,3 @@ class _Header:
             approximate=parsed("approximate", lambda v: ApproximateConfig(**v), {}),
             approximate_min_tokens=integer("approximate_min_tokens", 0, 200_000),
         )
-
-    def check_encoder(self, folder: Path, encoder: EncoderIdentity) -> None:
-        stored = self.encoder
-        if stored is None:
-            msg = f"{folder} does not record which encoder wrote it; cannot check it against {encoder.name!r}"
-            raise EncoderMismatchError(msg)
-        if (stored.dim, stored.fingerprint) != (encoder.dim, encoder.fingerprint):
-            msg = (
-                f"{folder} was written by encoder {stored.name!r} (dim {stored.dim}, "
-                f"fingerprint {stored.fingerprint}), not by {encoder.name!r} (dim {encoder.dim}, "
-                f"fingerprint {encoder.fingerprint}); re-index with this encoder or load it with the other one"
-            )
-            raise EncoderMismatchError(msg)
