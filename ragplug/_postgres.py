@@ -163,14 +163,22 @@ class Connector:
             msg = f"lost or could not open a connection to {self.description}: {err}"
             raise StoreError(msg) from err
 
+    def _check_reachable(self) -> None:
+        """One direct connection first: an unreachable server fails fast, with the driver's own reason."""
+        psycopg = require("psycopg", "postgres")
+        try:
+            psycopg.connect(self._dsn, connect_timeout=10).close()
+        except psycopg.OperationalError as err:
+            msg = f"cannot connect to {self.description}: {redact(str(err)).strip()}"
+            raise StoreError(msg) from None
+
     def _open_pool(self) -> None:
         pool_mod = require("psycopg_pool", "postgres")
         with self._lock:
             if self._pool is not None:
                 return
-            pool = pool_mod.ConnectionPool(
-                self._dsn, min_size=1, max_size=self._pool_size, open=False, timeout=15
-            )
+            self._check_reachable()
+            pool = pool_mod.ConnectionPool(self._dsn, min_size=1, max_size=self._pool_size, open=False, timeout=15)
             try:
                 pool.open(wait=True, timeout=15)
             except pool_mod.PoolTimeout as err:
@@ -207,9 +215,8 @@ class Connector:
         pool_mod = require("psycopg_pool", "postgres")
         if self._apool is not None:
             return
-        pool = pool_mod.AsyncConnectionPool(
-            self._dsn, min_size=1, max_size=self._pool_size, open=False, timeout=15
-        )
+        await asyncio.to_thread(self._check_reachable)
+        pool = pool_mod.AsyncConnectionPool(self._dsn, min_size=1, max_size=self._pool_size, open=False, timeout=15)
         try:
             await pool.open(wait=True, timeout=15)
         except pool_mod.PoolTimeout as err:

@@ -198,36 +198,35 @@ class PgVectorStore:
 
     # -- the collection -------------------------------------------------------------------------------
     def _collection(self, *, create_dim: int | None = None, encoder: EncoderIdentity | None = None) -> Op:
-        """Step: this collection's row (locked when writing); created when ``create_dim`` is given."""
-        lock = sql.SQL(" FOR UPDATE") if create_dim is not None else sql.SQL("")
-        row = yield Query(
-            sql.SQL("SELECT dim, encoder, fde FROM {} WHERE name = %s{}").format(self._t["collections"], lock),
-            [self.collection],
-            "one",
+        """Step: this collection's row (share-locked when writing, so it cannot be dropped meanwhile); created,
+        with its HNSW index, when ``create_dim`` is given and it does not exist (creators wait for each other)."""
+        select = sql.SQL("SELECT dim, encoder, fde FROM {} WHERE name = %s{}").format(
+            self._t["collections"], sql.SQL(" FOR SHARE") if create_dim is not None else sql.SQL("")
         )
+        row = yield Query(select, [self.collection], "one")
         if row is None and create_dim is not None:
             yield Query(
-                sql.SQL(
-                    "INSERT INTO {} (name, dim, encoder, fde) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING"
-                ).format(self._t["collections"]),
-                [
-                    self.collection,
-                    create_dim,
-                    Jsonb(encoder.to_dict()) if encoder else None,
-                    Jsonb(self.fde_config.to_dict()),
-                ],
-            )
-            yield Query(
-                sql.SQL("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"), [f"ragplug.index:{self.collection}"]
-            )
-            yield from ddl.create_collection_index(
-                self.schema, self.collection, self.fde_config.dim, self.hnsw.m, self.hnsw.ef_construction
-            )
-            row = yield Query(
-                sql.SQL("SELECT dim, encoder, fde FROM {} WHERE name = %s FOR UPDATE").format(self._t["collections"]),
-                [self.collection],
+                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                [f"ragplug.collection:{self.collection}"],
                 "one",
             )
+            row = yield Query(select, [self.collection], "one")
+            if row is None:
+                yield Query(
+                    sql.SQL("INSERT INTO {} (name, dim, encoder, fde) VALUES (%s, %s, %s, %s)").format(
+                        self._t["collections"]
+                    ),
+                    [
+                        self.collection,
+                        create_dim,
+                        Jsonb(encoder.to_dict()) if encoder else None,
+                        Jsonb(self.fde_config.to_dict()),
+                    ],
+                )
+                yield from ddl.create_collection_index(
+                    self.schema, self.collection, self.fde_config.dim, self.hnsw.m, self.hnsw.ef_construction
+                )
+                row = yield Query(select, [self.collection], "one")
         if row is None:
             if self._info is not None:
                 msg = f"collection {self.collection!r} was dropped (by another client?) while this store was using it"
