@@ -43,3 +43,13 @@ def load_index(
     encoder = make_encoder(model, encoder_kwargs)
     chunker = encoder.chunker() if hasattr(encoder, "chunker") else None
     return LateInteractionIndex.load(path, encoder, chunker=chunker)
+
+
+def open_index(
+    store: MultiVectorStore, model: str | Path | Encoder, encoder_kwargs: dict[str, Any] | None
+) -> LateInteractionIndex:
+    """An index over a store that already holds vectors (a Postgres collection, say), with its encoder;
+    refuses a store written by another encoder."""
+    encoder = make_encoder(model, encoder_kwargs)
+    chunker = encoder.chunker() if hasattr(encoder, "chunker") else None
+    return LateInteractionIndex(encoder, store, chunker=chunker)

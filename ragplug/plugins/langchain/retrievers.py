@@ -23,7 +23,7 @@ from langchain_core.tools import BaseTool, ToolException, create_retriever_tool
 from pydantic import BaseModel, ConfigDict, Field
 
 from ragplug.errors import InvalidInputError, RagplugError
-from ragplug.plugins._build import build_index, load_index, make_encoder
+from ragplug.plugins._build import build_index, load_index, make_encoder, open_index
 from ragplug.retrievers.colbert.encoder import DEFAULT_MODEL
 from ragplug.retrievers.late_interaction import Encoder, Hit, LateInteractionIndex, MultiVectorStore, rerank
 from ragplug.retrievers.late_interaction.base import SCORE_KEY, check_k
@@ -99,6 +99,19 @@ class ColBERTRetriever(BaseRetriever):
         """Like :meth:`from_texts`; ids come from ``ids`` or else from each ``Document.id`` when all have one."""
         texts, metadatas, doc_ids = _unpack(documents, ids)
         return cls.from_texts(texts, metadatas=metadatas, ids=doc_ids, **kwargs)
+
+    @classmethod
+    def from_store(
+        cls,
+        store: MultiVectorStore,
+        model: str | Path | Encoder = DEFAULT_MODEL,
+        *,
+        encoder_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> ColBERTRetriever:
+        """A retriever over a store that already holds an index (a Postgres collection written by another
+        process, say); refuses a store written by another encoder."""
+        return cls(index=open_index(store, model, encoder_kwargs), **kwargs)
 
     @classmethod
     def load(

@@ -20,7 +20,7 @@ from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, Query
 from llama_index.core.vector_stores.types import FilterCondition, FilterOperator, MetadataFilter, MetadataFilters
 
 from ragplug.errors import FilterError, InvalidInputError
-from ragplug.plugins._build import build_index, load_index, make_encoder
+from ragplug.plugins._build import build_index, load_index, make_encoder, open_index
 from ragplug.retrievers.colbert.encoder import DEFAULT_MODEL
 from ragplug.retrievers.late_interaction import Encoder, Hit, LateInteractionIndex, MultiVectorStore, rerank
 from ragplug.retrievers.late_interaction.base import check_k
@@ -131,6 +131,19 @@ class ColBERTRetriever(BaseRetriever):
         """Build from LlamaIndex ``Document``s or nodes; their ``id_`` and metadata are kept."""
         texts, metadatas, ids = _unpack(documents)
         return cls.from_texts(texts, metadatas=metadatas, ids=ids, **kwargs)
+
+    @classmethod
+    def from_store(
+        cls,
+        store: MultiVectorStore,
+        model: str | Path | Encoder = DEFAULT_MODEL,
+        *,
+        encoder_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> ColBERTRetriever:
+        """A retriever over a store that already holds an index (a Postgres collection written by another
+        process, say); refuses a store written by another encoder."""
+        return cls(open_index(store, model, encoder_kwargs), **kwargs)
 
     @classmethod
     def load(
