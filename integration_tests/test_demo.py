@@ -30,8 +30,13 @@ def test_demo_runs_and_reuses_its_index(tmp_path: Path, capsys: pytest.CaptureFi
     assert first.count("LlamaIndex retriever") == len(demo_questions())
     assert first.count("same passages") == len(demo_questions())
     assert "Stave " in first
+    n = len(demo_questions())
+    assert "postgres: copied" in first and f"postgres: {n}/{n} questions got the same passages" in first
     assert main(["demo", "--cache", str(tmp_path / "idx"), "-k", "2"]) == 0
-    assert "loaded" in capsys.readouterr().out
+    second = capsys.readouterr().out
+    assert "loaded" in second and "already in" in second  # the Postgres copy is reused too
+    assert main(["demo", "--cache", str(tmp_path / "idx"), "-k", "2", "--postgres", "none"]) == 0
+    assert "postgres:" not in capsys.readouterr().out
 
 
 def test_cli_index_and_search(tmp_path: Path, capsys: pytest.CaptureFixture[str], minilm_path: Path) -> None:

@@ -50,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--model", default=None, help="hub id or folder (default: the offline all-MiniLM-L6-v2)")
     demo.add_argument("--cache", type=Path, default=Path(".ragplug-cache/demo"), help="index folder")
     demo.add_argument("-k", type=int, default=3)
+    demo.add_argument(
+        "--postgres",
+        default="embedded",
+        help='then answer from Postgres: "embedded" (default, a server ragplug starts), a DSN, or "none"',
+    )
     index = sub.add_parser("index", help="index a JSONL file of {id, text, metadata} rows")
     index.add_argument("input")
     index.add_argument("--out", required=True, type=Path)
@@ -65,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from ragplug.demo import run
 
-        run(args.model, args.cache, args.k)
+        run(args.model, args.cache, args.k, None if args.postgres == "none" else args.postgres)
     elif args.command == "index":
         _index(args)
     else:

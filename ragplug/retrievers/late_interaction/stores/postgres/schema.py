@@ -3,12 +3,12 @@
 Tables (in the schema the store is given, ``public`` by default):
 
 - ``ragplug_schema_version``: one row, the version of these tables (:data:`SCHEMA_VERSION`);
-- ``ragplug_collections``: one row per collection: its dimension, encoder identity and FDE settings;
+- ``ragplug_collections``: one row per collection: its dimension, encoder identity and summary settings;
 - ``ragplug_records``: one row per record: ``(collection, id)``, ``parent_id``, ``metadata jsonb``, ``text``,
   the token matrix as little-endian fp16 ``bytea`` (half the bytes of fp32; read back in one piece), and
-  the record's fixed-dimensional encoding as ``halfvec`` (:mod:`~ragplug.retrievers.late_interaction.fde`).
+  the record's summary vector as ``halfvec`` (mean or MUVERA, :mod:`~ragplug.retrievers.late_interaction.fde`).
 
-Each collection gets a partial HNSW index over its encodings (``WHERE collection = '<name>'``, the
+Each collection gets a partial HNSW index over its summaries (``WHERE collection = '<name>'``, the
 expression cast to the collection's dimension), made by :func:`create_collection_index`. Identifiers are
 composed with :class:`psycopg.sql.Identifier`, values with :class:`psycopg.sql.Literal`: never f-strings.
 """
@@ -110,7 +110,7 @@ def create_schema(schema: str) -> Op:
                 name text PRIMARY KEY,
                 dim integer NOT NULL CHECK (dim > 0),
                 encoder jsonb,
-                fde jsonb NOT NULL,
+                summary jsonb NOT NULL,
                 created_at timestamptz NOT NULL DEFAULT now()
             )"""
         ).format(collections=t["collections"])
@@ -126,7 +126,7 @@ def create_schema(schema: str) -> Op:
                 text text,
                 n_tokens integer NOT NULL CHECK (n_tokens > 0),
                 tokens bytea NOT NULL,
-                fde halfvec NOT NULL,
+                summary halfvec NOT NULL,
                 PRIMARY KEY (collection, id)
             )"""
         ).format(records=t["records"], collections=t["collections"])
@@ -141,16 +141,16 @@ def create_schema(schema: str) -> Op:
         yield Query(sql.SQL("INSERT INTO {} (version) VALUES (%s)").format(t["schema_version"]), [SCHEMA_VERSION])
 
 
-def create_collection_index(schema: str, collection: str, fde_dim: int, m: int, ef_construction: int) -> Op:
-    """The partial HNSW index of one collection's encodings (inner product over ``halfvec``)."""
+def create_collection_index(schema: str, collection: str, dim: int, m: int, ef_construction: int) -> Op:
+    """The partial HNSW index of one collection's record summaries (inner product over ``halfvec``)."""
     yield Query(
         sql.SQL(
-            "CREATE INDEX IF NOT EXISTS {name} ON {records} USING hnsw ((fde::halfvec({dim})) halfvec_ip_ops) "
+            "CREATE INDEX IF NOT EXISTS {name} ON {records} USING hnsw ((summary::halfvec({dim})) halfvec_ip_ops) "
             "WITH (m = {m}, ef_construction = {ef}) WHERE collection = {collection}"
         ).format(
             name=sql.Identifier(index_name(collection)),
             records=tables(schema)["records"],
-            dim=sql.Literal(fde_dim),
+            dim=sql.Literal(dim),
             m=sql.Literal(m),
             ef=sql.Literal(ef_construction),
             collection=sql.Literal(collection),

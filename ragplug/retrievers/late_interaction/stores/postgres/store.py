@@ -1,7 +1,8 @@
 """``PgVectorStore``: the multi-vector store in Postgres + pgvector, sync and async.
 
-Search runs in two stages. Inside Postgres, an HNSW index over one fixed-dimensional encoding per record
-(MUVERA, :mod:`~ragplug.retrievers.late_interaction.fde`; ``halfvec``) proposes ``n_candidates`` records,
+Search runs in two stages. Inside Postgres, an HNSW index over one summary vector per record (the mean of
+its token vectors, or a MUVERA encoding: :mod:`~ragplug.retrievers.late_interaction.fde`; ``halfvec``)
+proposes ``n_candidates`` records,
 filtered in the same query (pgvector 0.8 iterative scans keep scanning until enough rows pass the
 filter; when fewer come back than asked, the query is re-run without the index, so a selective filter
 still yields every match). Their token matrices come back in the same round trip as fp16 ``bytea`` and
@@ -39,7 +40,7 @@ from ragplug.retrievers.late_interaction.base import (
     check_k,
     check_records,
 )
-from ragplug.retrievers.late_interaction.fde import FDEConfig, FixedDimensionalEncoder
+from ragplug.retrievers.late_interaction.fde import Summarizer, SummaryConfig
 from ragplug.retrievers.late_interaction.filters import Filter, FilterNode, parse_filter
 from ragplug.retrievers.late_interaction.twostage import pack, top_k_exact
 
@@ -100,7 +101,7 @@ _DEFAULT_OPTIONS = PgSearchOptions()
 class _Collection:
     dim: int
     encoder: EncoderIdentity | None
-    fde: FDEConfig
+    summary: SummaryConfig
 
 
 class PgVectorStore:
@@ -122,7 +123,7 @@ class PgVectorStore:
         embedded: str | os.PathLike[str] | None = None,
         collection: str = "default",
         schema: str = "public",
-        fde: FDEConfig | None = None,
+        summary: SummaryConfig | None = None,
         hnsw: HNSWConfig | None = None,
         create_schema: bool = True,
     ) -> None:
@@ -138,11 +139,11 @@ class PgVectorStore:
         self._connector = Connector(connection)
         self.collection = collection
         self.schema = schema
-        self.fde_config = fde or FDEConfig()
+        self.summary = summary or SummaryConfig()
         self.hnsw = hnsw or HNSWConfig()
         self._t = ddl.tables(schema)
         self._info: _Collection | None = None
-        self._encoders: dict[tuple[int, FDEConfig], FixedDimensionalEncoder] = {}
+        self._summarizers: dict[tuple[int, SummaryConfig], Summarizer] = {}
         self._ready = False
         self._create_schema = create_schema
         self.pgvector_version: str | None = None
@@ -200,7 +201,7 @@ class PgVectorStore:
     def _collection(self, *, create_dim: int | None = None, encoder: EncoderIdentity | None = None) -> Op:
         """Step: this collection's row (share-locked when writing, so it cannot be dropped meanwhile); created,
         with its HNSW index, when ``create_dim`` is given and it does not exist (creators wait for each other)."""
-        select = sql.SQL("SELECT dim, encoder, fde FROM {} WHERE name = %s{}").format(
+        select = sql.SQL("SELECT dim, encoder, summary FROM {} WHERE name = %s{}").format(
             self._t["collections"], sql.SQL(" FOR SHARE") if create_dim is not None else sql.SQL("")
         )
         row = yield Query(select, [self.collection], "one")
@@ -213,18 +214,18 @@ class PgVectorStore:
             row = yield Query(select, [self.collection], "one")
             if row is None:
                 yield Query(
-                    sql.SQL("INSERT INTO {} (name, dim, encoder, fde) VALUES (%s, %s, %s, %s)").format(
+                    sql.SQL("INSERT INTO {} (name, dim, encoder, summary) VALUES (%s, %s, %s, %s)").format(
                         self._t["collections"]
                     ),
                     [
                         self.collection,
                         create_dim,
                         Jsonb(encoder.to_dict()) if encoder else None,
-                        Jsonb(self.fde_config.to_dict()),
+                        Jsonb(self.summary.to_dict()),
                     ],
                 )
                 yield from ddl.create_collection_index(
-                    self.schema, self.collection, self.fde_config.dim, self.hnsw.m, self.hnsw.ef_construction
+                    self.schema, self.collection, self.summary.dim(create_dim), self.hnsw.m, self.hnsw.ef_construction
                 )
                 row = yield Query(select, [self.collection], "one")
         if row is None:
@@ -235,16 +236,16 @@ class PgVectorStore:
         info = _Collection(
             dim=int(row[0]),
             encoder=EncoderIdentity.from_dict(row[1]) if row[1] else None,
-            fde=FDEConfig(**row[2]),
+            summary=SummaryConfig.from_dict(row[2]),
         )
         self._info = info
         return info
 
-    def _fde(self, info: _Collection) -> FixedDimensionalEncoder:
-        key = (info.dim, info.fde)
-        if key not in self._encoders:
-            self._encoders[key] = FixedDimensionalEncoder(info.dim, info.fde)
-        return self._encoders[key]
+    def _summarizer(self, info: _Collection) -> Summarizer:
+        key = (info.dim, info.summary)
+        if key not in self._summarizers:
+            self._summarizers[key] = Summarizer(info.dim, info.summary)
+        return self._summarizers[key]
 
     @property
     def dim(self) -> int | None:
@@ -274,7 +275,7 @@ class PgVectorStore:
                 sql.SQL("UPDATE {} SET encoder = %s WHERE name = %s").format(self._t["collections"]),
                 [Jsonb(identity.to_dict()), self.collection],
             )
-            self._info = _Collection(info.dim, identity, info.fde)
+            self._info = _Collection(info.dim, identity, info.summary)
 
     def drop(self) -> None:
         """Delete this collection and every record in it."""
@@ -407,7 +408,7 @@ class PgVectorStore:
                     sql.SQL("DELETE FROM {} WHERE {} AND id = ANY(%s)").format(self._t["records"], self._where()),
                     [gone],
                 )
-        fde = self._fde(info).documents(matrices)
+        summaries = self._summarizer(info).documents(matrices)
         HalfVector = require("pgvector", "postgres").HalfVector
         rows_out = [
             (
@@ -420,11 +421,12 @@ class PgVectorStore:
                 np.ascontiguousarray(m, dtype="<f2").tobytes(),
                 HalfVector(f),
             )
-            for r, m, meta, f in zip(records, matrices, metadatas, fde, strict=True)
+            for r, m, meta, f in zip(records, matrices, metadatas, summaries, strict=True)
         ]
         yield Copy(
             sql.SQL(
-                "COPY {} (collection, id, parent_id, metadata, text, n_tokens, tokens, fde) FROM STDIN (FORMAT BINARY)"
+                "COPY {} (collection, id, parent_id, metadata, text, n_tokens, tokens, summary) "
+                "FROM STDIN (FORMAT BINARY)"
             ).format(self._t["records"]),
             ["text", "text", "text", "jsonb", "text", "int4", "bytea", "halfvec"],
             rows_out,
@@ -575,16 +577,16 @@ class PgVectorStore:
             where = sql.SQL("{} AND {}").format(where, clause)
         statement = sql.SQL(
             "SELECT id, parent_id, metadata, text, n_tokens, tokens FROM {} WHERE {} "
-            "ORDER BY fde::halfvec({dim}) <#> %s::halfvec({dim}) LIMIT %s"
-        ).format(self._t["records"], where, dim=sql.Literal(info.fde.dim))
+            "ORDER BY summary::halfvec({dim}) <#> %s::halfvec({dim}) LIMIT %s"
+        ).format(self._t["records"], where, dim=sql.Literal(info.summary.dim(info.dim)))
         HalfVector = require("pgvector", "postgres").HalfVector
-        encoder = self._fde(info)
+        summarizer = self._summarizer(info)
         exact = options.exact
         if exact:
             yield Query("SELECT set_config('enable_indexscan', 'off', true)", (), "one")
         results: list[list[Hit]] = []
         for query in queries:
-            qvec = HalfVector(encoder.query(query))
+            qvec = HalfVector(summarizer.query(query))
             rows = yield Query(statement, [*params, qvec, n_cand], "all")
             if len(rows) < n_cand and not exact:  # too few passed the filter in the index scan: scan them all
                 yield Query("SELECT set_config('enable_indexscan', 'off', true)", (), "one")
