@@ -191,5 +191,5 @@ def _from_postgres(lc: Any, encoder: Any, target: str, cache: Path, k: int) -> N
         first = docs[0].metadata if docs else {}
         where = f"Stave {first.get('stave')}, line {first.get('line')}" if docs else "nothing"
         print(f"  ({ms:.0f} ms) {question[:60]!r}: top passage {where}; {'same as in memory' if same else 'differs'}")
-    print(f"postgres: {agree}/{len(demo_questions())} questions got the same passages as the in-memory index")
+    print(f"postgres: {agree}/{len(demo_questions())} questions answered with the in-memory index's passages")
     store.close()
