@@ -99,7 +99,7 @@ class MemorySearchOptions(SearchOptions):
                 raise InvalidInputError(msg)
 
 
-def _options(options: MemorySearchOptions | None) -> MemorySearchOptions:
+def _options(options: SearchOptions | None) -> MemorySearchOptions:
     if options is None:
         return _DEFAULT_OPTIONS
     if not isinstance(options, MemorySearchOptions):
@@ -417,7 +417,7 @@ class InMemoryMultiVectorStore(ThreadedAsync):
         *,
         k: int = 10,
         filter: FilterNode | Filter | None = None,
-        options: MemorySearchOptions | None = None,
+        options: SearchOptions | None = None,
     ) -> list[Hit]:
         """The ``k`` best records for ``query`` by MaxSim, best first, among those matching ``filter``."""
         return self.search_batch([query], k=k, filter=filter, options=options)[0]
@@ -428,7 +428,7 @@ class InMemoryMultiVectorStore(ThreadedAsync):
         *,
         k: int = 10,
         filter: FilterNode | Filter | None = None,
-        options: MemorySearchOptions | None = None,
+        options: SearchOptions | None = None,
     ) -> list[list[Hit]]:
         """One result list per query (the filter is evaluated once for all of them).
 

@@ -126,6 +126,7 @@ class PgVectorStore:
         summary: SummaryConfig | None = None,
         hnsw: HNSWConfig | None = None,
         create_schema: bool = True,
+        pool_size: int = 4,
     ) -> None:
         if connection is not None and embedded is not None:
             msg = "pass either connection or embedded, not both"
@@ -136,7 +137,7 @@ class PgVectorStore:
                 raise InvalidInputError(msg)
         if connection is None:
             connection = _embedded_dsn(embedded if embedded is not None else ".ragplug-postgres")
-        self._connector = Connector(connection)
+        self._connector = Connector(connection, pool_size=pool_size)
         self.collection = collection
         self.schema = schema
         self.summary = summary or SummaryConfig()
@@ -277,15 +278,37 @@ class PgVectorStore:
             )
             self._info = _Collection(info.dim, identity, info.summary)
 
+    def drop_index(self) -> None:
+        """Drop this collection's HNSW index (before a large bulk load: building it once afterwards with
+        :meth:`create_index` is faster than growing it row by row). Searches scan without it meanwhile."""
+        self._run(self._drop_index())
+
+    def _drop_index(self) -> Op:
+        yield Query(
+            sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(self.schema, ddl.index_name(self.collection)))
+        )
+
+    def create_index(self, *, maintenance_work_mem: str = "1GB") -> None:
+        """Build this collection's HNSW index if it is missing (see :meth:`drop_index`)."""
+        self._run(self._create_index(maintenance_work_mem))
+
+    def _create_index(self, maintenance_work_mem: str) -> Op:
+        info = yield from self._collection()
+        if info is None:
+            msg = f"collection {self.collection!r} does not exist yet: nothing to index"
+            raise StoreError(msg)
+        yield Query("SELECT set_config('maintenance_work_mem', %s, true)", [maintenance_work_mem], "one")
+        yield from ddl.create_collection_index(
+            self.schema, self.collection, info.summary.dim(info.dim), self.hnsw.m, self.hnsw.ef_construction
+        )
+
     def drop(self) -> None:
         """Delete this collection and every record in it."""
         self._run(self._drop())
         self._info = None
 
     def _drop(self) -> Op:
-        yield Query(
-            sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(self.schema, ddl.index_name(self.collection)))
-        )
+        yield from self._drop_index()
         yield Query(sql.SQL("DELETE FROM {} WHERE name = %s").format(self._t["collections"]), [self.collection])
 
     def close(self) -> None:
@@ -498,7 +521,7 @@ class PgVectorStore:
         *,
         k: int = 10,
         filter: FilterNode | Filter | None = None,
-        options: PgSearchOptions | None = None,
+        options: SearchOptions | None = None,
     ) -> list[Hit]:
         """The ``k`` best records for ``query`` by MaxSim, best first, among those matching ``filter``."""
         return self.search_batch([query], k=k, filter=filter, options=options)[0]
@@ -509,7 +532,7 @@ class PgVectorStore:
         *,
         k: int = 10,
         filter: FilterNode | Filter | None = None,
-        options: PgSearchOptions | None = None,
+        options: SearchOptions | None = None,
     ) -> list[Hit]:
         return (await self.asearch_batch([query], k=k, filter=filter, options=options))[0]
 
@@ -519,7 +542,7 @@ class PgVectorStore:
         *,
         k: int = 10,
         filter: FilterNode | Filter | None = None,
-        options: PgSearchOptions | None = None,
+        options: SearchOptions | None = None,
     ) -> list[list[Hit]]:
         """One result list per query, all in one transaction."""
         args = self._search_args(queries, k, filter, options)
@@ -531,7 +554,7 @@ class PgVectorStore:
         *,
         k: int = 10,
         filter: FilterNode | Filter | None = None,
-        options: PgSearchOptions | None = None,
+        options: SearchOptions | None = None,
     ) -> list[list[Hit]]:
         args = self._search_args(queries, k, filter, options)
         return list(await self._arun(lambda: self._search(*args)))
@@ -541,7 +564,7 @@ class PgVectorStore:
         queries: Sequence[FloatMatrix],
         k: int,
         filter: FilterNode | Filter | None,
-        options: PgSearchOptions | None,
+        options: SearchOptions | None,
     ) -> tuple[list[FloatMatrix], int, FilterNode | None, PgSearchOptions]:
         k = check_k(k)
         node = parse_filter(filter)
