@@ -243,7 +243,7 @@ FILTERS = [
     {"$and": [{"tag": "ghost"}, {"year": {"$gt": 1843}}]},
     {"$or": [{"$and": [{"tag": "ghost"}, {"lang": "en"}]}, {"tag": "feast"}]},
     {"missing": {"$nin": [1]}},
-    {"missing": {"$in": []}},
+    {"missing": {"$ne": 1}, "tag": "ghost"},
 ]
 
 
@@ -258,6 +258,16 @@ def test_filters_mean_the_same_on_every_backend(make_store) -> None:
         expected = {f"f{d['id']}" for d in FILTER_DOCS if compile_filter(filter_)(d)}
         got = {h.id for h in store.search(query, k=10, filter=filter_)}
         assert got == expected, filter_
+
+
+def test_a_filter_on_a_field_no_record_has_is_an_error_when_it_matches_nothing(store: MultiVectorStore) -> None:
+    query = _unit(np.random.default_rng(11), 2)
+    with pytest.raises(FilterError, match=r"no stored record has the metadata field\(s\) \['stave'\]"):
+        store.search(query, k=3, filter={"stave": {"$gte": 3}})
+    with pytest.raises(FilterError, match="'stave'"):
+        store.search(query, k=3, filter={"$or": [{"i": -1}, {"stave": 3}]})
+    assert store.search(query, k=3, filter={"i": -1}) == []  # a known field that matches nothing: no results
+    assert len(store.search(query, k=3, filter={"stave": {"$ne": 3}})) == 3  # matches: no complaint
 
 
 def test_a_selective_filter_still_returns_k_results(make_store) -> None:

@@ -21,7 +21,8 @@ Equality is JSON equality: ``true`` never equals ``1``, a list equals only the s
 comparison matches numbers against a number bound and strings against a string bound (by code point);
 against a missing field, a boolean or a value of the other type it does not match. An unknown operator,
 an empty ``$and``/``$or``, a ``$in`` without a list, or nesting deeper than 32 levels raises
-:class:`~ragplug.errors.FilterError`: nothing is silently ignored.
+:class:`~ragplug.errors.FilterError`: nothing is silently ignored. So does a search whose filter matches
+nothing because it names a field that no stored record has (a typo would otherwise look like "no results").
 
 :func:`parse_filter` turns the dict into nodes (:class:`Comparison`, :class:`And`, :class:`Or`), validated
 once where the filter enters; stores evaluate the nodes, in Python (:func:`to_predicate`) or as SQL.
@@ -56,8 +57,10 @@ __all__ = [
     "Op",
     "Or",
     "compile_filter",
+    "fields_of",
     "parse_filter",
     "to_predicate",
+    "unknown_fields_error",
 ]
 
 Filter = Mapping[str, Any]
@@ -219,6 +222,21 @@ def _check_json(value: Any, field: str, op: Op, depth: int = 0) -> None:
         return
     msg = f"{op.value} on field {field!r} takes JSON values, got {type(value).__name__} {value!r:.200}"
     raise FilterError(msg)
+
+
+def fields_of(node: FilterNode) -> list[str]:
+    """The metadata fields a filter reads, in order of first use."""
+    if isinstance(node, Comparison):
+        return [node.field]
+    return list(dict.fromkeys(f for child in node.children for f in fields_of(child)))
+
+
+def unknown_fields_error(unknown: list[str], known: list[str] | None = None) -> FilterError:
+    """The error for a filter that matched nothing because it names fields no stored record has
+    (a typo, most often: an empty result would hide it)."""
+    hint = f"; stored records have {sorted(known)[:20]}" if known is not None else ""
+    msg = f"no stored record has the metadata field(s) {unknown} that the filter names{hint}"
+    return FilterError(msg)
 
 
 # -- the Python back end ----------------------------------------------------------------------------

@@ -48,7 +48,14 @@ from ragplug.retrievers.late_interaction.base import (
     check_records,
     copy_metadata,
 )
-from ragplug.retrievers.late_interaction.filters import Filter, FilterNode, parse_filter, to_predicate
+from ragplug.retrievers.late_interaction.filters import (
+    Filter,
+    FilterNode,
+    fields_of,
+    parse_filter,
+    to_predicate,
+    unknown_fields_error,
+)
 from ragplug.retrievers.late_interaction.ivf import ApproximateConfig, CentroidIndex
 from ragplug.retrievers.late_interaction.stores.folder import MANIFEST, read_folder, safetensors_views, write_folder
 from ragplug.retrievers.late_interaction.twostage import top_k_exact
@@ -467,6 +474,10 @@ class InMemoryMultiVectorStore(ThreadedAsync):
             predicate = to_predicate(node)
             allowed = np.fromiter((predicate(metadata[i]) for i in range(n)), dtype=bool, count=n)
             if not allowed.any():
+                known = {key for m in metadata for key in m}
+                unknown = [f for f in fields_of(node) if f not in known]
+                if unknown:
+                    raise unknown_fields_error(unknown, list(known))
                 return [[] for _ in queries]
         results = []
         for query in matrices:

@@ -41,7 +41,13 @@ from ragplug.retrievers.late_interaction.base import (
     check_records,
 )
 from ragplug.retrievers.late_interaction.fde import Summarizer, SummaryConfig
-from ragplug.retrievers.late_interaction.filters import Filter, FilterNode, parse_filter
+from ragplug.retrievers.late_interaction.filters import (
+    Filter,
+    FilterNode,
+    fields_of,
+    parse_filter,
+    unknown_fields_error,
+)
 from ragplug.retrievers.late_interaction.twostage import pack, top_k_exact
 
 psycopg = require("psycopg", "postgres")
@@ -616,6 +622,17 @@ class PgVectorStore:
                 rows = yield Query(statement, [*params, qvec, n_cand], "all")
                 yield Query("SELECT set_config('enable_indexscan', 'on', true)", (), "one")
             if not rows:
+                if node is not None:
+                    unknown = yield Query(
+                        sql.SQL(
+                            "SELECT f FROM unnest(%s::text[]) AS f WHERE NOT EXISTS "
+                            "(SELECT 1 FROM {} WHERE {} AND metadata ? f)"
+                        ).format(self._t["records"], self._where()),
+                        [fields_of(node)],
+                        "all",
+                    )
+                    if unknown:
+                        raise unknown_fields_error([r[0] for r in unknown])
                 results.append([])
                 continue
             vectors, starts, lengths = pack([_decode(r[5], r[4], info.dim) for r in rows])
