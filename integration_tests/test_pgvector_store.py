@@ -250,3 +250,47 @@ def test_concurrent_first_use_from_threads(postgres_dsn: str) -> None:
     for t in threads:
         t.join(60)
     assert not errors and len(PgVectorStore(postgres_dsn, collection=collection)) == 4
+
+
+def test_first_writes_to_new_collections_and_concurrent_binds_do_not_deadlock(postgres_dsn: str) -> None:
+    from ragplug.retrievers.late_interaction import EncoderIdentity
+
+    errors: list[BaseException] = []
+    shared = _collection()
+    PgVectorStore(postgres_dsn, collection=shared).add([Record("seed", _unit(np.random.default_rng(7), 2))])
+
+    def work(n: int) -> None:
+        try:
+            PgVectorStore(postgres_dsn, collection=_collection()).add([Record("a", _unit(np.random.default_rng(n), 2))])
+            PgVectorStore(postgres_dsn, collection=shared).bind_encoder(EncoderIdentity("tiny", DIM, "abc"))
+        except BaseException as err:  # collected and asserted below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+
+
+def test_a_failed_first_write_leaves_an_empty_store_not_a_dropped_one(postgres_dsn: str) -> None:
+    store = PgVectorStore(postgres_dsn, collection=_collection())
+    rng = np.random.default_rng(8)
+    with pytest.raises(InvalidInputError):
+        store.add([Record("big", np.full((1, DIM), 1e6, np.float32))])  # past fp16: refused, nothing stored
+    assert len(store) == 0 and store.search(_unit(rng, 2), k=1) == []
+
+
+def test_an_async_only_store_works_under_an_index(postgres_dsn: str, stanford_encoder) -> None:
+    from ragplug.retrievers.late_interaction import LateInteractionIndex
+
+    async def run() -> list[str]:
+        aconn = await psycopg.AsyncConnection.connect(postgres_dsn)
+        index = LateInteractionIndex(stanford_encoder, PgVectorStore(aconn, collection=_collection()))
+        await index.aadd(["marley was dead", "tiny tim"], ids=["m", "t"])
+        hits = await index.asearch("marley was dead", k=1)
+        await aconn.close()
+        return [h.id for h in hits]
+
+    assert asyncio.run(run()) == ["m"]

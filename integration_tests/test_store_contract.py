@@ -7,6 +7,7 @@ embedded PostgreSQL. Scores are compared with a tolerance: Postgres keeps token 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -331,3 +332,49 @@ def test_sql_looking_names_ids_and_filter_keys_are_data(make_store, backend: str
     assert [r.id for r in store.get([name])] == [name]
     store.delete([name])
     assert store.ids() == ["other"]
+
+
+def test_an_id_is_a_record_or_an_item_never_both(store: MultiVectorStore, tmp_path: Path, backend: str) -> None:
+    rng = np.random.default_rng(12)
+    with pytest.raises(InvalidInputError, match="both as records and as the parent"):
+        store.add([Record("p", _unit(rng, 1)), Record("p#0", _unit(rng, 1), parent_id="p")])
+    with pytest.raises(InvalidInputError, match="both as records and as the parent"):
+        store.upsert([Record("c", _unit(rng, 1), parent_id="p"), Record("d", _unit(rng, 1), parent_id="c")])
+    store.add([Record("x", _unit(rng, 1), parent_id="q")])  # "q" is now an item stored as chunks
+    with pytest.raises(DuplicateIdError):
+        store.upsert([Record("q", _unit(rng, 1), parent_id="z")])  # "q" as a chunk of another item
+    with pytest.raises(DuplicateIdError):
+        store.add([Record("q", _unit(rng, 1), parent_id="z")])
+    with pytest.raises(DuplicateIdError):
+        store.add([Record("y", _unit(rng, 1), parent_id="x")])  # a chunk of a chunk
+    assert [r.id for r in store.get(["q"])] == ["x"] and len(store) == 31
+    if backend == "memory":
+        store.save(tmp_path / "s")  # type: ignore[attr-defined]
+        assert len(load_store(tmp_path / "s")) == 31  # what was saved loads
+
+
+def test_deletes_and_upserts_of_one_item_never_leave_half_an_item(store: MultiVectorStore) -> None:
+    rng = np.random.default_rng(13)
+    stop = False
+
+    def upserts() -> None:
+        n = 0
+        while not stop:
+            n += 1
+            store.upsert([Record(f"p#{j}", _unit(rng, 1), {"n": n}, parent_id="p") for j in range(1 + n % 3)])
+
+    with ThreadPoolExecutor(1) as pool:
+        writer = pool.submit(upserts)
+        try:
+            for _ in range(60):
+                with contextlib.suppress(UnknownIdError):
+                    store.delete(["p"])
+                try:
+                    chunks = store.get(["p"])
+                except UnknownIdError:
+                    continue
+                versions = {r.metadata["n"] for r in chunks}
+                assert len(versions) == 1 and len(chunks) == 1 + versions.pop() % 3  # one whole upsert
+        finally:
+            stop = True
+            writer.result(timeout=60)

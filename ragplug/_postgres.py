@@ -52,8 +52,8 @@ def embedded(folder: str | os.PathLike[str]) -> str:
         server = _SERVERS.get(path)
         if server is None:
             module = _pgserver_module()
-            Path(path).mkdir(parents=True, exist_ok=True)
             try:
+                Path(path).mkdir(parents=True, exist_ok=True)
                 server = module.get_server(path)
             except Exception as err:  # pgserver raises its own and subprocess errors
                 msg = f"cannot start the embedded PostgreSQL server in {path}: {err}"
@@ -229,10 +229,13 @@ class Connector:
             await pool.close()
 
     def close(self) -> None:
-        """Close the pools ragplug opened (never a connection or pool the caller gave)."""
+        """Close the pools ragplug opened (never a connection or pool the caller gave). An async pool opened
+        for the async methods can only be closed from async code: :meth:`aclose`."""
         if self._owned and self._pool is not None:
             self._pool.close()
             self._pool = None
+        if self._dsn is not None and self._apool is not None:
+            logger.warning("an async connection pool to %s is still open: await aclose() to close it", self.description)
 
     async def aclose(self) -> None:
         self.close()

@@ -293,3 +293,37 @@ def test_uuid_names_do_not_collide_with_leftovers(tmp_path: Path) -> None:
     _store(41).save(folder)
     assert len(_data_files(folder)) == 2 and not leftover.exists()
     assert {p.name for p in folder.iterdir() if p.name.startswith(".")} == {".ragplug-read.lock", ".ragplug-write.lock"}
+
+
+def test_an_interrupt_after_the_manifest_swap_keeps_the_new_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ragplug.retrievers.late_interaction.stores.folder as folder_mod
+
+    folder = tmp_path / "idx"
+    _store(40).save(folder)
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(folder_mod, "_collect_garbage", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _store(41).save(folder)
+    assert len(InMemoryMultiVectorStore.load(folder)) == 41
+
+
+def test_lock_files_of_another_user_or_a_bad_format_are_clear_errors(tmp_path: Path) -> None:
+    from ragplug.retrievers.late_interaction import load_store
+
+    folder = tmp_path / "idx"
+    _store(40).save(folder)
+    _rewrite_manifest(folder, format=["not", "a", "name"])
+    with pytest.raises(StoreCorruptedError, match="no registered store reads"):
+        load_store(folder)
+    other = tmp_path / "other"
+    _store(40).save(other)
+    (other / ".ragplug-write.lock").unlink()
+    (other / ".ragplug-write.lock").symlink_to("/nonexistent-ragplug/lock")  # a lock file that cannot be opened
+    with pytest.raises(StoreError, match="cannot open the lock file"):
+        _store(41).save(other)
+    assert len(InMemoryMultiVectorStore.load(other)) == 40

@@ -178,6 +178,8 @@ class MultiVectorStore(Protocol):
 
     def bind_encoder(self, identity: EncoderIdentity) -> None: ...
 
+    async def abind_encoder(self, identity: EncoderIdentity) -> None: ...
+
     def __len__(self) -> int: ...
 
     def __contains__(self, id: object) -> bool: ...
@@ -230,6 +232,9 @@ class MultiVectorStore(Protocol):
 
 class ThreadedAsync:
     """Async twins for an in-process store: each runs the sync method in a worker thread."""
+
+    async def abind_encoder(self, identity: EncoderIdentity) -> None:
+        await asyncio.to_thread(self.bind_encoder, identity)  # type: ignore[attr-defined]
 
     async def aadd(self, records: Sequence[Record]) -> None:
         await asyncio.to_thread(self.add, records)  # type: ignore[attr-defined]
@@ -401,13 +406,17 @@ def check_records(records: Sequence[Record], dim: int | None) -> tuple[list[Floa
         if not isinstance(record, Record):
             msg = f"records must be Record objects, got {type(record).__name__}"
             raise InvalidInputError(msg)
-    check_ids([r.id for r in records])
+    ids = check_ids([r.id for r in records])
     for record in records:
         if record.parent_id is not None:
             check_ids([record.parent_id], f"parent_id of {record.id!r}")
             if record.parent_id == record.id:
                 msg = f"record {record.id!r} names itself as its parent"
                 raise InvalidInputError(msg)
+    both = sorted(set(ids) & {r.parent_id for r in records if r.parent_id is not None})
+    if both:  # an id names a record or an item stored as chunks, never both (nor a chunk of a chunk)
+        msg = f"ids {both[:5]} are given both as records and as the parent of other records"
+        raise InvalidInputError(msg)
     matrices = []
     for record in records:
         matrix = as_matrix(record.vectors, dim, f"vectors of {record.id!r}")

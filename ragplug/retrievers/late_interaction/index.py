@@ -59,9 +59,22 @@ class LateInteractionIndex:
         identity = encoder.identity
         if store is None:
             store = create_store("memory", encoder=identity)
-        store.bind_encoder(identity)  # refuses a store of another encoder or dimension
         self.store = store
         self.chunker = chunker
+        self._bound = False
+        if getattr(store, "sync_capable", True):
+            self._bind()  # refuses a store of another encoder or dimension now
+        # else: a store with only an async connection is bound by the first async call
+
+    def _bind(self) -> None:
+        if not self._bound:
+            self.store.bind_encoder(self.encoder.identity)
+            self._bound = True
+
+    async def _abind(self) -> None:
+        if not self._bound:
+            await self.store.abind_encoder(self.encoder.identity)
+            self._bound = True
 
     def __len__(self) -> int:
         """Number of stored records (chunks count one each)."""
@@ -145,6 +158,7 @@ class LateInteractionIndex:
         """
         if not upsert and ids is not None:
             self._refuse_existing(check_ids(ids))  # before the (slow) encoding; the store checks again
+        self._bind()
         stored_ids, records = self._records(items, ids, metadatas, texts, show_progress)
         (self.store.upsert if upsert else self.store.add)(records)
         return stored_ids
@@ -160,6 +174,7 @@ class LateInteractionIndex:
         show_progress: bool = False,
     ) -> list[str]:
         """:meth:`add`, with the encoding in a worker thread and the store's own async write."""
+        await self._abind()
         stored_ids, records = await asyncio.to_thread(self._records, items, ids, metadatas, texts, show_progress)
         await (self.store.aupsert if upsert else self.store.aadd)(records)
         return stored_ids
@@ -238,6 +253,7 @@ class LateInteractionIndex:
         k, node, typed = self._prepare(queries, k, filter, options)
         if not queries:
             return []
+        await self._abind()
         encoded: list[FloatMatrix] = await asyncio.to_thread(self.encoder.encode_queries, list(queries))
         return await self.store.asearch_batch(encoded, k=k, filter=node, options=typed)
 

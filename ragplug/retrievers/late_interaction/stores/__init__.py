@@ -49,7 +49,7 @@ def load_store(path: str | os.PathLike[str], *, encoder: EncoderIdentity | None 
     from ragplug.retrievers.late_interaction.stores.folder import manifest_format
 
     fmt = manifest_format(path)
-    if fmt not in _FOLDER_FORMATS:
+    if not isinstance(fmt, str) or fmt not in _FOLDER_FORMATS:
         msg = f"{path} holds a store in format {fmt!r}, which no registered store reads ({sorted(_FOLDER_FORMATS)})"
         raise StoreCorruptedError(msg)
     store: MultiVectorStore = _resolve(_FOLDER_FORMATS[fmt]).load(path, encoder=encoder)

@@ -96,6 +96,7 @@ def write_folder(
         suffix = uuid.uuid4().hex[:12]
         staging = folder / f"{_STAGING}{suffix}"  # every file is written here first, then renamed into place
         files: dict[str, str] = {}
+        committed = False
         try:
             staging.mkdir()
             for name, group in tensors.items():
@@ -109,9 +110,12 @@ def write_folder(
             text = json.dumps(manifest, indent=1)
             with _locked(folder / _READ_LOCK, exclusive=True, create=True):
                 _write_atomic(staging, folder, MANIFEST, lambda p: Path(p).write_text(text, encoding="utf-8"))
-                _fsync_folder(folder)  # from here on the save has happened; nothing below raises
+                committed = True  # from here on the save has happened: its files must stay
+                _fsync_folder(folder)
                 _collect_garbage(folder, keep=set(files.values()))
         except BaseException as err:
+            if committed:  # interrupted while cleaning up: the new state is in place and complete
+                raise
             for fname in files.values():  # the manifest was not replaced: what this save wrote is garbage
                 (folder / fname).unlink(missing_ok=True)
             shutil.rmtree(staging, ignore_errors=True)
@@ -189,11 +193,15 @@ def _locked(file: Path, *, exclusive: bool, create: bool) -> Iterator[bool]:
         return
     try:
         fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o644) if create else os.open(file, os.O_RDONLY)
-    except OSError:
-        if create:
-            raise
-        yield False
-        return
+    except OSError as err:
+        if not create:  # a reader that cannot lock (read-only folder, another user's lock file) retries instead
+            yield False
+            return
+        try:
+            fd = os.open(file, os.O_RDONLY)  # someone else's lock file: a shared or exclusive flock still works
+        except OSError:
+            msg = f"cannot open the lock file {file}: {err}"
+            raise StoreError(msg) from err
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield True
@@ -215,7 +223,7 @@ def read_folder(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str,
         missing = None
         handles: dict[str, IO[bytes]] = {}
         try:
-            with _locked(folder / _READ_LOCK, exclusive=False, create=os.access(folder, os.W_OK)):
+            with _locked(folder / _READ_LOCK, exclusive=False, create=False):
                 manifest = _read_manifest(folder)
                 files, checksums = _data_files(folder, manifest)
                 for name, fname in files.items():  # once open, a file stays readable if a save deletes it

@@ -232,6 +232,8 @@ class InMemoryMultiVectorStore(ThreadedAsync):
         with self._lock:
             matrices, metadatas = self._validate(records)
             taken = sorted({r.id for r in records if r.id in self} | {r.item_id for r in records if r.item_id in self})
+            chunked = sorted({r.parent_id for r in records if r.parent_id in self._row})
+            taken = sorted(set(taken) | set(chunked))
             if taken:
                 msg = f"ids already stored: {taken[:10]}; use upsert to replace them"
                 raise DuplicateIdError(msg)
@@ -253,10 +255,13 @@ class InMemoryMultiVectorStore(ThreadedAsync):
                 msg = f"id {foreign[0]!r} is a chunk of item {owner!r}; upsert or delete {owner!r} instead"
                 raise DuplicateIdError(msg)
             gone = self._expand([i for i in items if i in self])
-            clash = sorted(r.id for r in records if r.id in self._row and r.id not in gone)
+            clash = sorted(
+                r.id
+                for r in records
+                if (r.id in self._row and r.id not in gone) or (r.id in self._children and r.id not in items)
+            )
             if clash:
-                owners = {c: self._parents[self._row[c]] or c for c in clash}
-                msg = f"ids {clash[:5]} belong to other stored items {sorted(set(owners.values()))[:5]}; not replaced"
+                msg = f"ids {clash[:5]} belong to other stored items; not replaced"
                 raise DuplicateIdError(msg)
             if gone:
                 self._remove(gone)

@@ -101,6 +101,7 @@ class PgSearchOptions(SearchOptions):
 
 
 _DEFAULT_OPTIONS = PgSearchOptions()
+_FP16_MAX = 65504.0
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,11 @@ class PgVectorStore:
         self._create_schema = create_schema
         self.pgvector_version: str | None = None
 
+    @property
+    def sync_capable(self) -> bool:
+        """False when the store was given only an async connection or pool (use the ``a*`` methods)."""
+        return self._connector.sync_capable
+
     def __repr__(self) -> str:
         return f"PgVectorStore({self._connector.description}, collection={self.collection!r})"
 
@@ -164,6 +170,14 @@ class PgVectorStore:
             op.close()
             msg = "this store was given an async connection or pool; use its async methods (aadd, asearch, ...)"
             raise InvalidInputError(msg)
+        before = self._info
+        try:
+            return self._run_on_connection(op)
+        except BaseException:
+            self._info = before  # what a rolled-back transaction read is not known to exist
+            raise
+
+    def _run_on_connection(self, op: Op) -> Any:
         with self._connector.connection() as conn:
             try:
                 if not self._ready:
@@ -177,6 +191,14 @@ class PgVectorStore:
                 raise _translate(err, self._connector.description) from err
 
     async def _arun(self, make_op: Any) -> Any:
+        before = self._info
+        try:
+            return await self._arun_on_connection(make_op)
+        except BaseException:
+            self._info = before
+            raise
+
+    async def _arun_on_connection(self, make_op: Any) -> Any:
         async with self._connector.aconnection() as conn:
             if conn is None:  # a sync connection or pool was given: its sync body in a worker thread
                 return await asyncio.to_thread(lambda: self._run(make_op()))
@@ -205,36 +227,15 @@ class PgVectorStore:
         self._ready = True
 
     # -- the collection -------------------------------------------------------------------------------
-    def _collection(self, *, create_dim: int | None = None, encoder: EncoderIdentity | None = None) -> Op:
-        """Step: this collection's row (share-locked when writing, so it cannot be dropped meanwhile); created,
-        with its HNSW index, when ``create_dim`` is given and it does not exist (creators wait for each other)."""
-        select = sql.SQL("SELECT dim, encoder, summary FROM {} WHERE name = %s{}").format(
-            self._t["collections"], sql.SQL(" FOR SHARE") if create_dim is not None else sql.SQL("")
+    def _collection(self, *, lock: str = "") -> Op:
+        """Step: this collection's row, optionally locked (``"share"`` while writing records, so it cannot be
+        dropped meanwhile; ``"update"`` to change it)."""
+        suffix = {"": "", "share": " FOR SHARE", "update": " FOR UPDATE"}[lock]
+        row = yield Query(
+            sql.SQL("SELECT dim, encoder, summary FROM {} WHERE name = %s" + suffix).format(self._t["collections"]),
+            [self.collection],
+            "one",
         )
-        row = yield Query(select, [self.collection], "one")
-        if row is None and create_dim is not None:
-            yield Query(
-                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                [f"ragplug.collection:{self.collection}"],
-                "one",
-            )
-            row = yield Query(select, [self.collection], "one")
-            if row is None:
-                yield Query(
-                    sql.SQL("INSERT INTO {} (name, dim, encoder, summary) VALUES (%s, %s, %s, %s)").format(
-                        self._t["collections"]
-                    ),
-                    [
-                        self.collection,
-                        create_dim,
-                        Jsonb(encoder.to_dict()) if encoder else None,
-                        Jsonb(self.summary.to_dict()),
-                    ],
-                )
-                yield from ddl.create_collection_index(
-                    self.schema, self.collection, self.summary.dim(create_dim), self.hnsw.m, self.hnsw.ef_construction
-                )
-                row = yield Query(select, [self.collection], "one")
         if row is None:
             if self._info is not None:
                 msg = f"collection {self.collection!r} was dropped (by another client?) while this store was using it"
@@ -247,6 +248,35 @@ class PgVectorStore:
         )
         self._info = info
         return info
+
+    def _create_collection(self, dim: int, encoder: EncoderIdentity | None) -> Op:
+        """Create the collection and its HNSW index if missing, in a transaction of its own: creators wait on
+        one lock (two index builds on the shared table inside write transactions deadlock each other)."""
+        info = yield from self._collection()
+        if info is not None:
+            return info
+        yield Query("SELECT pg_advisory_xact_lock(hashtext('ragplug.create_collection'))", (), "one")
+        info = yield from self._collection()
+        if info is not None:
+            return info
+        yield Query(
+            sql.SQL("INSERT INTO {} (name, dim, encoder, summary) VALUES (%s, %s, %s, %s)").format(
+                self._t["collections"]
+            ),
+            [self.collection, dim, Jsonb(encoder.to_dict()) if encoder else None, Jsonb(self.summary.to_dict())],
+        )
+        yield from ddl.create_collection_index(
+            self.schema, self.collection, self.summary.dim(dim), self.hnsw.m, self.hnsw.ef_construction
+        )
+        return (yield from self._collection())
+
+    def _ensure_collection(self, dim: int, encoder: EncoderIdentity | None = None) -> None:
+        if self._info is None:
+            self._run(self._create_collection(dim, encoder))
+
+    async def _aensure_collection(self, dim: int, encoder: EncoderIdentity | None = None) -> None:
+        if self._info is None:
+            await self._arun(lambda: self._create_collection(dim, encoder))
 
     def _summarizer(self, info: _Collection) -> Summarizer:
         key = (info.dim, info.summary)
@@ -266,10 +296,18 @@ class PgVectorStore:
 
     def bind_encoder(self, identity: EncoderIdentity) -> None:
         """Record the encoder of this collection (creating it); refuse another encoder or dimension."""
+        self._ensure_collection(identity.dim, identity)
         self._run(self._bind(identity))
 
+    async def abind_encoder(self, identity: EncoderIdentity) -> None:
+        await self._aensure_collection(identity.dim, identity)
+        await self._arun(lambda: self._bind(identity))
+
     def _bind(self, identity: EncoderIdentity) -> Op:
-        info = yield from self._collection(create_dim=identity.dim, encoder=identity)
+        info = yield from self._collection(lock="update")
+        if info is None:
+            msg = f"collection {self.collection!r} was dropped (by another client?) while this store was using it"
+            raise StoreError(msg)
         check_encoder(info.encoder, identity, f"collection {self.collection!r}")
         if info.dim != identity.dim:
             msg = (
@@ -366,71 +404,73 @@ class PgVectorStore:
     def add(self, records: Sequence[Record]) -> None:
         """Add new records; an id or item that exists raises :class:`DuplicateIdError` and adds nothing."""
         prepared = self._prepared(records)
+        self._ensure_collection(prepared[1][0].shape[1])
         self._run(self._write(prepared, upsert=False))
 
     async def aadd(self, records: Sequence[Record]) -> None:
         prepared = self._prepared(records)
+        await self._aensure_collection(prepared[1][0].shape[1])
         await self._arun(lambda: self._write(prepared, upsert=False))
 
     def upsert(self, records: Sequence[Record]) -> None:
         """Add records, replacing in the same transaction every stored record of the items they belong to."""
         prepared = self._prepared(records)
+        self._ensure_collection(prepared[1][0].shape[1])
         self._run(self._write(prepared, upsert=True))
 
     async def aupsert(self, records: Sequence[Record]) -> None:
         prepared = self._prepared(records)
+        await self._aensure_collection(prepared[1][0].shape[1])
         await self._arun(lambda: self._write(prepared, upsert=True))
 
     def _prepared(self, records: Sequence[Record]) -> tuple[list[Record], list[FloatMatrix], list[dict[str, Any]]]:
         matrices, metadatas = check_records(records, self._info.dim if self._info else None)
+        for record, matrix in zip(records, matrices, strict=True):
+            if float(np.abs(matrix).max()) > _FP16_MAX:
+                msg = f"vectors of {record.id!r} exceed {_FP16_MAX:g}, the range of the fp16 this store keeps"
+                raise InvalidInputError(msg)
         return list(records), matrices, metadatas
 
     def _write(self, prepared: tuple[list[Record], list[FloatMatrix], list[dict[str, Any]]], *, upsert: bool) -> Op:
         records, matrices, metadatas = prepared
         dim = matrices[0].shape[1]
-        info = yield from self._collection(create_dim=dim)
+        info = yield from self._collection(lock="share")
+        if info is None:
+            msg = f"collection {self.collection!r} was dropped (by another client?) while this store was using it"
+            raise StoreError(msg)
         if info.dim != dim:
             msg = f"the vectors have dimension {dim}, but collection {self.collection!r} holds dimension {info.dim}"
             raise InvalidInputError(msg)
         items = sorted({r.item_id for r in records})
         new_ids = [r.id for r in records]
-        yield Query(  # writers of one item wait for each other (sorted: no deadlocks)
-            sql.SQL(
-                "SELECT count(pg_advisory_xact_lock(hashtextextended(%s || chr(31) || k, 0))) "
-                "FROM unnest(%s::text[]) AS k"
-            ),
-            [self.collection, items],
-            "one",
-        )
+        yield from self._lock_items(sorted(set(items) | set(new_ids)))
         rows = yield Query(
             sql.SQL(
-                "SELECT id, parent_id FROM {} WHERE {} AND (id = ANY(%s) OR id = ANY(%s) OR parent_id = ANY(%s))"
+                "SELECT id, parent_id FROM {} WHERE {} AND "
+                "(id = ANY(%s) OR id = ANY(%s) OR parent_id = ANY(%s) OR parent_id = ANY(%s))"
             ).format(self._t["records"], self._where()),
-            [new_ids, items, items],
+            [new_ids, items, items, new_ids],
             "all",
         )
         parent_of = {r[0]: r[1] for r in rows}
+        stored_parents = {p for p in parent_of.values() if p is not None}
         item_set = set(items)
         if not upsert:
-            taken = sorted(
-                set(new_ids) & set(parent_of)
-                | {p for p in parent_of.values() if p in item_set}
-                | (item_set & set(parent_of))
-            )
+            taken = sorted((set(new_ids) | item_set) & (set(parent_of) | stored_parents))
             if taken:
                 msg = f"ids already stored: {taken[:10]}; use upsert to replace them"
                 raise DuplicateIdError(msg)
         else:
-            foreign = sorted(i for i in items if parent_of.get(i) not in (None, i) and i in parent_of)
+            foreign = sorted(i for i in items if i in parent_of and parent_of[i] not in (None, i))
             if foreign:
                 owner = parent_of[foreign[0]]
                 msg = f"id {foreign[0]!r} is a chunk of item {owner!r}; upsert or delete {owner!r} instead"
                 raise DuplicateIdError(msg)
             gone = [i for i, p in parent_of.items() if i in item_set or p in item_set]
-            clash = sorted(set(new_ids) & set(parent_of) - set(gone))
+            left = {p for i, p in parent_of.items() if p is not None and i not in gone}
+            clash = sorted((set(new_ids) & set(parent_of) - set(gone)) | (set(new_ids) & left))
             if clash:
-                owners = sorted({parent_of[c] or c for c in clash})
-                msg = f"ids {clash[:5]} belong to other stored items {owners[:5]}; not replaced"
+                msg = f"ids {clash[:5]} belong to other stored items; not replaced"
                 raise DuplicateIdError(msg)
             if gone:
                 yield Query(
@@ -470,10 +510,33 @@ class PgVectorStore:
         await self._arun(lambda: self._delete(checked))
 
     def _delete(self, ids: list[str]) -> Op:
-        found = yield from self._expand(ids, columns=sql.SQL("id, parent_id"))
+        info = yield from self._collection(lock="share")
+        if info is None:
+            msg = f"unknown ids: {ids[:10]}"
+            raise UnknownIdError(msg)
+        yield from self._lock_items(sorted(ids))  # an upsert of one of these items waits, or is waited for
+        rows = yield Query(  # one statement: what it deletes is one consistent state of each item
+            sql.SQL("DELETE FROM {} WHERE {} AND (id = ANY(%s) OR parent_id = ANY(%s)) RETURNING id, parent_id").format(
+                self._t["records"], self._where()
+            ),
+            [ids, ids],
+            "all",
+        )
+        known = {r[0] for r in rows} | {r[1] for r in rows if r[1] is not None}
+        missing = [i for i in ids if i not in known]
+        if missing:
+            msg = f"unknown ids: {missing[:10]}"
+            raise UnknownIdError(msg)  # the transaction rolls back: nothing is deleted
+
+    def _lock_items(self, keys: list[str]) -> Op:
+        """Transaction-scoped advisory locks on item and record ids (sorted by the caller: no deadlocks)."""
         yield Query(
-            sql.SQL("DELETE FROM {} WHERE {} AND id = ANY(%s)").format(self._t["records"], self._where()),
-            [[r[0] for r in found]],
+            sql.SQL(
+                "SELECT count(pg_advisory_xact_lock(hashtextextended(%s || chr(31) || k, 0))) "
+                "FROM unnest(%s::text[]) AS k"
+            ),
+            [self.collection, keys],
+            "one",
         )
 
     def _expand(self, ids: list[str], columns: sql.Composable) -> Op:
