@@ -403,25 +403,27 @@ class PgVectorStore:
     # -- writes ---------------------------------------------------------------------------------------
     def add(self, records: Sequence[Record]) -> None:
         """Add new records; an id or item that exists raises :class:`DuplicateIdError` and adds nothing."""
-        prepared = self._prepared(records)
-        self._ensure_collection(prepared[1][0].shape[1])
-        self._run(self._write(prepared, upsert=False))
+        self._store(records, upsert=False)
 
     async def aadd(self, records: Sequence[Record]) -> None:
-        prepared = self._prepared(records)
-        await self._aensure_collection(prepared[1][0].shape[1])
-        await self._arun(lambda: self._write(prepared, upsert=False))
+        await self._astore(records, upsert=False)
 
     def upsert(self, records: Sequence[Record]) -> None:
         """Add records, replacing in the same transaction every stored record of the items they belong to."""
-        prepared = self._prepared(records)
-        self._ensure_collection(prepared[1][0].shape[1])
-        self._run(self._write(prepared, upsert=True))
+        self._store(records, upsert=True)
 
     async def aupsert(self, records: Sequence[Record]) -> None:
+        await self._astore(records, upsert=True)
+
+    def _store(self, records: Sequence[Record], *, upsert: bool) -> None:
+        prepared = self._prepared(records)
+        self._ensure_collection(prepared[1][0].shape[1])
+        self._run(self._write(prepared, upsert=upsert))
+
+    async def _astore(self, records: Sequence[Record], *, upsert: bool) -> None:
         prepared = self._prepared(records)
         await self._aensure_collection(prepared[1][0].shape[1])
-        await self._arun(lambda: self._write(prepared, upsert=True))
+        await self._arun(lambda: self._write(prepared, upsert=upsert))
 
     def _prepared(self, records: Sequence[Record]) -> tuple[list[Record], list[FloatMatrix], list[dict[str, Any]]]:
         matrices, metadatas = check_records(records, self._info.dim if self._info else None)
