@@ -378,3 +378,18 @@ def test_deletes_and_upserts_of_one_item_never_leave_half_an_item(store: MultiVe
         finally:
             stop = True
             writer.result(timeout=60)
+
+
+def test_records_copy_between_backends_without_re_encoding(store: MultiVectorStore, make_store) -> None:
+    from ragplug.retrievers.late_interaction import copy_records
+
+    store.bind_encoder(IDENTITY)
+    store.add([Record(f"c#{n}", _unit(np.random.default_rng(14), 2), {"n": n}, parent_id="c") for n in range(2)])
+    target = InMemoryMultiVectorStore()
+    assert copy_records(store, target, batch_size=7) == 32
+    assert target.ids() == store.ids() and target.encoder == IDENTITY
+    assert [r.id for r in target.get(["c"])] == ["c#0", "c#1"]
+    back = make_store()
+    assert copy_records(target, back) == 32
+    query = _unit(np.random.default_rng(15), 2)
+    assert [h.id for h in back.search(query, k=5)] == [h.id for h in store.search(query, k=5)]

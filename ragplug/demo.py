@@ -163,6 +163,7 @@ def run(
 def _from_postgres(lc: Any, encoder: Any, target: str, cache: Path, k: int) -> None:
     """The same questions from a Postgres collection holding the same vectors (copied, not re-encoded)."""
     from ragplug.plugins.langchain import ColBERTRetriever as LCRetriever
+    from ragplug.retrievers.late_interaction.stores import copy_records
     from ragplug.retrievers.late_interaction.stores.postgres import PgVectorStore
 
     t0 = time.perf_counter()
@@ -174,10 +175,8 @@ def _from_postgres(lc: Any, encoder: Any, target: str, cache: Path, k: int) -> N
     if len(store) != len(source) or store.encoder != source.encoder:
         if store.dim is not None:
             store.drop()
-        records = list(source.records())
-        for start in range(0, len(records), 256):
-            store.add(records[start : start + 256])
-        print(f"\npostgres: copied {len(records)} passages into {store!r} in {time.perf_counter() - t0:.1f}s")
+        copied = copy_records(source, store)
+        print(f"\npostgres: copied {copied} passages into {store!r} in {time.perf_counter() - t0:.1f}s")
     else:
         print(f"\npostgres: {len(store)} passages already in {store!r}")
     pg = LCRetriever.from_store(store, model=encoder, k=k)

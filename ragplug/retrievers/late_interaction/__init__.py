@@ -19,7 +19,7 @@ from ragplug.retrievers.late_interaction.filters import Filter, FilterNode, comp
 from ragplug.retrievers.late_interaction.index import LateInteractionIndex
 from ragplug.retrievers.late_interaction.ivf import ApproximateConfig
 from ragplug.retrievers.late_interaction.rerank import rerank
-from ragplug.retrievers.late_interaction.stores import create_store, load_store, register_store
+from ragplug.retrievers.late_interaction.stores import copy_records, create_store, load_store, register_store
 from ragplug.retrievers.late_interaction.stores.memory import (
     InMemoryMultiVectorStore,
     MemorySearchOptions,
@@ -43,6 +43,7 @@ __all__ = [
     "SearchMode",
     "SearchOptions",
     "compile_filter",
+    "copy_records",
     "create_store",
     "load_store",
     "parse_filter",

@@ -15,7 +15,7 @@ from typing import Any
 from ragplug.errors import InvalidInputError, StoreCorruptedError
 from ragplug.retrievers.late_interaction.base import EncoderIdentity, MultiVectorStore
 
-__all__ = ["create_store", "load_store", "register_store"]
+__all__ = ["copy_records", "create_store", "load_store", "register_store"]
 
 _STORES: dict[str, str] = {}  # name -> "module:Class"
 _FOLDER_FORMATS: dict[str, str] = {}  # folder format name -> "module:Class" (a class with .load(path, encoder=))
@@ -54,6 +54,37 @@ def load_store(path: str | os.PathLike[str], *, encoder: EncoderIdentity | None 
         raise StoreCorruptedError(msg)
     store: MultiVectorStore = _resolve(_FOLDER_FORMATS[fmt]).load(path, encoder=encoder)
     return store
+
+
+def copy_records(
+    source: MultiVectorStore, target: MultiVectorStore, *, batch_size: int = 512, show_progress: bool = False
+) -> int:
+    """Copy every record of ``source`` into ``target`` (vectors as stored: nothing is re-encoded), binding
+    ``target`` to ``source``'s encoder first; an id already in ``target`` is a ``DuplicateIdError``. Returns
+    the number of records copied. ``source`` needs a ``records()`` iterator (both built-in stores have one)."""
+    from tqdm.auto import tqdm
+
+    records = getattr(source, "records", None)
+    if records is None:
+        msg = f"{type(source).__name__} cannot list its records"
+        raise InvalidInputError(msg)
+    if source.encoder is not None:
+        target.bind_encoder(source.encoder)
+    copied = 0
+    batch = []
+    with tqdm(total=len(source), desc="copy records", unit="rec", disable=not show_progress) as bar:
+        for record in records():
+            batch.append(record)
+            if len(batch) == batch_size:
+                target.add(batch)
+                copied += len(batch)
+                bar.update(len(batch))
+                batch = []
+        if batch:
+            target.add(batch)
+            copied += len(batch)
+            bar.update(len(batch))
+    return copied
 
 
 register_store(

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -399,6 +399,31 @@ class PgVectorStore:
             sql.SQL("SELECT id FROM {} WHERE {} ORDER BY seq").format(self._t["records"], self._where()), (), "all"
         )
         return [r[0] for r in rows]
+
+    def records(self, *, batch_size: int = 1000) -> Iterator[Record]:
+        """Every record, in insertion order, fetched ``batch_size`` at a time (each page is its own
+        transaction: records written meanwhile may or may not appear)."""
+        after = 0
+        while True:
+            page = self._run(self._page(after, batch_size))
+            if not page:
+                return
+            after = page[-1][0]
+            yield from (record for _, record in page)
+
+    def _page(self, after: int, size: int) -> Op:
+        info = yield from self._collection()
+        if info is None:
+            return []
+        rows = yield Query(
+            sql.SQL(
+                "SELECT seq, id, parent_id, metadata, text, n_tokens, tokens FROM {} WHERE {} AND seq > %s "
+                "ORDER BY seq LIMIT %s"
+            ).format(self._t["records"], self._where()),
+            [after, size],
+            "all",
+        )
+        return [(r[0], Record(r[1], _decode(r[6], r[5], info.dim), r[3], r[4], r[2])) for r in rows]
 
     # -- writes ---------------------------------------------------------------------------------------
     def add(self, records: Sequence[Record]) -> None:
