@@ -158,7 +158,22 @@ def test_a_database_without_pgvector_and_a_role_that_may_not_enable_it(postgres_
 
 
 def test_a_too_old_pgvector_is_named() -> None:
-    assert _version("0.6.2") < MIN_PGVECTOR <= _version("0.8.5") and _version("0.10.0") > MIN_PGVECTOR
+    """The check's own steps, answered as a server with pgvector 0.6.2 (pgserver's) installed would."""
+    from ragplug.retrievers.late_interaction.stores.postgres.schema import check_pgvector
+
+    def answered(version: str) -> str:
+        op = check_pgvector()
+        step = next(op)
+        try:
+            while True:
+                step = op.send((version,) if step.fetch == "one" else None)
+        except StopIteration as done:
+            return str(done.value)
+
+    with pytest.raises(StoreError, match=r"pgvector 0\.6\.2 is too old.*halfvec.*iterative index scans"):
+        answered("0.6.2")
+    assert answered("0.8.5") == "0.8.5" and answered("0.10.0") == "0.10.0"
+    assert _version("0.6.2") < MIN_PGVECTOR
 
 
 def test_a_collection_dropped_under_a_live_store(postgres_dsn: str) -> None:

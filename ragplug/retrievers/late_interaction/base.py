@@ -42,6 +42,7 @@ __all__ = [
     "check_records",
     "check_text",
     "copy_metadata",
+    "plan_write",
 ]
 
 FloatMatrix = npt.NDArray[np.float32]
@@ -427,3 +428,35 @@ def check_records(records: Sequence[Record], dim: int | None) -> tuple[list[Floa
         if record.text is not None:
             check_text(record.text, f"text of {record.id!r}")
     return matrices, metadatas
+
+
+def plan_write(records: Sequence[Record], stored: Mapping[str, str | None], *, upsert: bool) -> list[str]:
+    """The ids of stored records a write removes, or the :class:`DuplicateIdError` it must raise: the one
+    set of ownership rules every store applies (each store only looks up ``stored``).
+
+    ``stored`` maps the id of every stored record that the write touches to its ``parent_id``: records
+    whose id is one of the new ids or items, and records whose parent is. An add refuses any new id or
+    item that is stored as a record or as an item; an upsert removes every record of its items and
+    refuses a new id that belongs to another stored item, or an item id that is another item's chunk.
+    """
+    new_ids = {r.id for r in records}
+    items = {r.item_id for r in records}
+    parents = {p for p in stored.values() if p is not None}
+    if not upsert:
+        taken = sorted((new_ids | items) & (set(stored) | parents))
+        if taken:
+            msg = f"ids already stored: {taken[:10]}; use upsert to replace them"
+            raise DuplicateIdError(msg)
+        return []
+    foreign = sorted(i for i in items if stored.get(i) is not None)
+    if foreign:
+        owner = stored[foreign[0]]
+        msg = f"id {foreign[0]!r} is a chunk of item {owner!r}; upsert or delete {owner!r} instead"
+        raise DuplicateIdError(msg)
+    gone = [i for i, p in stored.items() if i in items or p in items]
+    kept = set(stored) - set(gone)
+    clash = sorted(new_ids & (kept | {stored[i] for i in kept if stored[i] is not None}))
+    if clash:
+        msg = f"ids {clash[:5]} belong to other stored items; not replaced"
+        raise DuplicateIdError(msg)
+    return gone

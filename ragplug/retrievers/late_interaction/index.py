@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from ragplug.errors import InvalidInputError
+from ragplug.errors import DuplicateIdError, InvalidInputError
 from ragplug.retrievers.late_interaction.base import (
     SCORE_KEY,
     Chunk,
@@ -180,8 +180,6 @@ class LateInteractionIndex:
         return stored_ids
 
     def _refuse_existing(self, ids: Sequence[str]) -> None:
-        from ragplug.errors import DuplicateIdError
-
         taken = [i for i in ids if i in self.store]
         if taken:
             msg = f"ids already stored: {taken[:5]}{' ...' if len(taken) > 5 else ''}; use upsert=True to replace them"

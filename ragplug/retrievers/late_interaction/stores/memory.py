@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 
 from ragplug.errors import (
-    DuplicateIdError,
     EncoderMismatchError,
     InvalidInputError,
     StoreCorruptedError,
@@ -47,6 +46,7 @@ from ragplug.retrievers.late_interaction.base import (
     check_k,
     check_records,
     copy_metadata,
+    plan_write,
 )
 from ragplug.retrievers.late_interaction.filters import (
     Filter,
@@ -224,20 +224,9 @@ class InMemoryMultiVectorStore(ThreadedAsync):
         return Record(self._ids[row], vectors, metadata, self._texts[row], self._parents[row])
 
     # -- writes ---------------------------------------------------------------------------------------
-    def _validate(self, records: Sequence[Record]) -> tuple[list[FloatMatrix], list[dict[str, Any]]]:
-        return check_records(records, self._dim)
-
     def add(self, records: Sequence[Record]) -> None:
         """Add new records; an id or item that exists raises :class:`DuplicateIdError` and adds nothing."""
-        with self._lock:
-            matrices, metadatas = self._validate(records)
-            taken = sorted({r.id for r in records if r.id in self} | {r.item_id for r in records if r.item_id in self})
-            chunked = sorted({r.parent_id for r in records if r.parent_id in self._row})
-            taken = sorted(set(taken) | set(chunked))
-            if taken:
-                msg = f"ids already stored: {taken[:10]}; use upsert to replace them"
-                raise DuplicateIdError(msg)
-            self._append(records, matrices, metadatas)
+        self._write(records, upsert=False)
 
     def upsert(self, records: Sequence[Record]) -> None:
         """Add records, replacing in the same step every stored record of the items they belong to.
@@ -246,23 +235,15 @@ class InMemoryMultiVectorStore(ThreadedAsync):
         belongs to another stored item (say ``"doc#0"``, a chunk of ``"doc"``) is a
         :class:`DuplicateIdError`: an upsert never replaces what it was not asked to.
         """
+        self._write(records, upsert=True)
+
+    def _write(self, records: Sequence[Record], *, upsert: bool) -> None:
         with self._lock:
-            matrices, metadatas = self._validate(records)
-            items = {r.item_id for r in records}
-            foreign = sorted(i for i in items if i in self._row and self._parents[self._row[i]] not in (None, i))
-            if foreign:
-                owner = self._parents[self._row[foreign[0]]]
-                msg = f"id {foreign[0]!r} is a chunk of item {owner!r}; upsert or delete {owner!r} instead"
-                raise DuplicateIdError(msg)
-            gone = self._expand([i for i in items if i in self])
-            clash = sorted(
-                r.id
-                for r in records
-                if (r.id in self._row and r.id not in gone) or (r.id in self._children and r.id not in items)
-            )
-            if clash:
-                msg = f"ids {clash[:5]} belong to other stored items; not replaced"
-                raise DuplicateIdError(msg)
+            matrices, metadatas = check_records(records, self._dim)
+            keys = {r.id for r in records} | {r.item_id for r in records}
+            stored = {i: self._parents[self._row[i]] for i in keys if i in self._row}
+            stored.update((c, p) for p in keys for c in self._children.get(p, ()))
+            gone = plan_write(records, stored, upsert=upsert)
             if gone:
                 self._remove(gone)
             self._append(records, matrices, metadatas)

@@ -26,7 +26,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ragplug._extras import require
-from ragplug._postgres import Connector, aregister_types, embedded, register_types
+from ragplug._postgres import Connector, aregister_types, register_types
+from ragplug._postgres import embedded as start_embedded
 from ragplug.errors import DuplicateIdError, InvalidInputError, StoreError, UnknownIdError
 from ragplug.retrievers.late_interaction.base import (
     EncoderIdentity,
@@ -39,6 +40,7 @@ from ragplug.retrievers.late_interaction.base import (
     check_ids,
     check_k,
     check_records,
+    plan_write,
 )
 from ragplug.retrievers.late_interaction.fde import Summarizer, SummaryConfig
 from ragplug.retrievers.late_interaction.filters import (
@@ -143,7 +145,7 @@ class PgVectorStore:
                 msg = f"{name} must be a non-empty string without NUL characters, got {value!r}"
                 raise InvalidInputError(msg)
         if connection is None:
-            connection = _embedded_dsn(embedded if embedded is not None else ".ragplug-postgres")
+            connection = start_embedded(embedded if embedded is not None else ".ragplug-postgres")
         self._connector = Connector(connection, pool_size=pool_size)
         self.collection = collection
         self.schema = schema
@@ -238,8 +240,7 @@ class PgVectorStore:
         )
         if row is None:
             if self._info is not None:
-                msg = f"collection {self.collection!r} was dropped (by another client?) while this store was using it"
-                raise StoreError(msg)
+                raise self._dropped()
             return None
         info = _Collection(
             dim=int(row[0]),
@@ -248,6 +249,9 @@ class PgVectorStore:
         )
         self._info = info
         return info
+
+    def _dropped(self) -> StoreError:
+        return StoreError(f"collection {self.collection!r} was dropped (by another client?) while this store used it")
 
     def _create_collection(self, dim: int, encoder: EncoderIdentity | None) -> Op:
         """Create the collection and its HNSW index if missing, in a transaction of its own: creators wait on
@@ -306,8 +310,7 @@ class PgVectorStore:
     def _bind(self, identity: EncoderIdentity) -> Op:
         info = yield from self._collection(lock="update")
         if info is None:
-            msg = f"collection {self.collection!r} was dropped (by another client?) while this store was using it"
-            raise StoreError(msg)
+            raise self._dropped()
         check_encoder(info.encoder, identity, f"collection {self.collection!r}")
         if info.dim != identity.dim:
             msg = (
@@ -463,8 +466,7 @@ class PgVectorStore:
         dim = matrices[0].shape[1]
         info = yield from self._collection(lock="share")
         if info is None:
-            msg = f"collection {self.collection!r} was dropped (by another client?) while this store was using it"
-            raise StoreError(msg)
+            raise self._dropped()
         if info.dim != dim:
             msg = f"the vectors have dimension {dim}, but collection {self.collection!r} holds dimension {info.dim}"
             raise InvalidInputError(msg)
@@ -479,31 +481,11 @@ class PgVectorStore:
             [new_ids, items, items, new_ids],
             "all",
         )
-        parent_of = {r[0]: r[1] for r in rows}
-        stored_parents = {p for p in parent_of.values() if p is not None}
-        item_set = set(items)
-        if not upsert:
-            taken = sorted((set(new_ids) | item_set) & (set(parent_of) | stored_parents))
-            if taken:
-                msg = f"ids already stored: {taken[:10]}; use upsert to replace them"
-                raise DuplicateIdError(msg)
-        else:
-            foreign = sorted(i for i in items if i in parent_of and parent_of[i] not in (None, i))
-            if foreign:
-                owner = parent_of[foreign[0]]
-                msg = f"id {foreign[0]!r} is a chunk of item {owner!r}; upsert or delete {owner!r} instead"
-                raise DuplicateIdError(msg)
-            gone = [i for i, p in parent_of.items() if i in item_set or p in item_set]
-            left = {p for i, p in parent_of.items() if p is not None and i not in gone}
-            clash = sorted((set(new_ids) & set(parent_of) - set(gone)) | (set(new_ids) & left))
-            if clash:
-                msg = f"ids {clash[:5]} belong to other stored items; not replaced"
-                raise DuplicateIdError(msg)
-            if gone:
-                yield Query(
-                    sql.SQL("DELETE FROM {} WHERE {} AND id = ANY(%s)").format(self._t["records"], self._where()),
-                    [gone],
-                )
+        gone = plan_write(records, {r[0]: r[1] for r in rows}, upsert=upsert)
+        if gone:
+            yield Query(
+                sql.SQL("DELETE FROM {} WHERE {} AND id = ANY(%s)").format(self._t["records"], self._where()), [gone]
+            )
         summaries = self._summarizer(info).documents(matrices)
         HalfVector = require("pgvector", "postgres").HalfVector
         rows_out = [
@@ -549,11 +531,7 @@ class PgVectorStore:
             [ids, ids],
             "all",
         )
-        known = {r[0] for r in rows} | {r[1] for r in rows if r[1] is not None}
-        missing = [i for i in ids if i not in known]
-        if missing:
-            msg = f"unknown ids: {missing[:10]}"
-            raise UnknownIdError(msg)  # the transaction rolls back: nothing is deleted
+        _refuse_unknown(ids, rows)  # raising rolls the transaction back: nothing is deleted
 
     def _lock_items(self, keys: list[str]) -> Op:
         """Transaction-scoped advisory locks on item and record ids (sorted by the caller: no deadlocks)."""
@@ -566,26 +544,6 @@ class PgVectorStore:
             "one",
         )
 
-    def _expand(self, ids: list[str], columns: sql.Composable) -> Op:
-        """Step: rows of the records named by ``ids`` (record ids or item ids), in insertion order; an unknown
-        id raises :class:`UnknownIdError`. ``columns`` must start with ``id, parent_id``."""
-        info = yield from self._collection()
-        rows = []
-        if info is not None:
-            rows = yield Query(
-                sql.SQL("SELECT {} FROM {} WHERE {} AND (id = ANY(%s) OR parent_id = ANY(%s)) ORDER BY seq").format(
-                    columns, self._t["records"], self._where()
-                ),
-                [ids, ids],
-                "all",
-            )
-        known = {r[0] for r in rows} | {r[1] for r in rows if r[1] is not None}
-        missing = [i for i in ids if i not in known]
-        if missing:
-            msg = f"unknown ids: {missing[:10]}"
-            raise UnknownIdError(msg)
-        return rows
-
     def get(self, ids: Sequence[str]) -> list[Record]:
         """Records by id, in the order asked (an item id gives its chunks); an unknown id raises
         :class:`UnknownIdError`."""
@@ -596,8 +554,18 @@ class PgVectorStore:
         return list(await self._arun(lambda: self._get(checked)))
 
     def _get(self, ids: list[str]) -> Op:
-        rows = yield from self._expand(ids, columns=sql.SQL("id, parent_id, metadata, text, n_tokens, tokens"))
-        dim = self._info.dim if self._info else 0
+        info = yield from self._collection()
+        rows = []
+        if info is not None:
+            rows = yield Query(
+                sql.SQL(
+                    "SELECT id, parent_id, metadata, text, n_tokens, tokens FROM {} WHERE {} "
+                    "AND (id = ANY(%s) OR parent_id = ANY(%s)) ORDER BY seq"
+                ).format(self._t["records"], self._where()),
+                [ids, ids],
+                "all",
+            )
+        _refuse_unknown(ids, rows)
         by_id = {r[0]: r for r in rows}
         children: dict[str, list[str]] = {}
         for r in rows:
@@ -607,7 +575,7 @@ class PgVectorStore:
         for id_ in ids:
             for rid in children.get(id_, [id_]) if id_ not in by_id else [id_]:
                 r = by_id[rid]
-                out.append(Record(r[0], _decode(r[5], r[4], dim), r[2], r[3], r[1]))
+                out.append(Record(r[0], _decode(r[5], r[4], info.dim), r[2], r[3], r[1]))
         return out
 
     # -- search ---------------------------------------------------------------------------------------
@@ -682,7 +650,9 @@ class PgVectorStore:
         if info is None or not queries:
             return [[] for _ in queries]
         for i, q in enumerate(queries):
-            as_matrix(q, info.dim, f"query {i}")
+            if q.shape[1] != info.dim:
+                msg = f"query {i} has dimension {q.shape[1]}, but this store holds dimension {info.dim}"
+                raise InvalidInputError(msg)
         n_cand = options.n_candidates or max(100, 4 * k)
         yield Query(
             "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', 'relaxed_order', true)",
@@ -731,6 +701,15 @@ class PgVectorStore:
         return results
 
 
+def _refuse_unknown(ids: list[str], rows: list[Any]) -> None:
+    """Rows are ``(id, parent_id, ...)``: an asked id that is neither a record nor a parent is unknown."""
+    known = {r[0] for r in rows} | {r[1] for r in rows if r[1] is not None}
+    missing = [i for i in ids if i not in known]
+    if missing:
+        msg = f"unknown ids: {missing[:10]}"
+        raise UnknownIdError(msg)
+
+
 def _decode(blob: bytes, n_tokens: int, dim: int) -> FloatMatrix:
     matrix = np.frombuffer(blob, dtype="<f2")
     if matrix.size != n_tokens * dim:
@@ -751,7 +730,3 @@ def _translate(err: Exception, where: str) -> Exception:
             f"the connection to {where} failed; the operation was rolled back, nothing was written: {err}"
         )
     return StoreError(f"Postgres error from {where}; the operation was rolled back: {err}")
-
-
-def _embedded_dsn(folder: str | os.PathLike[str]) -> str:
-    return embedded(folder)
