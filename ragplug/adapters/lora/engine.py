@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from ragplug._extras import require
+from ragplug._text import unicode_error
 from ragplug.adapters.lora.batched import SegmentedLoRA
 from ragplug.adapters.lora.config import GenerationConfig, LoadConfig
 from ragplug.adapters.lora.grammar import GrammarBackend, GrammarRow
@@ -146,25 +147,18 @@ def render_prompt_ids(
         )
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
     except (TypeError, UnicodeError) as err:  # tokenizers' TypeError for text that is not valid Unicode
-        where = _unencodable(list(messages), "messages") or _unencodable(tool_dicts, "tools")
-        if where is None:
+        error = _unencodable(list(messages), "messages") or _unencodable(tool_dicts, "tools")
+        if error is None:
             raise
-        msg = (
-            f"{where} is not valid Unicode text: it holds a lone surrogate. Decode the text with "
-            "errors='replace' (or fix its source) before sending it"
-        )
-        raise InvalidInputError(msg) from err
+        raise error from err
 
 
-def _unencodable(value: Any, where: str) -> str | None:
-    """The path (``messages[1]['content']``, with the position) of the first string in ``value`` that has a
-    lone surrogate, which no tokenizer can encode; None if there is none. Walked only after a failure."""
+def _unencodable(value: Any, where: str) -> InvalidInputError | None:
+    """The error naming the first string in ``value`` (``messages[1]['content']``) that is not valid
+    Unicode, which no tokenizer can encode; None if there is none. Walked only after a failure, so valid
+    requests pay nothing."""
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as err:
-            return f"{where} (at index {err.start}: {value[err.start : err.end]!r})"
-        return None
+        return unicode_error(value, where)
     if isinstance(value, Mapping):
         items: Any = ((f"{where}[{k!r}]", v) for k, v in value.items())
     elif isinstance(value, list | tuple):

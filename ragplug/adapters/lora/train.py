@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ragplug._extras import require
+from ragplug._text import check_unicode
 from ragplug.adapters.lora.engine import render_prompt_ids, resolve_local
 from ragplug.errors import ContextLengthError, InvalidInputError
 
@@ -81,14 +82,7 @@ def _check_text(name: str, value: Any) -> None:
     if not isinstance(value, str) or not value.strip():
         msg = f"{name} must be a non-empty string, got {value!r}"
         raise InvalidInputError(msg)
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as err:  # no tokenizer can encode it (tokenizers raises a bare TypeError)
-        msg = (
-            f"{name} is not valid Unicode text: it holds a lone surrogate at index {err.start} "
-            f"({value[err.start : err.end]!r}); decode the text with errors='replace' (or fix its source)"
-        )
-        raise InvalidInputError(msg) from err
+    check_unicode(value, name)  # no tokenizer can encode a lone surrogate (tokenizers raises a bare TypeError)
 
 
 @dataclass(frozen=True)

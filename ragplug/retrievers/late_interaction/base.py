@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from ragplug._text import check_unicode
 from ragplug.errors import DuplicateIdError, EncoderMismatchError, InvalidInputError
 from ragplug.retrievers.late_interaction.filters import Filter, FilterNode
 
@@ -329,13 +330,7 @@ def check_text(text: Any, what: str) -> str:
     if "\x00" in text:
         msg = f"{what} holds a NUL character (\\x00) at position {text.index(chr(0))}; stores cannot keep it"
         raise InvalidInputError(msg)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:
-        bad = text[err.start : err.end]
-        msg = f"{what} holds a lone surrogate {bad!r} at position {err.start}; it is not valid Unicode"
-        raise InvalidInputError(msg) from None
-    return text
+    return check_unicode(text, what)
 
 
 def check_metadata(metadata: Any, what: str) -> dict[str, Any]:
