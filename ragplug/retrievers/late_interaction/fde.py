@@ -123,12 +123,11 @@ class SummaryConfig:
     """The one vector per record that a database's vector index holds, to propose candidates for MaxSim.
 
     ``kind="mean"``: the L2-normalised mean of the record's token vectors (queries likewise), ``dim``
-    dimensions. ``kind="fde"``: the MUVERA encoding under ``fde``. Measured on A Christmas Carol with the
-    offline MiniLM (234 passages, 31 queries; exact MaxSim's top 10 found among the first stage's top 100):
-    mean 0.99, FDE 0.89 at 1,792 dimensions and 0.94 at 5,120 (raw MiniLM token vectors share a strong
-    common direction, which SimHash buckets split badly). In the 100k-document SciFact haystack of
-    ``benchmarks/pgvector_scale.py`` both are weak (top 10 in the top 100: mean 0.64, FDE 0.58): the
-    default is the mean, and a better first stage is listed there as the next step.
+    dimensions. ``kind="fde"``: the MUVERA encoding under ``fde``. ``benchmarks/first_stage_recall.py``
+    measures both in a 100k-document SciFact haystack (MiniLM token vectors, 128 dims): exact MaxSim's top
+    10 lie in the first stage's top 100 for 0.64 of queries with the mean and 0.58 with a 1,792-dim FDE
+    (raw MiniLM token vectors share a strong common direction, which SimHash buckets split badly). The
+    default is therefore the mean; both are weak at that scale (see the benchmark for a better candidate).
     """
 
     kind: str = "mean"
