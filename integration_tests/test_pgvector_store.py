@@ -33,6 +33,24 @@ def _unit(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+def _errors_in_threads(work, n: int, timeout: float = 120) -> list[BaseException]:
+    """Run ``work(i)`` for i < n in n threads at once; the exceptions they raised."""
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            work(i)
+        except BaseException as err:  # collected for the caller to assert on
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    return errors
+
+
 def _collection() -> str:
     return f"t-{uuid.uuid4().hex[:10]}"
 
@@ -249,44 +267,25 @@ def test_exact_first_stage_and_the_index_agree_on_clustered_data(postgres_dsn: s
 def test_concurrent_first_use_from_threads(postgres_dsn: str) -> None:
     """Schema creation and the collection's first write race safely."""
     collection = _collection()
-    errors: list[BaseException] = []
 
     def write(n: int) -> None:
-        try:
-            PgVectorStore(postgres_dsn, collection=collection).add(
-                [Record(f"t{n}", _unit(np.random.default_rng(n), 2))]
-            )
-        except BaseException as err:  # collected and asserted below
-            errors.append(err)
+        PgVectorStore(postgres_dsn, collection=collection).add([Record(f"t{n}", _unit(np.random.default_rng(n), 2))])
 
-    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors and len(PgVectorStore(postgres_dsn, collection=collection)) == 4
+    assert _errors_in_threads(write, 4) == []
+    assert len(PgVectorStore(postgres_dsn, collection=collection)) == 4
 
 
 def test_first_writes_to_new_collections_and_concurrent_binds_do_not_deadlock(postgres_dsn: str) -> None:
     from ragplug.retrievers.late_interaction import EncoderIdentity
 
-    errors: list[BaseException] = []
     shared = _collection()
     PgVectorStore(postgres_dsn, collection=shared).add([Record("seed", _unit(np.random.default_rng(7), 2))])
 
     def work(n: int) -> None:
-        try:
-            PgVectorStore(postgres_dsn, collection=_collection()).add([Record("a", _unit(np.random.default_rng(n), 2))])
-            PgVectorStore(postgres_dsn, collection=shared).bind_encoder(EncoderIdentity("tiny", DIM, "abc"))
-        except BaseException as err:  # collected and asserted below
-            errors.append(err)
+        PgVectorStore(postgres_dsn, collection=_collection()).add([Record("a", _unit(np.random.default_rng(n), 2))])
+        PgVectorStore(postgres_dsn, collection=shared).bind_encoder(EncoderIdentity("tiny", DIM, "abc"))
 
-    threads = [threading.Thread(target=work, args=(n,)) for n in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors, errors
+    assert _errors_in_threads(work, 6) == []
 
 
 def test_a_failed_first_write_leaves_an_empty_store_not_a_dropped_one(postgres_dsn: str) -> None:
