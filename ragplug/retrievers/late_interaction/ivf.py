@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from ragplug.errors import InvalidInputError
 
-__all__ = ["ApproximateConfig", "CentroidIndex", "FrozenIndex"]
+__all__ = ["ApproximateConfig", "CentroidIndex", "FrozenIndex", "assign_codes", "spherical_kmeans"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +74,34 @@ def _normalise(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return (x / norms).astype(np.float32, copy=False)
 
 
-def _assign(vectors: npt.NDArray[np.float32], centroids: npt.NDArray[np.float32]) -> npt.NDArray[np.int32]:
+def assign_codes(vectors: npt.NDArray[np.float32], centroids: npt.NDArray[np.float32]) -> npt.NDArray[np.int32]:
     codes = np.empty(len(vectors), dtype=np.int32)
     centroids_t = np.ascontiguousarray(centroids.T)
     for lo in range(0, len(vectors), _ASSIGN_CHUNK):
         codes[lo : lo + _ASSIGN_CHUNK] = np.argmax(vectors[lo : lo + _ASSIGN_CHUNK] @ centroids_t, axis=1)
     return codes
+
+
+def spherical_kmeans(
+    vectors: npt.NDArray[np.float32], n_centroids: int, *, iterations: int = 8, sample: int = 131072, seed: int = 0
+) -> npt.NDArray[np.float32]:
+    """``n_centroids`` unit centroids fitted by spherical k-means (Lloyd) on a sample of ``vectors``."""
+    rng = np.random.default_rng(seed)
+    n_centroids = max(1, min(n_centroids, len(vectors)))
+    sample_size = min(len(vectors), max(sample, n_centroids))
+    points = _normalise(vectors[np.sort(rng.choice(len(vectors), sample_size, replace=False))])
+    centroids = points[rng.choice(sample_size, n_centroids, replace=False)].copy()
+    for _ in range(iterations):
+        codes = assign_codes(points, centroids)
+        sums = np.zeros_like(centroids)
+        np.add.at(sums, codes, points)
+        counts = np.bincount(codes, minlength=n_centroids)
+        empty = counts == 0
+        if empty.any():  # re-seed empty clusters with random sample points
+            sums[empty] = points[rng.choice(sample_size, int(empty.sum()), replace=False)]
+        centroids = _normalise(sums)
+    logger.debug("k-means: %d centroids from %d sampled vectors", n_centroids, sample_size)
+    return centroids
 
 
 class CentroidIndex:
@@ -93,25 +115,17 @@ class CentroidIndex:
     @classmethod
     def fit(cls, vectors: npt.NDArray[np.float32], config: ApproximateConfig) -> CentroidIndex:
         """Spherical k-means on a sample of ``vectors``, then assign every vector to its centroid."""
-        rng = np.random.default_rng(config.seed)
-        n_centroids = config.centroids_for(len(vectors))
-        sample_size = min(len(vectors), max(config.kmeans_sample, n_centroids))
-        sample = _normalise(vectors[np.sort(rng.choice(len(vectors), sample_size, replace=False))])
-        centroids = sample[rng.choice(sample_size, n_centroids, replace=False)].copy()
-        for _ in range(config.kmeans_iterations):
-            codes = _assign(sample, centroids)
-            sums = np.zeros_like(centroids)
-            np.add.at(sums, codes, sample)
-            counts = np.bincount(codes, minlength=n_centroids)
-            empty = counts == 0
-            if empty.any():  # re-seed empty clusters with random sample points
-                sums[empty] = sample[rng.choice(sample_size, int(empty.sum()), replace=False)]
-            centroids = _normalise(sums)
-        logger.debug("k-means: %d centroids from %d sampled vectors", n_centroids, sample_size)
-        return cls(centroids, _assign(vectors, centroids))
+        centroids = spherical_kmeans(
+            vectors,
+            config.centroids_for(len(vectors)),
+            iterations=config.kmeans_iterations,
+            sample=config.kmeans_sample,
+            seed=config.seed,
+        )
+        return cls(centroids, assign_codes(vectors, centroids))
 
     def assign(self, vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.int32]:
-        return _assign(vectors, self.centroids)
+        return assign_codes(vectors, self.centroids)
 
     # -- maintenance, driven by the store ------------------------------------------------------------
     def append(self, vectors: npt.NDArray[np.float32]) -> None:
