@@ -1,7 +1,8 @@
 """The store contract, one table of cases run against every backend: in memory and in Postgres (embedded).
 
-Each test gets a fresh store: a new ``InMemoryMultiVectorStore``, or a new collection in the session's
-embedded PostgreSQL. Scores are compared with a tolerance: Postgres keeps token matrices as fp16.
+Each test gets a fresh store: a new ``InMemoryMultiVectorStore`` (float32, or the float16 codec), or a
+new collection in the session's embedded PostgreSQL. Scores are compared with a tolerance: Postgres keeps
+token matrices as fp16. The lossy residual codec has its own tests (``tests/test_codecs.py``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ pytestmark = pytest.mark.integration
 
 DIM = 16
 IDENTITY = EncoderIdentity("tiny", DIM, "f00d")
-BACKENDS = ["memory", "postgres"]
+BACKENDS = ["memory", "memory-float16", "postgres"]
 
 
 def _unit(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
@@ -69,8 +70,8 @@ def make_store(backend: str, request: pytest.FixtureRequest):
     made = []
 
     def make(collection: str | None = None) -> MultiVectorStore:
-        if backend == "memory":
-            store: MultiVectorStore = InMemoryMultiVectorStore()
+        if backend.startswith("memory"):
+            store: MultiVectorStore = InMemoryMultiVectorStore(codec=backend.partition("-")[2] or None)
         else:
             store = _pg(request.getfixturevalue("postgres_dsn"), collection)
         made.append(store)
@@ -293,7 +294,7 @@ def test_persistence(backend: str, make_store, tmp_path: Path, request: pytest.F
     store.bind_encoder(IDENTITY)
     store.add(_records(12))
     store.add([Record("p#0", _unit(np.random.default_rng(1), 2), parent_id="p")])
-    if backend == "memory":
+    if backend.startswith("memory"):
         store.save(tmp_path / "s")  # type: ignore[attr-defined]
         reopened = load_store(tmp_path / "s", encoder=IDENTITY)
     else:
@@ -348,7 +349,7 @@ def test_an_id_is_a_record_or_an_item_never_both(store: MultiVectorStore, tmp_pa
     with pytest.raises(DuplicateIdError):
         store.add([Record("y", _unit(rng, 1), parent_id="x")])  # a chunk of a chunk
     assert [r.id for r in store.get(["q"])] == ["x"] and len(store) == 31
-    if backend == "memory":
+    if backend.startswith("memory"):
         store.save(tmp_path / "s")  # type: ignore[attr-defined]
         assert len(load_store(tmp_path / "s")) == 31  # what was saved loads
 

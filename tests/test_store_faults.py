@@ -73,8 +73,9 @@ def _store(n: int = 40, seed: int = 0) -> InMemoryMultiVectorStore:
 
 
 def _data_files(folder: Path) -> list[str]:
-    """Everything in the folder but the manifest and the lock files."""
-    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock") and p.name != "manifest.json")
+    """Everything in the folder but the manifest, the lock files and the record of verified checksums."""
+    own = {"manifest.json", ".ragplug-verified.json"}
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock") and p.name not in own)
 
 
 def _rewrite_manifest(folder: Path, **changes: object) -> None:

@@ -15,6 +15,7 @@ from ragplug.retrievers.late_interaction.base import (
     Record,
     SearchOptions,
 )
+from ragplug.retrievers.late_interaction.codecs import Codec, CodecConfig
 from ragplug.retrievers.late_interaction.filters import Filter, FilterNode, compile_filter, parse_filter
 from ragplug.retrievers.late_interaction.index import LateInteractionIndex
 from ragplug.retrievers.late_interaction.ivf import ApproximateConfig
@@ -30,6 +31,8 @@ __all__ = [
     "ApproximateConfig",
     "Chunk",
     "Chunker",
+    "Codec",
+    "CodecConfig",
     "Encoder",
     "EncoderIdentity",
     "Filter",

@@ -8,10 +8,21 @@ owns rows ``starts[i] : starts[i] + lengths[i]``. The score of a document is
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["gather_rows", "maxsim_all", "maxsim_subset"]
+__all__ = ["Rows", "gather_rows", "maxsim_all", "maxsim_subset"]
+
+
+class Rows(Protocol):
+    """Token vectors that decode rows when indexed (a compressed :class:`~.tokens.TokenMatrix`)."""
+
+    def __getitem__(self, rows: slice | npt.NDArray[np.int64], /) -> npt.NDArray[np.float32]: ...
+
+    def __len__(self) -> int: ...
+
 
 #: Tokens scored per matrix product; bounds the temporary similarity block to
 #: ``BLOCK_TOKENS * n_query_tokens`` floats (about 32 MB for 32 query tokens).
@@ -23,7 +34,7 @@ VIEW_LIMIT = 2048
 
 def maxsim_all(
     query: npt.NDArray[np.float32],
-    vectors: npt.NDArray[np.float32],
+    vectors: npt.NDArray[np.float32] | Rows,
     starts: npt.NDArray[np.int64],
     lengths: npt.NDArray[np.int64],
 ) -> npt.NDArray[np.float32]:
@@ -62,7 +73,7 @@ def gather_rows(
 
 def maxsim_subset(
     query: npt.NDArray[np.float32],
-    vectors: npt.NDArray[np.float32],
+    vectors: npt.NDArray[np.float32] | Rows,
     starts: npt.NDArray[np.int64],
     lengths: npt.NDArray[np.int64],
     docs: npt.NDArray[np.int64],
@@ -72,12 +83,13 @@ def maxsim_subset(
     A few documents (re-scoring candidates) are scored on views of the packed matrix, which copies
     nothing; many (a broad filter) are gathered into one block and scored with one product. Measured on
     SciFact (256 candidates, 384 dims), the views took about 40% of the gather's time, which is
-    dominated by copying the rows.
+    dominated by copying the rows. ``vectors`` that decode rows when indexed (a compressed
+    :class:`~.tokens.TokenMatrix`) are always gathered, so the candidates are decoded in one call.
     """
     if len(docs) == 0:
         return np.empty(0, dtype=np.float32)
     query_t = np.ascontiguousarray(query.T)
-    if len(docs) <= VIEW_LIMIT:
+    if isinstance(vectors, np.ndarray) and len(docs) <= VIEW_LIMIT:
         out = np.empty(len(docs), dtype=np.float32)
         for i, doc in enumerate(docs.tolist()):
             lo = int(starts[doc])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from ragplug.retrievers.late_interaction.maxsim import maxsim_all, maxsim_subset
+from ragplug.retrievers.late_interaction.maxsim import Rows, maxsim_all, maxsim_subset
 
 __all__ = ["pack", "top_k_exact"]
 
@@ -22,7 +22,7 @@ Ints = npt.NDArray[np.int64]
 
 def top_k_exact(
     query: FloatMatrix,
-    vectors: FloatMatrix,
+    vectors: FloatMatrix | Rows,
     starts: Ints,
     lengths: Ints,
     k: int,

@@ -13,7 +13,10 @@ folder never accumulates orphans. A failed write
 
 Reading (:func:`read_folder`) refuses a manifest that names anything but plain data files inside the
 folder (no ``../``, no absolute paths, not the manifest itself), and verifies every file's checksum as it
-reads it.
+reads it. Large files may be memory-mapped instead of read: their checksum is verified at the first load
+and recorded in ``.ragplug-verified.json`` with the file's size, modification time and inode; a later
+load whose file still has that stamp maps it without hashing it again (data files are never rewritten in
+place: a save writes new files under new names).
 
 Concurrency, across threads and processes, with two ``flock`` lock files in the folder:
 
@@ -37,7 +40,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -60,8 +63,11 @@ _DATA_FILE = re.compile(r"(?P<name>[a-z]{1,32})-[0-9a-f]{12}\.(?:safetensors|jso
 _STAGING = ".ragplug-staging-"
 # temp files of earlier ragplug versions, which wrote beside the data files: ours, and safetensors' own
 _OLD_TEMP_FILE = re.compile(r"\.tmp[A-Za-z0-9]{6}")
-_TEMP_FILE = re.compile(r"\.(?:manifest\.json|[a-z]{1,32}-[0-9a-f]{12}\.(?:safetensors|json))\.[A-Za-z0-9_]+\.tmp")
+_TEMP_FILE = re.compile(
+    r"\.(?:manifest\.json|ragplug-verified\.json|[a-z]{1,32}-[0-9a-f]{12}\.(?:safetensors|json))\.[A-Za-z0-9_]+\.tmp"
+)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_VERIFIED = ".ragplug-verified.json"
 _READ_ATTEMPTS = 8
 
 logger = logging.getLogger(__name__)
@@ -213,8 +219,13 @@ def _locked(file: Path, *, exclusive: bool, create: bool) -> Iterator[bool]:
 
 
 # -- reading ----------------------------------------------------------------------------------------
-def read_folder(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray[Any, Any]]]:
+def read_folder(
+    path: str | os.PathLike[str], *, mapped: Collection[str] = (), reverify: bool = False
+) -> tuple[dict[str, Any], dict[str, np.ndarray[Any, Any]]]:
     """The manifest of the store in ``path`` and the verified bytes of each data file it names, by name.
+
+    Files named in ``mapped`` come back as read-only memory maps, verified once per file (see the module
+    docstring; ``reverify`` hashes them again).
 
     Raises :class:`~ragplug.errors.StoreError` when the folder holds no store and
     :class:`~ragplug.errors.StoreCorruptedError` when its manifest or a data file is damaged.
@@ -236,7 +247,12 @@ def read_folder(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str,
                         missing = fname
                         break
             if missing is None:
-                return manifest, {name: _read_verified(fh, checksums[name], folder) for name, fh in handles.items()}
+                return manifest, {
+                    name: _map_verified(fh, checksums[name], folder, reverify)
+                    if name in mapped
+                    else _read_verified(fh, checksums[name], folder)
+                    for name, fh in handles.items()
+                }
         finally:
             for fh in handles.values():
                 fh.close()
@@ -305,7 +321,55 @@ def _read_verified(fh: IO[bytes], expected: str, folder: Path) -> np.ndarray[Any
     return buffer
 
 
-_SAFETENSORS_DTYPES = {"F32": np.float32, "F64": np.float64, "I32": np.int32, "I64": np.int64}
+def _map_verified(fh: IO[bytes], expected: str, folder: Path, reverify: bool) -> np.ndarray[Any, Any]:
+    """A data file memory-mapped read-only, its checksum verified unless a matching stamp records it was."""
+    st = os.fstat(fh.fileno())
+    fname = Path(fh.name).name
+    stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino, "sha256": expected}
+    record = _verified_stamps(folder)
+    if reverify or record.get(fname) != stamp:
+        digest = hashlib.sha256()
+        fh.seek(0)
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+        if digest.hexdigest() != expected:
+            msg = f"{folder}: data file {fname} is truncated or corrupted (checksum mismatch)"
+            raise StoreCorruptedError(msg)
+        names = {e.name for e in os.scandir(folder)}
+        _record_stamps(folder, {k: v for k, v in record.items() if k in names} | {fname: stamp})
+    if not st.st_size:
+        return np.empty(0, dtype=np.uint8)
+    return np.memmap(fh, dtype=np.uint8, mode="r")
+
+
+def _verified_stamps(folder: Path) -> dict[str, Any]:
+    try:
+        record = json.loads((folder / _VERIFIED).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _record_stamps(folder: Path, record: dict[str, Any]) -> None:
+    """Best effort: a folder we cannot write to is simply verified again at the next load."""
+    tmp = folder / f"{_VERIFIED}.{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        tmp.write_text(json.dumps(record), encoding="utf-8")
+        os.replace(tmp, folder / _VERIFIED)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        logger.debug("cannot record verified checksums in %s: %s", folder, err)
+
+
+_SAFETENSORS_DTYPES = {
+    "F16": np.float16,
+    "F32": np.float32,
+    "F64": np.float64,
+    "U8": np.uint8,
+    "U16": np.uint16,
+    "I32": np.int32,
+    "I64": np.int64,
+}
 _MAX_HEADER = 100_000_000  # as in safetensors itself
 
 

@@ -1,15 +1,21 @@
 """The embedded default store: every vector in memory, exact MaxSim, persisted to a folder.
 
-Layout: one contiguous ``(n_tokens, dim)`` float32 matrix with per-document ``starts`` / ``lengths``
-(grown by doubling, compacted on delete), plus ids, metadata and texts in parallel lists. Search is
+Layout: every token in one packed :class:`~.tokens.TokenMatrix` under the store's codec (float32,
+float16, or PLAID-style residuals with an optional projection; :mod:`.codecs`) with per-document
+``starts`` / ``lengths`` (grown by doubling, compacted on delete), plus ids, metadata and texts in
+parallel lists. A codec that needs training (residuals, projection) is trained on the stored tokens once
+the store holds ``CodecConfig.train_tokens`` tokens, or at the first save; until then tokens are kept as
+they came. Search is
 exact MaxSim (:mod:`.maxsim`) or, for large corpora, centroid candidate generation followed by exact
 re-scoring (:mod:`.ivf`); :class:`SearchMode` picks one, ``AUTO`` by corpus size.
 
 On disk (:meth:`InMemoryMultiVectorStore.save`) a store is a folder in the format of :mod:`.folder`
-(atomic, checksummed, safe under concurrent saves and loads) holding ``vectors`` (vectors, starts,
-lengths), ``records`` (ids, metadata, texts) and optionally ``ivf`` (centroids and codes).
+(atomic, checksummed, safe under concurrent saves and loads) holding ``vectors`` (the codec's columns,
+starts, lengths), ``records`` (ids, metadata, texts), ``codec`` (its trained arrays, if any) and
+optionally ``ivf`` (centroids and codes; a residual store derives them from its codec).
 :meth:`~InMemoryMultiVectorStore.load` verifies the format version, every manifest field, the checksums
-and shapes, and refuses a store written by another encoder.
+and shapes, and refuses a store written by another encoder. It memory-maps the token columns rather than
+reading them: a loaded store's memory grows only with what its searches touch.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from ragplug.retrievers.late_interaction.base import (
     copy_metadata,
     plan_write,
 )
+from ragplug.retrievers.late_interaction.codecs import Codec, CodecConfig, codec_config
 from ragplug.retrievers.late_interaction.filters import (
     Filter,
     FilterNode,
@@ -58,6 +65,7 @@ from ragplug.retrievers.late_interaction.filters import (
 )
 from ragplug.retrievers.late_interaction.ivf import ApproximateConfig, CentroidIndex
 from ragplug.retrievers.late_interaction.stores.folder import MANIFEST, read_folder, safetensors_views, write_folder
+from ragplug.retrievers.late_interaction.tokens import TokenMatrix
 from ragplug.retrievers.late_interaction.twostage import top_k_exact
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "InMemoryMultiVectorStore", "MemorySearchOptions", "SearchMode"]
@@ -65,7 +73,8 @@ __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "InMemoryMultiVectorStore", "MemoryS
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "ragplug.multivector"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)  # version 1: float32 vectors only, no codec
 
 
 class SearchMode(str, Enum):
@@ -144,6 +153,7 @@ class InMemoryMultiVectorStore(ThreadedAsync):
         mode: SearchMode | str = SearchMode.AUTO,
         approximate: ApproximateConfig | None = None,
         approximate_min_tokens: int = 200_000,
+        codec: CodecConfig | str | None = None,
     ) -> None:
         if encoder is not None and dim is not None and encoder.dim != dim:
             msg = f"dim={dim} disagrees with the encoder's dimension {encoder.dim}"
@@ -153,7 +163,8 @@ class InMemoryMultiVectorStore(ThreadedAsync):
         self.mode = _search_mode(mode)
         self.approximate = approximate or ApproximateConfig()
         self.approximate_min_tokens = approximate_min_tokens
-        self._vectors: FloatMatrix = np.empty((0, self._dim or 0), dtype=np.float32)
+        self.codec_config = codec_config(codec)
+        self._tokens = self._new_tokens(self._dim or 0)
         self._n_tokens = 0
         self._starts = np.empty(0, dtype=np.int64)
         self._lengths = np.empty(0, dtype=np.int64)
@@ -166,11 +177,26 @@ class InMemoryMultiVectorStore(ThreadedAsync):
         self._ivf: CentroidIndex | None = None
         self._lock = threading.RLock()  # guards the fields above; held briefly, never while scoring or fitting
         self._removals = 0  # bumped by every delete, so an index fitted meanwhile knows its codes are stale
+        self._generation = 0  # bumped when the codec is trained: the stored vectors change space
         self._build_lock = threading.Lock()  # one index build at a time
         self._save_lock = threading.Lock()  # one save at a time
         self._builder: threading.Thread | None = None
 
     search_options = MemorySearchOptions
+
+    def _new_tokens(self, dim: int) -> TokenMatrix:
+        config = self.codec_config
+        return TokenMatrix(dim, None if config.needs_training else Codec.untrained(config, dim))
+
+    @property
+    def codec(self) -> Codec | None:
+        """The trained codec the tokens are stored with; None while they are kept as they came."""
+        return self._tokens.codec
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the stored token columns take."""
+        return self._tokens.nbytes
 
     # -- introspection --------------------------------------------------------------------------------
     @property
@@ -191,7 +217,7 @@ class InMemoryMultiVectorStore(ThreadedAsync):
             self._encoder = identity
             self._dim = identity.dim
             if not self._n_tokens:
-                self._vectors = np.empty((0, self._dim), dtype=np.float32)
+                self._tokens = self._new_tokens(self._dim)
 
     @property
     def n_tokens(self) -> int:
@@ -219,7 +245,7 @@ class InMemoryMultiVectorStore(ThreadedAsync):
 
     def _record(self, row: int) -> Record:
         lo = int(self._starts[row])
-        vectors = self._vectors[lo : lo + int(self._lengths[row])].copy()
+        vectors = self._tokens.lifted(lo, lo + int(self._lengths[row]))
         metadata = copy_metadata(self._metadata[row])
         return Record(self._ids[row], vectors, metadata, self._texts[row], self._parents[row])
 
@@ -278,13 +304,10 @@ class InMemoryMultiVectorStore(ThreadedAsync):
         new = np.concatenate(matrices)
         if self._dim is None:
             self._dim = new.shape[1]
-            self._vectors = np.empty((0, self._dim), dtype=np.float32)
-        needed = self._n_tokens + len(new)
-        if needed > len(self._vectors):
-            grown = np.empty((max(needed, 2 * len(self._vectors), 1024), self._dim), dtype=np.float32)
-            grown[: self._n_tokens] = self._vectors[: self._n_tokens]
-            self._vectors = grown
-        self._vectors[self._n_tokens : needed] = new
+            self._tokens = self._new_tokens(self._dim)
+        first = self._n_tokens
+        self._tokens.append(new)
+        needed = len(self._tokens)
         lengths = np.array([len(m) for m in matrices], dtype=np.int64)
         self._starts = np.concatenate([self._starts, self._n_tokens + np.cumsum(lengths) - lengths])
         self._lengths = np.concatenate([self._lengths, lengths])
@@ -298,15 +321,36 @@ class InMemoryMultiVectorStore(ThreadedAsync):
             if record.parent_id is not None:
                 self._children.setdefault(record.parent_id, []).append(record.id)
         if self._ivf is not None:
-            self._ivf.append(new)
+            self._ivf.append(self._tokens[first:needed])
+        config = self.codec_config
+        if self._tokens.codec is None and config.needs_training and self._n_tokens >= config.train_tokens:
+            self._train_codec()
+
+    def _train_codec(self) -> None:
+        """Train the codec on (a sample of) the stored tokens and re-encode them all (under the store's lock)."""
+        config, n = self.codec_config, self._n_tokens
+        rng = np.random.default_rng(config.seed)
+        rows = np.sort(rng.choice(n, min(n, config.kmeans_sample), replace=False))
+        sample = self._tokens.lift(self._tokens[rows])
+        logger.info("training the %s codec on %d of %d tokens", config.kind, len(rows), n)
+        codec = Codec.train(config, sample, n_tokens=n)
+        self._tokens = self._tokens.encoded(codec)
+        self._ivf = self._codec_ivf()
+        self._generation += 1
+
+    def _codec_ivf(self) -> CentroidIndex | None:
+        """A residual codec's centroids and codes are an approximate-search index as they are."""
+        codec, codes = self._tokens.codec, self._tokens.codes
+        if codec is None or codec.centroids is None or codes is None:
+            return None
+        return CentroidIndex(codec.centroids, codes.astype(np.int32))
 
     def _remove(self, ids: Sequence[str]) -> None:
         drop = np.zeros(len(self._ids), dtype=bool)
         drop[[self._row[i] for i in ids]] = True
         keep_tokens = np.repeat(~drop, self._lengths)
-        kept = self._vectors[: self._n_tokens][keep_tokens]
-        self._vectors = np.ascontiguousarray(kept)
-        self._n_tokens = len(kept)
+        self._tokens.keep(keep_tokens)
+        self._n_tokens = len(self._tokens)
         self._lengths = self._lengths[~drop]
         self._starts = np.cumsum(self._lengths) - self._lengths
         keep_rows = np.flatnonzero(~drop)
@@ -360,25 +404,34 @@ class InMemoryMultiVectorStore(ThreadedAsync):
                 if not self._n_tokens:
                     msg = "cannot build an index over an empty store"
                     raise InvalidInputError(msg)
-                vectors, n, removals = self._vectors[: self._n_tokens], self._n_tokens, self._removals
-                config = self.approximate
-            fitted = CentroidIndex.fit(vectors, config)  # no store lock: searches and writes go on
+                codec = self._tokens.codec
+                if codec is not None and codec.centroids is not None:  # residuals: the codec is the index
+                    if refit:
+                        self._train_codec()  # new centroids: re-train the codec (writes wait meanwhile)
+                    self._ivf = self._codec_ivf()
+                    return
+                vectors, n, removals = self._tokens.snapshot(), self._n_tokens, self._removals
+                generation, config = self._generation, self.approximate
+            fitted = CentroidIndex.fit(vectors, config)  # type: ignore[arg-type]  # no store lock held
             codes = fitted.codes
             for _ in range(4):
                 with self._lock:
+                    if self._generation != generation:  # the codec was trained meanwhile: this fit is moot
+                        return
                     if self._removals == removals:  # at most appends since: code just those, here
                         if not self._n_tokens:
                             self._ivf = None
                             return
                         if self._n_tokens > n:
-                            codes = np.concatenate([codes, fitted.assign(self._vectors[n : self._n_tokens])])
+                            codes = np.concatenate([codes, fitted.assign(self._tokens[n : self._n_tokens])])
                         self._ivf = CentroidIndex(fitted.centroids, codes)
                         return
-                    vectors, n, removals = self._vectors[: self._n_tokens], self._n_tokens, self._removals
-                codes = fitted.assign(vectors)  # tokens were deleted meanwhile: re-code, still outside the lock
+                    vectors, n, removals = self._tokens.snapshot(), self._n_tokens, self._removals
+                codes = fitted.assign(vectors)  # type: ignore[arg-type]  # tokens were deleted: re-code, unlocked
             with self._lock:  # deletes kept coming: finish under the lock
-                n = self._n_tokens
-                self._ivf = CentroidIndex(fitted.centroids, fitted.assign(self._vectors[:n])) if n else None
+                if self._generation == generation:
+                    n = self._n_tokens
+                    self._ivf = CentroidIndex(fitted.centroids, fitted.assign(self._tokens[:n])) if n else None
 
     def _build_in_background(self) -> None:
         def run() -> None:
@@ -450,7 +503,7 @@ class InMemoryMultiVectorStore(ThreadedAsync):
         with self._lock:  # a consistent snapshot: writers replace these arrays and lists, or append past them
             n = len(self._ids)
             ids, metadata, texts, parents = self._ids, self._metadata, self._texts, self._parents
-            vectors, starts, lengths = self._vectors[: self._n_tokens], self._starts, self._lengths
+            tokens, starts, lengths = self._tokens.snapshot(), self._starts, self._lengths
             frozen = self._ivf.frozen(lengths) if chosen is SearchMode.APPROXIMATE and self._ivf else None
             settings = self.approximate
         if not n:
@@ -465,8 +518,9 @@ class InMemoryMultiVectorStore(ThreadedAsync):
                 if unknown:
                     raise unknown_fields_error(unknown, list(known))
                 return [[] for _ in queries]
+        vectors = tokens.raw if tokens.raw is not None else tokens  # decoded on the fly when compressed
         results = []
-        for query in matrices:
+        for query in (tokens.prepare_query(m) for m in matrices):
             if frozen is not None:
                 approx = frozen.approximate_scores(query, options.n_probe or settings.n_probe)
                 if allowed is not None:
@@ -495,14 +549,15 @@ class InMemoryMultiVectorStore(ThreadedAsync):
                 if self._dim is None:
                     msg = "cannot save an empty store that has no dimension yet"
                     raise InvalidInputError(msg)
+                if self._n_tokens and self._tokens.codec is None and self.codec_config.needs_training:
+                    self._train_codec()  # a saved store is always stored with its codec
+                codec = self._tokens.codec
                 tensors: dict[str, dict[str, np.ndarray[Any, Any]]] = {
-                    "vectors": {
-                        "vectors": self._vectors[: self._n_tokens],
-                        "starts": self._starts,
-                        "lengths": self._lengths,
-                    }
+                    "vectors": {**self._tokens.columns(), "starts": self._starts, "lengths": self._lengths}
                 }
-                if self._ivf is not None:
+                if codec is not None and codec.arrays():
+                    tensors["codec"] = codec.arrays()
+                if self._ivf is not None and (codec is None or codec.centroids is None):
                     tensors["ivf"] = {"centroids": self._ivf.centroids, "codes": self._ivf.codes}
                 records = {
                     "ids": list(self._ids),
@@ -520,28 +575,47 @@ class InMemoryMultiVectorStore(ThreadedAsync):
                     "mode": self.mode.value,
                     "approximate": dataclasses.asdict(self.approximate),
                     "approximate_min_tokens": self.approximate_min_tokens,
+                    "codec_config": self.codec_config.to_dict(),
+                    "codec": codec.to_dict() if codec is not None else None,
                 }
             write_folder(path, header, tensors=tensors, documents={"records": records})
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], *, encoder: EncoderIdentity | None = None) -> InMemoryMultiVectorStore:
-        """Load a store saved by :meth:`save`; with ``encoder``, refuse one written by another encoder."""
+    def load(
+        cls, path: str | os.PathLike[str], *, encoder: EncoderIdentity | None = None, verify: bool = False
+    ) -> InMemoryMultiVectorStore:
+        """Load a store saved by :meth:`save`; with ``encoder``, refuse one written by another encoder.
+
+        The token columns are memory-mapped, not read. Their checksum is verified at the first load of
+        each file and the result recorded beside it (see :func:`.folder.read_folder`); ``verify=True``
+        hashes them again at this load.
+        """
         folder = Path(path)
-        manifest, data = read_folder(folder)
+        manifest, data = read_folder(folder, mapped={"vectors"}, reverify=verify)
         header = _Header.parse(folder, manifest)
         if encoder is not None:
             if header.encoder is None:
                 msg = f"{folder} does not record which encoder wrote it; cannot check it against {encoder.name!r}"
                 raise EncoderMismatchError(msg)
             check_encoder(header.encoder, encoder, str(folder))
-        if set(data) - {"ivf"} != {"vectors", "records"}:
-            msg = f"{folder}: the manifest names data files {sorted(data)}, expected vectors, records (and ivf)"
+        if set(data) - {"ivf", "codec"} != {"vectors", "records"}:
+            msg = f"{folder}: the manifest names data files {sorted(data)}, expected vectors, records (codec, ivf)"
             raise StoreCorruptedError(msg)
+        codec = None
+        if header.codec is not None:
+            arrays = safetensors_views(data["codec"]) if "codec" in data else {}
+            codec = Codec.restore(header.codec, arrays, str(folder))
+            if codec.input_dim != header.dim:
+                msg = f"{folder}: the codec takes {codec.input_dim}-dim vectors, the store holds {header.dim}-dim"
+                raise StoreCorruptedError(msg)
+        tokens: TokenMatrix | None = TokenMatrix(header.dim, codec)
         try:
             tensors = safetensors_views(data["vectors"])
             records = json.loads(data["records"].tobytes().decode("utf-8"))
             ivf = safetensors_views(data["ivf"]) if "ivf" in data else None
-            vectors, starts, lengths = tensors["vectors"], tensors["starts"], tensors["lengths"]
+            starts, lengths = tensors.pop("starts"), tensors.pop("lengths")
+            fits = tokens is not None and tokens.columns_fit(tensors)
+            tokens = TokenMatrix.from_columns(header.dim, codec, tensors) if fits else None
             ids, metadata, texts = records["ids"], records["metadata"], records["texts"]
             # stores saved before parents were recorded kept them only in the chunks' metadata
             parents = records.get("parents") or [_parent_in(m) for m in metadata]
@@ -550,14 +624,14 @@ class InMemoryMultiVectorStore(ThreadedAsync):
             raise StoreCorruptedError(msg) from err
         ids_set = set(ids) if isinstance(ids, list) and all(isinstance(i, str) for i in ids) else set()
         consistent = (
-            vectors.ndim == 2
-            and vectors.shape[1] == header.dim
+            tokens is not None
+            and tokens.codes_valid()
             and starts.ndim == lengths.ndim == 1
             and isinstance(ids, list)
             and isinstance(metadata, list)
             and isinstance(texts, list)
             and len(starts) == len(lengths) == len(ids) == len(metadata) == len(texts) == header.n_records
-            and int(lengths.sum()) == len(vectors) == header.n_tokens
+            and int(lengths.sum()) == len(tokens) == header.n_tokens
             and bool((lengths > 0).all())
             and bool((starts == np.cumsum(lengths) - lengths).all())
             and all(isinstance(i, str) and i for i in ids)
@@ -568,7 +642,7 @@ class InMemoryMultiVectorStore(ThreadedAsync):
             and len(parents) == len(ids)
             and all(p is None or (isinstance(p, str) and p and p not in ids_set) for p in parents)
         )
-        if not consistent:
+        if not consistent or tokens is None:
             msg = f"{folder}: the store's data files are inconsistent with each other or with the manifest"
             raise StoreCorruptedError(msg)
         store = cls(
@@ -577,9 +651,10 @@ class InMemoryMultiVectorStore(ThreadedAsync):
             mode=header.mode,
             approximate=header.approximate,
             approximate_min_tokens=header.approximate_min_tokens,
+            codec=header.codec_config,
         )
-        store._vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        store._n_tokens = len(vectors)
+        store._tokens = tokens
+        store._n_tokens = len(tokens)
         store._starts = starts.astype(np.int64)
         store._lengths = lengths.astype(np.int64)
         store._ids = list(ids)
@@ -588,7 +663,8 @@ class InMemoryMultiVectorStore(ThreadedAsync):
         store._texts = list(texts)
         store._parents = list(parents)
         store._children = _children_of(store._ids, store._parents)
-        if ivf is not None and _valid_ivf(ivf, len(vectors), header.dim):
+        store._ivf = store._codec_ivf()
+        if store._ivf is None and ivf is not None and _valid_ivf(ivf, len(tokens), tokens.dim):
             store._ivf = CentroidIndex(ivf["centroids"], ivf["codes"])
         return store
 
@@ -625,6 +701,8 @@ class _Header:
     mode: SearchMode
     approximate: ApproximateConfig
     approximate_min_tokens: int
+    codec_config: CodecConfig
+    codec: dict[str, Any] | None
 
     @classmethod
     def parse(cls, folder: Path, manifest: dict[str, Any]) -> _Header:
@@ -632,10 +710,10 @@ class _Header:
         if manifest.get("format") != FORMAT_NAME:
             msg = f"{folder} is not a ragplug multi-vector store (format {manifest.get('format')!r})"
             raise StoreCorruptedError(msg)
-        if manifest.get("format_version") != FORMAT_VERSION:
+        if manifest.get("format_version") not in _READABLE_VERSIONS:
             msg = (
                 f"{folder} was written in format version {manifest.get('format_version')!r}; "
-                f"this ragplug reads version {FORMAT_VERSION}"
+                f"this ragplug reads versions {list(_READABLE_VERSIONS)}"
             )
             raise StoreCorruptedError(msg)
 
@@ -667,4 +745,13 @@ class _Header:
             mode=parsed("mode", SearchMode, SearchMode.AUTO.value),
             approximate=parsed("approximate", lambda v: ApproximateConfig(**v), {}),
             approximate_min_tokens=integer("approximate_min_tokens", 0, 200_000),
+            codec_config=parsed("codec_config", lambda v: CodecConfig.from_dict(v or {}), None),
+            codec=parsed("codec", _codec_header, None),
         )
+
+
+def _codec_header(value: Any) -> dict[str, Any] | None:
+    if value is not None and not isinstance(value, dict):
+        msg = "must be an object or null"
+        raise TypeError(msg)
+    return value

@@ -1,0 +1,371 @@
+"""Token codecs: how a store keeps its token vectors, from float32 down to a few bits per dimension.
+
+A store receives float32 token matrices from its encoder. A :class:`Codec` decides what it keeps:
+
+- ``float32``: the vectors as they are (4 bytes per dimension);
+- ``float16``: half precision (2 bytes per dimension), decoded exactly back to float32 for scoring;
+- ``residual``: PLAID's compression. Each token keeps the id of its nearest centroid (spherical
+  k-means, :func:`~.ivf.spherical_kmeans`) and its residual from that centroid, bucketised per
+  dimension into ``2 ** nbits`` buckets (``nbits`` in 1, 2, 4): bucket boundaries are quantiles of the
+  training residuals, a bucket decodes to its median. A decoded token is ``centroid + bucket values``,
+  re-normalised. The residual bits are laid out as colbert-ai lays them (per dimension, bit ``b`` of the
+  bucket index; the flat bit string packed big-endian), so PLAID indexes decode with the same code.
+
+Any kind may first project the vectors to fewer dimensions (``dim``): an orthonormal map fitted by PCA
+on the training tokens (``projection="pca"``) or drawn at random (``"random"``), applied to documents and
+queries alike and re-normalised. The map has orthonormal columns, so :meth:`Codec.lift` maps stored
+vectors back into the encoder's space (``x @ P.T``) and projecting a lifted vector again gives it back:
+records copied between stores with the same codec keep their exact vectors.
+
+A codec with a projection or centroids must be trained on token vectors first (:meth:`Codec.train`);
+float32 and float16 without a projection need none. The codec's settings and trained arrays are saved
+with the store and are part of its compatibility check.
+
+numpy only: quantiles, packing and table look-ups; k-means is the engine's own (:mod:`.ivf`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ragplug.errors import InvalidInputError, StoreCorruptedError
+from ragplug.retrievers.late_interaction.ivf import assign_codes, spherical_kmeans
+
+__all__ = ["KINDS", "NBITS", "Codec", "CodecConfig", "Columns", "codec_config"]
+
+FloatMatrix = npt.NDArray[np.float32]
+Columns = dict[str, np.ndarray[Any, Any]]
+"""A codec's per-token arrays, each with one row per token (``vectors``; or ``codes`` and ``residuals``)."""
+
+KINDS = ("float32", "float16", "residual")
+NBITS = (1, 2, 4)
+PROJECTIONS = ("pca", "random")
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """What a store keeps per token; see the module docstring. Checked at construction."""
+
+    kind: str = field(default="float32", metadata={"help": "float32, float16 or residual"})
+    nbits: int = field(default=2, metadata={"help": "residual bits per dimension: 1, 2 or 4"})
+    dim: int | None = field(default=None, metadata={"help": "project to this many dimensions first (None: keep)"})
+    projection: str = field(default="pca", metadata={"help": "pca (fitted) or random (orthonormal, seeded)"})
+    n_centroids: int | None = field(
+        default=None, metadata={"help": "residual centroids; None: a power of two near 4*sqrt(n_tokens)"}
+    )
+    train_tokens: int = field(
+        default=16384, metadata={"help": "a store trains the codec once it holds this many tokens (or on save)"}
+    )
+    kmeans_iterations: int = 8
+    kmeans_sample: int = 131072
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            msg = f"unknown codec kind {self.kind!r}; one of {list(KINDS)}"
+            raise InvalidInputError(msg)
+        if self.nbits not in NBITS or type(self.nbits) is not int:
+            msg = f"nbits must be one of {list(NBITS)}, got {self.nbits!r}"
+            raise InvalidInputError(msg)
+        if self.projection not in PROJECTIONS:
+            msg = f"unknown projection {self.projection!r}; one of {list(PROJECTIONS)}"
+            raise InvalidInputError(msg)
+        for name in ("dim", "n_centroids"):
+            value = getattr(self, name)
+            if value is not None and (type(value) is not int or value < 1):
+                msg = f"CodecConfig.{name} must be a positive integer or None, got {value!r}"
+                raise InvalidInputError(msg)
+        for name in ("train_tokens", "kmeans_iterations", "kmeans_sample"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                msg = f"CodecConfig.{name} must be a positive integer, got {value!r}"
+                raise InvalidInputError(msg)
+        if type(self.seed) is not int:
+            msg = f"CodecConfig.seed must be an integer, got {self.seed!r}"
+            raise InvalidInputError(msg)
+
+    @property
+    def needs_training(self) -> bool:
+        return self.kind == "residual" or self.dim is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CodecConfig:
+        return cls(**dict(data))
+
+
+def codec_config(spec: CodecConfig | str | None) -> CodecConfig:
+    """A :class:`CodecConfig` from a config or a short name: ``"float32"``, ``"float16"``,
+    ``"residual"`` (2 bits), ``"residual-1bit"``, ``"residual-4bit"``."""
+    if spec is None:
+        return CodecConfig()
+    if isinstance(spec, CodecConfig):
+        return spec
+    if isinstance(spec, str):
+        name, _, bits = spec.partition("-")
+        if name == "residual" and bits:
+            if bits not in ("1bit", "2bit", "4bit"):
+                msg = f"unknown codec {spec!r}; residual-1bit, residual-2bit or residual-4bit"
+                raise InvalidInputError(msg)
+            return CodecConfig(kind="residual", nbits=int(bits[0]))
+        if not bits:
+            return CodecConfig(kind=name)
+    msg = f"codec must be a CodecConfig or one of float32, float16, residual[-Nbit], got {spec!r}"
+    raise InvalidInputError(msg)
+
+
+def _normalise(x: FloatMatrix) -> FloatMatrix:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return (x / norms).astype(np.float32, copy=False)
+
+
+class Codec:
+    """A codec with its trained arrays (projection, centroids, bucket cutoffs and values).
+
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).standard_normal((2000, 64)).astype(np.float32)
+    >>> codec = Codec.train(CodecConfig(kind="residual", nbits=2), x)
+    >>> columns = codec.encode(codec.prepare(x))
+    >>> sorted(columns), columns["residuals"].shape, codec.bytes_per_token
+    (['codes', 'residuals'], (2000, 16), 18)
+    """
+
+    def __init__(
+        self,
+        config: CodecConfig,
+        input_dim: int,
+        *,
+        projection: FloatMatrix | None = None,
+        centroids: FloatMatrix | None = None,
+        cutoffs: FloatMatrix | None = None,
+        weights: FloatMatrix | None = None,
+    ) -> None:
+        self.config = config
+        self.input_dim = input_dim
+        self.projection = projection
+        self.centroids = centroids
+        self.cutoffs = cutoffs
+        self.weights = weights
+        self.dim = projection.shape[1] if projection is not None else input_dim
+        self._check()
+        self._table: FloatMatrix | None = None
+        if config.kind == "residual":
+            assert weights is not None
+            self._table = _lookup_table(weights, config.nbits)
+
+    def _check(self) -> None:
+        """Refuse arrays that do not fit the config (a corrupted or foreign saved codec)."""
+        c = self.config
+        problems = []
+        if c.dim is not None and (self.projection is None or self.projection.shape != (self.input_dim, c.dim)):
+            problems.append(f"a projection of shape ({self.input_dim}, {c.dim})")
+        if c.dim is None and self.projection is not None:
+            problems.append("no projection")
+        if c.kind == "residual":
+            if self.centroids is None or self.centroids.ndim != 2 or self.centroids.shape[1] != self.dim:
+                problems.append(f"centroids of width {self.dim}")
+            elif len(self.centroids) > np.iinfo(np.int32).max or len(self.centroids) < 1:
+                problems.append("between 1 and 2**31 centroids")
+            n_buckets = 2**c.nbits
+            if self.cutoffs is None or self.cutoffs.shape != (n_buckets - 1,):
+                problems.append(f"{n_buckets - 1} bucket cutoffs")
+            if self.weights is None or self.weights.shape != (n_buckets,):
+                problems.append(f"{n_buckets} bucket values")
+            if (self.dim * c.nbits) % 8:
+                problems.append(f"dim * nbits divisible by 8 (dim {self.dim}, nbits {c.nbits})")
+        arrays = [a for a in (self.projection, self.centroids, self.cutoffs, self.weights) if a is not None]
+        if any(not np.isfinite(a).all() for a in arrays):
+            problems.append("finite values")
+        if problems:
+            msg = f"codec {c.kind!r} needs " + ", ".join(problems)
+            raise InvalidInputError(msg)
+
+    # -- training -------------------------------------------------------------------------------------
+    @classmethod
+    def untrained(cls, config: CodecConfig, input_dim: int) -> Codec:
+        """A codec that needs no training (float32/float16 without projection)."""
+        if config.needs_training:
+            msg = f"codec {config.kind!r} (dim {config.dim}) must be trained on token vectors first"
+            raise InvalidInputError(msg)
+        return cls(config, input_dim)
+
+    @classmethod
+    def train(cls, config: CodecConfig, vectors: FloatMatrix, *, n_tokens: int | None = None) -> Codec:
+        """Fit the projection and the residual centroids and buckets on ``vectors`` (float32 tokens, or a
+        sample of ``n_tokens``: the corpus size sets the default number of centroids)."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or not len(vectors):
+            msg = "a codec trains on a non-empty (n_tokens, dim) matrix"
+            raise InvalidInputError(msg)
+        input_dim = vectors.shape[1]
+        rng = np.random.default_rng(config.seed)
+        sample = vectors
+        if len(sample) > config.kmeans_sample:
+            sample = vectors[np.sort(rng.choice(len(vectors), config.kmeans_sample, replace=False))]
+        projection = None
+        if config.dim is not None:
+            if config.dim > input_dim:
+                msg = f"cannot project {input_dim}-dim vectors up to {config.dim} dims"
+                raise InvalidInputError(msg)
+            projection = _fit_projection(sample, config.dim, config.projection, rng)
+        if config.kind != "residual":
+            return cls(config, input_dim, projection=projection)
+        points = _normalise(sample @ projection) if projection is not None else _normalise(sample)
+        n_centroids = config.n_centroids or _centroids_for(n_tokens or len(vectors))
+        centroids = spherical_kmeans(
+            points, n_centroids, iterations=config.kmeans_iterations, sample=config.kmeans_sample, seed=config.seed
+        )
+        residuals = points - centroids[assign_codes(points, centroids)]
+        n_buckets = 2**config.nbits
+        quantiles = np.arange(1, n_buckets) / n_buckets
+        cutoffs = np.quantile(residuals, quantiles).astype(np.float32)
+        weights = np.quantile(residuals, np.arange(n_buckets) / n_buckets + 0.5 / n_buckets).astype(np.float32)
+        return cls(config, input_dim, projection=projection, centroids=centroids, cutoffs=cutoffs, weights=weights)
+
+    # -- coding ---------------------------------------------------------------------------------------
+    def prepare(self, vectors: FloatMatrix) -> FloatMatrix:
+        """Encoder-space vectors (documents or queries) in the codec's space: projected and re-normalised."""
+        if self.projection is None:
+            return np.asarray(vectors, dtype=np.float32)
+        return _normalise(np.asarray(vectors, dtype=np.float32) @ self.projection)
+
+    def lift(self, vectors: FloatMatrix) -> FloatMatrix:
+        """Stored vectors mapped back into the encoder's space (the identity without a projection)."""
+        return vectors if self.projection is None else (vectors @ self.projection.T).astype(np.float32)
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return ("codes", "residuals") if self.config.kind == "residual" else ("vectors",)
+
+    def empty(self) -> Columns:
+        """Zero-row columns of the right dtypes and widths."""
+        return self.encode(np.empty((0, self.dim), dtype=np.float32))
+
+    def encode(self, vectors: FloatMatrix) -> Columns:
+        """Columns for prepared vectors (see :meth:`prepare`)."""
+        kind = self.config.kind
+        if kind == "float32":
+            return {"vectors": np.ascontiguousarray(vectors, dtype=np.float32)}
+        if kind == "float16":
+            return {"vectors": np.ascontiguousarray(vectors, dtype=np.float16)}
+        assert self.centroids is not None and self.cutoffs is not None
+        codes = assign_codes(vectors, self.centroids)
+        residuals = vectors - self.centroids[codes]
+        buckets = np.searchsorted(self.cutoffs, residuals, side="left").astype(np.uint8)
+        return {"codes": codes.astype(self.code_dtype), "residuals": pack_residuals(buckets, self.config.nbits)}
+
+    def decode(self, columns: Mapping[str, np.ndarray[Any, Any]]) -> FloatMatrix:
+        """Float32 vectors (in the codec's space) for columns of any number of rows."""
+        if self.config.kind != "residual":
+            return np.asarray(columns["vectors"], dtype=np.float32)
+        assert self.centroids is not None and self._table is not None
+        codes, packed = columns["codes"], columns["residuals"]
+        values = self._table[packed].reshape(len(packed), self.dim)
+        values += self.centroids[codes]
+        return _normalise(values)
+
+    @property
+    def code_dtype(self) -> type[np.unsignedinteger[Any]] | type[np.signedinteger[Any]]:
+        return np.uint16 if self.centroids is not None and len(self.centroids) <= 1 << 16 else np.int32
+
+    @property
+    def bytes_per_token(self) -> int:
+        """Bytes one token takes in the columns (not counting the shared arrays)."""
+        kind = self.config.kind
+        if kind == "float32":
+            return 4 * self.dim
+        if kind == "float16":
+            return 2 * self.dim
+        return np.dtype(self.code_dtype).itemsize + self.dim * self.config.nbits // 8
+
+    # -- persistence ----------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON part of a saved codec (its arrays are :meth:`arrays`)."""
+        return {"config": self.config.to_dict(), "input_dim": self.input_dim, "dim": self.dim}
+
+    def arrays(self) -> dict[str, np.ndarray[Any, Any]]:
+        named = {"projection": self.projection, "centroids": self.centroids, "cutoffs": self.cutoffs}
+        named["weights"] = self.weights
+        return {k: v for k, v in named.items() if v is not None}
+
+    @classmethod
+    def restore(cls, header: Any, arrays: Mapping[str, np.ndarray[Any, Any]], where: str) -> Codec:
+        """A codec saved by :meth:`to_dict` and :meth:`arrays`; a bad one is :class:`StoreCorruptedError`."""
+        try:
+            config = CodecConfig.from_dict(header["config"])
+            input_dim = header["input_dim"]
+            if type(input_dim) is not int or input_dim < 1:
+                msg = f"input_dim {input_dim!r}"
+                raise InvalidInputError(msg)
+            unknown = set(arrays) - {"projection", "centroids", "cutoffs", "weights"}
+            if unknown:
+                msg = f"unknown arrays {sorted(unknown)}"
+                raise InvalidInputError(msg)
+            parts = {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
+            codec = cls(config, input_dim, **parts)
+            if header.get("dim") != codec.dim:
+                msg = f"dim {header.get('dim')!r} but the arrays give {codec.dim}"
+                raise InvalidInputError(msg)
+        except (InvalidInputError, TypeError, KeyError, AttributeError) as err:
+            msg = f"{where}: the saved codec is invalid: {err}"
+            raise StoreCorruptedError(msg) from err
+        return codec
+
+    def same_as(self, other: Codec) -> bool:
+        """True when both codecs store the same vectors the same way (settings and arrays)."""
+        if self.to_dict() != other.to_dict():
+            return False
+        mine, theirs = self.arrays(), other.arrays()
+        return mine.keys() == theirs.keys() and all(np.array_equal(mine[k], theirs[k]) for k in mine)
+
+
+def _centroids_for(n_tokens: int) -> int:
+    wanted = 4 * math.sqrt(max(n_tokens, 1))
+    return max(1, min(n_tokens, 2 ** max(4, round(math.log2(wanted)))))
+
+
+def _fit_projection(sample: FloatMatrix, dim: int, how: str, rng: np.random.Generator) -> FloatMatrix:
+    """An ``(input_dim, dim)`` matrix with orthonormal columns: PCA directions of ``sample`` (uncentred,
+    so dot products are what is kept) or a random orthonormal map."""
+    if how == "pca":
+        _, _, vt = np.linalg.svd(sample.astype(np.float64), full_matrices=False)
+        basis = vt[:dim].T
+        if basis.shape[1] < dim:  # fewer sample rows than dims: fill with random orthogonal directions
+            extra = rng.standard_normal((sample.shape[1], dim - basis.shape[1]))
+            basis, _ = np.linalg.qr(np.concatenate([basis, extra], axis=1))
+    else:
+        basis, _ = np.linalg.qr(rng.standard_normal((sample.shape[1], dim)))
+    return np.ascontiguousarray(basis, dtype=np.float32)
+
+
+# -- residual bits, in colbert-ai's layout ----------------------------------------------------------------
+def pack_residuals(buckets: npt.NDArray[np.uint8], nbits: int) -> npt.NDArray[np.uint8]:
+    """``(n, dim)`` bucket indices as ``(n, dim * nbits / 8)`` bytes: for each dimension its ``nbits``
+    bits, lowest first; the whole bit string of a token packed big-endian (``np.packbits``)."""
+    n, dim = buckets.shape
+    bits = (buckets[:, :, None] >> np.arange(nbits, dtype=np.uint8)) & 1
+    return np.packbits(bits.reshape(n, dim * nbits), axis=1)
+
+
+def unpack_residuals(packed: npt.NDArray[np.uint8], nbits: int) -> npt.NDArray[np.uint8]:
+    """The inverse of :func:`pack_residuals`: ``(n, dim)`` bucket indices."""
+    n = len(packed)
+    bits = np.unpackbits(packed, axis=1).reshape(n, -1, nbits)
+    return (bits << np.arange(nbits, dtype=np.uint8)).sum(axis=2, dtype=np.uint8)
+
+
+def _lookup_table(weights: FloatMatrix, nbits: int) -> FloatMatrix:
+    """For every byte value, the bucket values of the ``8 / nbits`` dimensions it holds."""
+    per_byte = 8 // nbits
+    buckets = unpack_residuals(np.arange(256, dtype=np.uint8)[:, None], nbits)  # (256, per_byte)
+    assert buckets.shape == (256, per_byte)
+    return np.ascontiguousarray(weights[buckets], dtype=np.float32)

@@ -1,0 +1,259 @@
+"""Token codecs (float16, residual with 1/2/4 bits, projection) and the memory store that keeps its tokens with them."""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ragplug.errors import InvalidInputError, StoreCorruptedError
+from ragplug.retrievers.late_interaction import InMemoryMultiVectorStore, Record
+from ragplug.retrievers.late_interaction.codecs import (
+    Codec,
+    CodecConfig,
+    codec_config,
+    pack_residuals,
+    unpack_residuals,
+)
+from ragplug.retrievers.late_interaction.stores.folder import write_folder
+
+DIM = 32
+
+
+def _clustered(n: int, dim: int = DIM, seed: int = 0, n_clusters: int = 40) -> np.ndarray:
+    """Unit vectors around a few directions, like token embeddings (a codec has structure to find)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_clusters, dim))
+    x = centres[rng.integers(0, n_clusters, n)] + 0.4 * rng.standard_normal((n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _docs(n_docs: int, seed: int = 0) -> list[Record]:
+    x = _clustered(n_docs * 12, seed=seed)
+    return [Record(f"d{i}", x[12 * i : 12 * i + 12], {"i": i}) for i in range(n_docs)]
+
+
+def _mapped(array: object) -> bool:
+    """True when ``array`` is a view of a memory-mapped file."""
+    while array is not None:
+        if isinstance(array, (np.memmap, mmap.mmap)):
+            return True
+        array = getattr(array, "base", None)
+    return False
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a * b).sum(axis=1).mean())
+
+
+# -- the residual bit layout ------------------------------------------------------------------------
+def test_residual_bits_are_laid_out_as_colbert_ai_lays_them() -> None:
+    # per dimension its bits lowest first (1 -> 10, 2 -> 01, 3 -> 11, 0 -> 00), the bit string big-endian
+    assert pack_residuals(np.array([[1, 2, 3, 0]], dtype=np.uint8), 2).tolist() == [[0b10011100]]
+    assert pack_residuals(np.array([[1, 0, 0, 0, 0, 0, 0, 1]], dtype=np.uint8), 1).tolist() == [[0b10000001]]
+    assert pack_residuals(np.array([[3, 12]], dtype=np.uint8), 4).tolist() == [[0b11000011]]
+
+
+@pytest.mark.parametrize("nbits", [1, 2, 4])
+def test_packing_round_trips(nbits: int) -> None:
+    buckets = np.random.default_rng(nbits).integers(0, 2**nbits, (50, 64)).astype(np.uint8)
+    packed = pack_residuals(buckets, nbits)
+    assert packed.shape == (50, 64 * nbits // 8)
+    assert np.array_equal(unpack_residuals(packed, nbits), buckets)
+
+
+# -- codecs -----------------------------------------------------------------------------------------
+def test_more_bits_decode_closer_and_cost_what_they_say() -> None:
+    x = _clustered(6000)
+    quality = {}
+    for nbits in (1, 2, 4):
+        codec = Codec.train(CodecConfig(kind="residual", nbits=nbits), x)
+        columns = codec.encode(codec.prepare(x))
+        assert codec.bytes_per_token == sum(c[0].nbytes for c in columns.values()) == 2 + DIM * nbits // 8
+        decoded = codec.decode(columns)
+        assert np.allclose(np.linalg.norm(decoded, axis=1), 1.0, atol=1e-5)
+        quality[nbits] = _cosine(decoded, x)
+    assert 0.9 < quality[1] < quality[2] < quality[4]
+    assert quality[4] > 0.99
+
+
+def test_float16_keeps_half_precision() -> None:
+    x = _clustered(100)
+    codec = Codec.untrained(CodecConfig(kind="float16"), DIM)
+    decoded = codec.decode(codec.encode(x))
+    assert decoded.dtype == np.float32 and np.array_equal(decoded, x.astype(np.float16).astype(np.float32))
+
+
+@pytest.mark.parametrize("projection", ["pca", "random"])
+def test_a_projection_lifts_back_to_the_same_vectors(projection: str) -> None:
+    x = _clustered(3000)
+    codec = Codec.train(CodecConfig(kind="float32", dim=8, projection=projection), x)
+    stored = codec.prepare(x)
+    assert stored.shape == (3000, 8)
+    lifted = codec.lift(stored)
+    assert lifted.shape == (3000, DIM)
+    np.testing.assert_allclose(codec.prepare(lifted), stored, atol=1e-5)
+    if projection == "pca":  # the fitted map keeps more of the dot products than chance would
+        random = Codec.train(CodecConfig(kind="float32", dim=8, projection="random"), x)
+        q = x[:50]
+        exact = q @ x.T
+        err = {c: np.abs(c.prepare(q) @ c.prepare(x).T - exact).mean() for c in (codec, random)}
+        assert err[codec] < err[random]
+
+
+def test_bad_codec_settings_are_refused_clearly() -> None:
+    with pytest.raises(InvalidInputError, match="nbits"):
+        CodecConfig(kind="residual", nbits=3)
+    with pytest.raises(InvalidInputError, match="unknown codec kind"):
+        CodecConfig(kind="int8")
+    with pytest.raises(InvalidInputError, match="residual-1bit"):
+        codec_config("residual-3bit")
+    with pytest.raises(InvalidInputError, match="must be trained"):
+        Codec.untrained(CodecConfig(kind="residual"), DIM)
+    with pytest.raises(InvalidInputError, match="up to"):
+        Codec.train(CodecConfig(dim=64), _clustered(100))
+    with pytest.raises(InvalidInputError, match="divisible by 8"):
+        Codec.train(CodecConfig(kind="residual", nbits=1, dim=12), _clustered(500))
+    assert codec_config("residual-4bit") == CodecConfig(kind="residual", nbits=4)
+    assert codec_config("float16").kind == "float16"
+
+
+def test_a_damaged_saved_codec_is_corruption() -> None:
+    codec = Codec.train(CodecConfig(kind="residual"), _clustered(2000))
+    arrays = codec.arrays()
+    with pytest.raises(StoreCorruptedError, match="centroids"):
+        Codec.restore(codec.to_dict(), {**arrays, "centroids": arrays["centroids"][:, :5]}, "x")
+    with pytest.raises(StoreCorruptedError, match="finite"):
+        Codec.restore(codec.to_dict(), {**arrays, "weights": arrays["weights"] * np.nan}, "x")
+    with pytest.raises(StoreCorruptedError, match="nbits"):
+        Codec.restore({**codec.to_dict(), "config": {"kind": "residual", "nbits": 3}}, arrays, "x")
+    assert Codec.restore(codec.to_dict(), arrays, "x").same_as(codec)
+
+
+# -- the memory store with a codec ------------------------------------------------------------------
+def test_a_store_trains_its_codec_once_it_holds_enough_tokens() -> None:
+    store = InMemoryMultiVectorStore(codec=CodecConfig(kind="residual", train_tokens=1200))
+    docs = _docs(200)
+    store.add(docs[:90])  # 1,080 tokens: kept as they came
+    assert store.codec is None
+    assert np.array_equal(store.get(["d0"])[0].vectors, docs[0].vectors)
+    store.add(docs[90:])
+    assert store.codec is not None and store.codec.config.kind == "residual"
+    assert store.nbytes == store.n_tokens * (2 + DIM // 4)
+    assert store.index_status == "ready"  # the codec's centroids are the approximate index
+
+
+def test_compressed_search_finds_what_exact_float32_finds(tmp_path: Path) -> None:
+    docs = _docs(400)
+    exact = InMemoryMultiVectorStore(mode="exact")
+    exact.add(docs)
+    queries = [d.vectors[:4] + 0.05 for d in docs[::20]]
+    truth = [[h.id for h in exact.search(q, k=5)] for q in queries]
+    for codec, wanted in (("float16", 1.0), ("residual-4bit", 0.9), ("residual", 0.8)):
+        store = InMemoryMultiVectorStore(mode="exact", codec=codec)
+        store.add(docs)
+        store.save(tmp_path / codec)
+        got = [[h.id for h in store.search(q, k=5)] for q in queries]
+        overlap = np.mean([len(set(g) & set(t)) / 5 for g, t in zip(got, truth, strict=True)])
+        assert overlap >= wanted, (codec, overlap)
+        loaded = InMemoryMultiVectorStore.load(tmp_path / codec)
+        assert loaded.codec is not None and loaded.codec.same_as(store.codec)  # type: ignore[arg-type]
+        assert [[h.id for h in loaded.search(q, k=5)] for q in queries] == got
+        approx = [h.id for h in loaded.search(queries[0], k=5, options=loaded.search_options(mode="approximate"))]
+        assert approx[0] == got[0][0]
+
+
+def test_a_projected_store_returns_vectors_in_the_encoders_space_and_copies_exactly() -> None:
+    docs = _docs(300)
+    config = CodecConfig(kind="float16", dim=16, train_tokens=100)
+    store = InMemoryMultiVectorStore(codec=config)
+    store.add(docs)
+    record = store.get(["d3"])[0]
+    assert record.vectors.shape == (12, DIM)
+    assert _cosine(record.vectors / np.linalg.norm(record.vectors, axis=1, keepdims=True), docs[3].vectors) > 0.8
+    copy = InMemoryMultiVectorStore(codec=config)
+    copy.add(list(store.records()))  # trains its own projection on the lifted vectors: the same subspace
+    query = docs[7].vectors[:3]
+    assert [h.id for h in copy.search(query, k=5)] == [h.id for h in store.search(query, k=5)]
+
+
+def test_saving_a_small_store_trains_its_codec_and_stores_few_bytes(tmp_path: Path) -> None:
+    store = InMemoryMultiVectorStore(codec="residual-1bit")
+    store.add(_docs(50))
+    store.save(tmp_path / "s")
+    assert store.codec is not None
+    loaded = InMemoryMultiVectorStore.load(tmp_path / "s")
+    assert loaded.nbytes == loaded.n_tokens * (2 + DIM // 8)
+    vectors_file = next((tmp_path / "s").glob("vectors-*.safetensors"))
+    assert vectors_file.stat().st_size < 600 * 12 * 4 * DIM // 16  # far below float32's bytes
+
+
+def test_a_loaded_store_maps_its_tokens_and_verifies_each_file_once(tmp_path: Path) -> None:
+    store = InMemoryMultiVectorStore()
+    store.add(_docs(100))
+    store.save(tmp_path / "s")
+    loaded = InMemoryMultiVectorStore.load(tmp_path / "s")
+    assert _mapped(loaded._tokens.columns()["vectors"])
+    stamps = json.loads((tmp_path / "s" / ".ragplug-verified.json").read_text())
+    vectors_file = next((tmp_path / "s").glob("vectors-*.safetensors"))
+    assert list(stamps) == [vectors_file.name]
+    # a file changed since it was verified (its stamp differs) is hashed again, and refused
+    blob = bytearray(vectors_file.read_bytes())
+    blob[-1] ^= 0xFF
+    vectors_file.write_bytes(bytes(blob))
+    with pytest.raises(StoreCorruptedError, match="checksum"):
+        InMemoryMultiVectorStore.load(tmp_path / "s")
+    # even with its old stamp restored, verify=True hashes it
+    stat = stamps[vectors_file.name]
+    os.utime(vectors_file, ns=(stat["mtime_ns"], stat["mtime_ns"]))
+    with pytest.raises(StoreCorruptedError, match="checksum"):
+        InMemoryMultiVectorStore.load(tmp_path / "s", verify=True)
+
+
+def test_a_loaded_store_accepts_writes(tmp_path: Path) -> None:
+    store = InMemoryMultiVectorStore(codec="residual")
+    docs = _docs(120)
+    store.add(docs[:100])
+    store.save(tmp_path / "s")
+    loaded = InMemoryMultiVectorStore.load(tmp_path / "s")
+    loaded.add(docs[100:])  # the mapped, read-only columns are copied on the first write
+    loaded.delete(["d0"])
+    assert len(loaded) == 119 and loaded.search(docs[110].vectors, k=1)[0].id == "d110"
+
+
+def test_codes_beyond_the_centroids_are_corruption(tmp_path: Path) -> None:
+    store = InMemoryMultiVectorStore(codec="residual")
+    store.add(_docs(60))
+    store.save(tmp_path / "good")
+    codec = store.codec
+    assert codec is not None
+    columns = {k: np.array(v) for k, v in store._tokens.columns().items()}
+    columns["codes"][0] = len(codec.centroids)  # type: ignore[arg-type]
+    manifest = json.loads((tmp_path / "good" / "manifest.json").read_text())
+    header = {k: v for k, v in manifest.items() if k not in ("files", "sha256")}
+    records = json.loads(next((tmp_path / "good").glob("records-*.json")).read_text())
+    write_folder(
+        tmp_path / "bad",
+        header,
+        tensors={"vectors": {**columns, "starts": store._starts, "lengths": store._lengths}, "codec": codec.arrays()},
+        documents={"records": records},
+    )
+    with pytest.raises(StoreCorruptedError, match="inconsistent"):
+        InMemoryMultiVectorStore.load(tmp_path / "bad")
+
+
+def test_a_store_saved_in_format_version_1_still_loads(tmp_path: Path) -> None:
+    docs = _docs(5)
+    vectors = np.concatenate([d.vectors for d in docs])
+    lengths = np.array([12] * 5, dtype=np.int64)
+    header = {"format": "ragplug.multivector", "format_version": 1, "dim": DIM, "encoder": None}
+    header |= {"n_records": 5, "n_tokens": 60, "mode": "auto"}
+    records = {"ids": [d.id for d in docs], "metadata": [{} for _ in docs], "texts": [None] * 5}
+    tensors = {"vectors": {"vectors": vectors, "starts": np.cumsum(lengths) - lengths, "lengths": lengths}}
+    write_folder(tmp_path / "v1", header, tensors=tensors, documents={"records": records})
+    store = InMemoryMultiVectorStore.load(tmp_path / "v1")
+    assert store.codec is None and store.search(docs[2].vectors, k=1)[0].id == "d2"
