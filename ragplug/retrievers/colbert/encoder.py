@@ -14,6 +14,11 @@ applies the ColBERT protocol the checkpoint was trained with (:mod:`.checkpoint`
 
 Plain encoders (all-MiniLM-L6-v2, say) keep every real token, with no markers and no projection.
 Batches are sorted by length and padded to the longest in the batch; tqdm shows progress.
+
+A call of :meth:`~ColBERTEncoder.encode_queries` with a few queries runs with ``query_threads`` torch
+threads (default 1, see :mod:`ragplug._threads`): its ops are too small to gain from a thread team, and a
+team waits for every member, so it slows to the pace of a core another process holds. Documents, and
+larger query batches, are encoded with torch's own setting.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ragplug._extras import require
+from ragplug._threads import torch_threads
 from ragplug.errors import InvalidInputError
 from ragplug.retrievers.colbert.checkpoint import (
     CheckpointFormat,
@@ -36,12 +42,16 @@ from ragplug.retrievers.colbert.checkpoint import (
 )
 from ragplug.retrievers.late_interaction.base import Chunk, EncoderIdentity, FloatMatrix, check_text
 
-__all__ = ["DEFAULT_MODEL", "ColBERTEncoder"]
+__all__ = ["DEFAULT_MODEL", "SMALL_QUERY_BATCH", "ColBERTEncoder"]
 
 logger = logging.getLogger(__name__)
 
 #: The default checkpoint, a small and strong ColBERT (Stanford and PyLate formats both ship in it).
 DEFAULT_MODEL = "answerdotai/answerai-colbert-small-v1"
+
+#: An ``encode_queries`` call with at most this many queries (one search, or a few) runs with
+#: ``query_threads`` torch threads; a larger one (an evaluation's query set) with torch's setting.
+SMALL_QUERY_BATCH = 8
 
 
 class ColBERTEncoder:
@@ -54,6 +64,9 @@ class ColBERTEncoder:
         batch_size: items per forward pass.
         query_maxlen / doc_maxlen: override the checkpoint's lengths.
         revision: hub revision.
+        query_threads: torch threads for an ``encode_queries`` call of at most :data:`SMALL_QUERY_BATCH`
+            queries (one search), set for the call and restored after it; ``None`` leaves torch's setting
+            alone. A lower count is kept: this only lowers it. An attribute, so it can be changed later.
     """
 
     def __init__(
@@ -66,11 +79,17 @@ class ColBERTEncoder:
         query_maxlen: int | None = None,
         doc_maxlen: int | None = None,
         revision: str | None = None,
+        query_threads: int | None = 1,
     ) -> None:
         torch = require("torch", "colbert")
         transformers = require("transformers", "colbert")
         if not isinstance(batch_size, int) or batch_size <= 0:
             msg = f"batch_size must be a positive integer, got {batch_size!r}"
+            raise InvalidInputError(msg)
+        if query_threads is not None and (
+            isinstance(query_threads, bool) or not isinstance(query_threads, int) or query_threads <= 0
+        ):
+            msg = f"query_threads must be a positive integer or None, got {query_threads!r}"
             raise InvalidInputError(msg)
         torch_dtype = getattr(torch, dtype, None)
         if not isinstance(torch_dtype, torch.dtype):
@@ -78,6 +97,7 @@ class ColBERTEncoder:
             raise InvalidInputError(msg)
         self.name = str(model)
         self.batch_size = batch_size
+        self.query_threads = query_threads
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         folder = resolve_checkpoint(model, revision)
         settings = read_settings(folder)
@@ -148,7 +168,9 @@ class ColBERTEncoder:
 
     def encode_queries(self, queries: Sequence[str]) -> list[FloatMatrix]:
         """One ``(n_tokens, dim)`` matrix per query (``query_maxlen`` rows when expansion is on)."""
-        return self._encode(self._texts(queries, "query"), is_query=True, show_progress=False)
+        texts = self._texts(queries, "query")
+        threads = self.query_threads if len(texts) <= SMALL_QUERY_BATCH else None
+        return self._encode(texts, is_query=True, show_progress=False, threads=threads)
 
     def encode_documents(self, documents: Sequence[Any], *, show_progress: bool = False) -> list[FloatMatrix]:
         """One ``(n_tokens, dim)`` matrix per document, padding and skiplist tokens dropped."""
@@ -191,7 +213,10 @@ class ColBERTEncoder:
                 attention[:] = 1
         return ids, attention, keep
 
-    def _encode(self, texts: list[str], *, is_query: bool, show_progress: bool) -> list[FloatMatrix]:
+    def _encode(
+        self, texts: list[str], *, is_query: bool, show_progress: bool, threads: int | None = None
+    ) -> list[FloatMatrix]:
+        """Encode ``texts`` with at most ``threads`` torch threads (``None``: torch's setting)."""
         torch = require("torch", "colbert")
         if not texts:
             return []
@@ -202,7 +227,7 @@ class ColBERTEncoder:
             from tqdm.auto import tqdm
 
             batches = tqdm(batches, desc="encoding", unit="batch")
-        with torch.inference_mode():
+        with torch_threads(threads), torch.inference_mode():
             for lo in batches:
                 index = order[lo : lo + self.batch_size]
                 ids, attention, keep = self._tokenize([texts[i] for i in index], is_query)
