@@ -3,13 +3,18 @@
 Tables (in the schema the store is given, ``public`` by default):
 
 - ``ragplug_schema_version``: one row, the version of these tables (:data:`SCHEMA_VERSION`);
-- ``ragplug_collections``: one row per collection: its dimension, encoder identity and summary settings;
+- ``ragplug_collections``: one row per collection: its dimension, encoder identity, summary settings, and
+  its codec (settings as ``jsonb``; trained arrays as safetensors ``bytea``);
 - ``ragplug_records``: one row per record: ``(collection, id)``, ``parent_id``, ``metadata jsonb``, ``text``,
-  the token matrix as little-endian fp16 ``bytea`` (half the bytes of fp32; read back in one piece), and
-  the record's summary vector as ``halfvec`` (mean or MUVERA, :mod:`~ragplug.retrievers.late_interaction.fde`).
+  the token matrix as ``bytea`` (fp16 until the collection's codec is trained, then the codec's bytes:
+  :mod:`.coded`), the residual codec's centroid ids (``codes bytea``) and bag of centroids (``bag
+  sparsevec``), and the record's summary vector as ``halfvec`` (mean or MUVERA,
+  :mod:`~ragplug.retrievers.late_interaction.fde`).
 
 Each collection gets a partial HNSW index over its summaries (``WHERE collection = '<name>'``, the
-expression cast to the collection's dimension), made by :func:`create_collection_index`. Identifiers are
+expression cast to the collection's dimension), made by :func:`create_collection_index`, and once a
+residual codec is trained one over its bags (:func:`create_bag_index`). Version 1 tables (no codec
+columns) are upgraded in place by :func:`create_schema`; their collections keep fp16. Identifiers are
 composed with :class:`psycopg.sql.Identifier`, values with :class:`psycopg.sql.Literal`: never f-strings.
 """
 
@@ -25,7 +30,9 @@ from ragplug.retrievers.late_interaction.stores.postgres.steps import Op, Query
 __all__ = [
     "MIN_PGVECTOR",
     "SCHEMA_VERSION",
+    "bag_index_name",
     "check_pgvector",
+    "create_bag_index",
     "create_collection_index",
     "create_schema",
     "index_name",
@@ -33,7 +40,7 @@ __all__ = [
     "tables",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: halfvec and its HNSW operator classes arrived in 0.7.0; iterative index scans (without which a filtered
 #: HNSW search silently returns fewer rows than asked) in 0.8.0.
 MIN_PGVECTOR = (0, 8, 0)
@@ -47,6 +54,11 @@ def tables(schema: str) -> dict[str, sql.Composable]:
 def index_name(collection: str) -> str:
     """The HNSW index of a collection: a fixed-length name (identifiers are limited to 63 bytes)."""
     return "ragplug_hnsw_" + hashlib.sha256(collection.encode()).hexdigest()[:24]
+
+
+def bag_index_name(collection: str) -> str:
+    """The HNSW index of a collection's bags of centroids."""
+    return "ragplug_bag_" + hashlib.sha256(collection.encode()).hexdigest()[:24]
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -111,7 +123,9 @@ def create_schema(schema: str) -> Op:
                 dim integer NOT NULL CHECK (dim > 0),
                 encoder jsonb,
                 summary jsonb NOT NULL,
-                created_at timestamptz NOT NULL DEFAULT now()
+                created_at timestamptz NOT NULL DEFAULT now(),
+                codec jsonb,
+                codec_arrays bytea
             )"""
         ).format(collections=t["collections"])
     )
@@ -127,6 +141,8 @@ def create_schema(schema: str) -> Op:
                 n_tokens integer NOT NULL CHECK (n_tokens > 0),
                 tokens bytea NOT NULL,
                 summary halfvec NOT NULL,
+                codes bytea,
+                bag sparsevec,
                 PRIMARY KEY (collection, id)
             )"""
         ).format(records=t["records"], collections=t["collections"])
@@ -139,6 +155,18 @@ def create_schema(schema: str) -> Op:
     )
     if found is None:
         yield Query(sql.SQL("INSERT INTO {} (version) VALUES (%s)").format(t["schema_version"]), [SCHEMA_VERSION])
+    elif found < 2:  # version 1: no codec columns
+        yield Query(
+            sql.SQL(
+                "ALTER TABLE {} ADD COLUMN IF NOT EXISTS codec jsonb, ADD COLUMN IF NOT EXISTS codec_arrays bytea"
+            ).format(t["collections"])
+        )
+        yield Query(
+            sql.SQL(
+                "ALTER TABLE {} ADD COLUMN IF NOT EXISTS codes bytea, ADD COLUMN IF NOT EXISTS bag sparsevec"
+            ).format(t["records"])
+        )
+        yield Query(sql.SQL("UPDATE {} SET version = %s").format(t["schema_version"]), [SCHEMA_VERSION])
 
 
 def create_collection_index(schema: str, collection: str, dim: int, m: int, ef_construction: int) -> Op:
@@ -151,6 +179,23 @@ def create_collection_index(schema: str, collection: str, dim: int, m: int, ef_c
             name=sql.Identifier(index_name(collection)),
             records=tables(schema)["records"],
             dim=sql.Literal(dim),
+            m=sql.Literal(m),
+            ef=sql.Literal(ef_construction),
+            collection=sql.Literal(collection),
+        )
+    )
+
+
+def create_bag_index(schema: str, collection: str, n_centroids: int, m: int, ef_construction: int) -> Op:
+    """The partial HNSW index of one collection's bags of centroids (inner product over ``sparsevec``)."""
+    yield Query(
+        sql.SQL(
+            "CREATE INDEX IF NOT EXISTS {name} ON {records} USING hnsw ((bag::sparsevec({dim})) sparsevec_ip_ops) "
+            "WITH (m = {m}, ef_construction = {ef}) WHERE collection = {collection}"
+        ).format(
+            name=sql.Identifier(bag_index_name(collection)),
+            records=tables(schema)["records"],
+            dim=sql.Literal(n_centroids),
             m=sql.Literal(m),
             ef=sql.Literal(ef_construction),
             collection=sql.Literal(collection),

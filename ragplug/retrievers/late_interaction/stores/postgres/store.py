@@ -1,12 +1,16 @@
 """``PgVectorStore``: the multi-vector store in Postgres + pgvector, sync and async.
 
-Search runs in two stages. Inside Postgres, an HNSW index over one summary vector per record (the mean of
-its token vectors, or a MUVERA encoding: :mod:`~ragplug.retrievers.late_interaction.fde`; ``halfvec``)
-proposes ``n_candidates`` records,
-filtered in the same query (pgvector 0.8 iterative scans keep scanning until enough rows pass the
-filter; when fewer come back than asked, the query is re-run without the index, so a selective filter
-still yields every match). Their token matrices come back in the same round trip as fp16 ``bytea`` and
-are re-scored with exact MaxSim in the client (:mod:`~ragplug.retrievers.late_interaction.twostage`).
+Each collection keeps its token matrices with a codec (:mod:`.coded`; by default 2-bit residuals against
+k-means centroids, trained once the collection holds ``CodecConfig.train_tokens`` tokens; fp16 until
+then). Search runs in stages. Inside Postgres, an HNSW index proposes ``n_candidates`` records, filtered
+in the same query (pgvector 0.8 iterative scans keep scanning until enough rows pass the filter; when
+fewer come back than asked, the query is re-run without the index, so a selective filter still yields
+every match): over each record's bag of centroids once a residual codec is trained, else over one summary
+vector per record (the mean of its token vectors, or a MUVERA encoding:
+:mod:`~ragplug.retrievers.late_interaction.fde`; ``halfvec``). A residual collection then ranks the
+candidates by centroid interaction (from their codes alone) and fetches the ``n_rescore`` best ones'
+residuals. The survivors' token matrices are re-scored with exact MaxSim in the client
+(:mod:`~ragplug.retrievers.late_interaction.twostage`).
 
 Every operation is one transaction: a write that fails (a duplicate, a lost connection) leaves nothing
 half-written. Writers of one item serialise on a transaction-scoped advisory lock, so two processes
@@ -18,6 +22,7 @@ apart, and neither ever calls ``run_until_complete``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -28,7 +33,7 @@ import numpy as np
 from ragplug._extras import require
 from ragplug._postgres import Connector, aregister_types, register_types
 from ragplug._postgres import embedded as start_embedded
-from ragplug.errors import DuplicateIdError, InvalidInputError, StoreError, UnknownIdError
+from ragplug.errors import DuplicateIdError, InvalidInputError, StoreCorruptedError, StoreError, UnknownIdError
 from ragplug.retrievers.late_interaction.base import (
     EncoderIdentity,
     FloatMatrix,
@@ -42,6 +47,7 @@ from ragplug.retrievers.late_interaction.base import (
     check_records,
     plan_write,
 )
+from ragplug.retrievers.late_interaction.codecs import Codec, CodecConfig, codec_config
 from ragplug.retrievers.late_interaction.fde import Summarizer, SummaryConfig
 from ragplug.retrievers.late_interaction.filters import (
     Filter,
@@ -56,6 +62,7 @@ psycopg = require("psycopg", "postgres")
 from psycopg import sql  # noqa: E402
 from psycopg.types.json import Jsonb  # noqa: E402
 
+from ragplug.retrievers.late_interaction.stores.postgres import coded  # noqa: E402
 from ragplug.retrievers.late_interaction.stores.postgres import schema as ddl  # noqa: E402
 from ragplug.retrievers.late_interaction.stores.postgres.filters import to_sql  # noqa: E402
 from ragplug.retrievers.late_interaction.stores.postgres.steps import Copy, Op, Query, adrive, drive  # noqa: E402
@@ -82,17 +89,22 @@ class HNSWConfig:
 class PgSearchOptions(SearchOptions):
     """Per-search settings of :class:`PgVectorStore`.
 
-    ``n_candidates``: records proposed by the index and re-scored exactly (default ``max(100, 4 * k)``;
-    at least ``k``); ``ef_search``: HNSW's search breadth (default ``max(n_candidates, 40)``); ``exact``:
-    skip the index and score the encodings of every (matching) record.
+    ``n_candidates``: records proposed by the index (default ``max(100, 4 * k)`` over summaries, ``max(1000,
+    16 * k)`` over bags of centroids; at least ``k``); ``ef_search``: HNSW's search breadth (default
+    ``max(n_candidates, 40)``, at most 1000); ``n_probe``: centroids weighted per query token in the bag
+    query (default 8); ``n_rescore``: candidates of a residual collection re-scored exactly after centroid
+    interaction (default ``max(200, 4 * k)``); ``exact``: skip the index and score the encodings of every
+    (matching) record.
     """
 
     n_candidates: int | None = None
     ef_search: int | None = None
+    n_probe: int | None = None
+    n_rescore: int | None = None
     exact: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("n_candidates", "ef_search"):
+        for name in ("n_candidates", "ef_search", "n_probe", "n_rescore"):
             value = getattr(self, name)
             if value is not None and (type(value) is not int or not 1 <= value <= 100_000):
                 msg = f"{name} must be an integer in [1, 100000], got {value!r}"
@@ -111,6 +123,9 @@ class _Collection:
     dim: int
     encoder: EncoderIdentity | None
     summary: SummaryConfig
+    codec_config: CodecConfig | None  # None: a collection made before codecs (fp16 for good)
+    codec: Codec | None  # the trained codec, None until trained
+    codec_version: int
 
 
 class PgVectorStore:
@@ -120,7 +135,8 @@ class PgVectorStore:
     caller owns; or pass ``embedded="folder"`` to have ragplug start PostgreSQL with pgvector itself (the
     default when neither is given: ``./.ragplug-postgres``). Collections are rows, not tables: many
     stores share the tables of one ``schema``. ``create_schema=False`` expects the tables to exist
-    (see :meth:`create_schema`).
+    (see :meth:`create_schema`). ``codec`` is what a new collection keeps per token (see :mod:`.coded`;
+    an existing collection keeps the codec it was made with).
     """
 
     search_options: ClassVar[type[SearchOptions]] = PgSearchOptions
@@ -136,6 +152,7 @@ class PgVectorStore:
         hnsw: HNSWConfig | None = None,
         create_schema: bool = True,
         pool_size: int = 4,
+        codec: CodecConfig | str | None = None,
     ) -> None:
         if connection is not None and embedded is not None:
             msg = "pass either connection or embedded, not both"
@@ -151,6 +168,8 @@ class PgVectorStore:
         self.schema = schema
         self.summary = summary or SummaryConfig()
         self.hnsw = hnsw or HNSWConfig()
+        self.codec_config = codec_config(codec) if codec is not None else coded.default_codec()
+        self._codecs: dict[int, Codec] = {}  # trained codecs by version: their arrays are fetched once
         self._t = ddl.tables(schema)
         self._info: _Collection | None = None
         self._summarizers: dict[tuple[int, SummaryConfig], Summarizer] = {}
@@ -234,7 +253,9 @@ class PgVectorStore:
         dropped meanwhile; ``"update"`` to change it)."""
         suffix = {"": "", "share": " FOR SHARE", "update": " FOR UPDATE"}[lock]
         row = yield Query(
-            sql.SQL("SELECT dim, encoder, summary FROM {} WHERE name = %s" + suffix).format(self._t["collections"]),
+            sql.SQL("SELECT dim, encoder, summary, codec FROM {} WHERE name = %s" + suffix).format(
+                self._t["collections"]
+            ),
             [self.collection],
             "one",
         )
@@ -242,10 +263,32 @@ class PgVectorStore:
             if self._info is not None:
                 raise self._dropped()
             return None
+        state = row[3] or {}
+        where = f"collection {self.collection!r}"
+        try:
+            config = CodecConfig.from_dict(state["config"]) if state else None
+            version = int(state.get("version", 0))
+        except (InvalidInputError, KeyError, TypeError, ValueError, AttributeError) as err:
+            msg = f"{where}: its codec settings are invalid: {err}"
+            raise StoreCorruptedError(msg) from err
+        codec = None
+        if state.get("trained") is not None:
+            codec = self._codecs.get(version)
+            if codec is None:
+                blob = yield Query(
+                    sql.SQL("SELECT codec_arrays FROM {} WHERE name = %s").format(self._t["collections"]),
+                    [self.collection],
+                    "one",
+                )
+                codec = coded.restore_codec(state["trained"], blob[0] if blob else None, where)
+                self._codecs = {version: codec}
         info = _Collection(
             dim=int(row[0]),
             encoder=EncoderIdentity.from_dict(row[1]) if row[1] else None,
             summary=SummaryConfig.from_dict(row[2]),
+            codec_config=config,
+            codec=codec,
+            codec_version=version,
         )
         self._info = info
         return info
@@ -263,11 +306,21 @@ class PgVectorStore:
         info = yield from self._collection()
         if info is not None:
             return info
+        config = self.codec_config
+        state: dict[str, Any] = {"config": config.to_dict(), "trained": None, "version": 0}
+        if not config.needs_training:  # float16/float32 without a projection: ready as it is
+            state |= {"trained": Codec.untrained(config, dim).to_dict(), "version": 1}
         yield Query(
-            sql.SQL("INSERT INTO {} (name, dim, encoder, summary) VALUES (%s, %s, %s, %s)").format(
+            sql.SQL("INSERT INTO {} (name, dim, encoder, summary, codec) VALUES (%s, %s, %s, %s, %s)").format(
                 self._t["collections"]
             ),
-            [self.collection, dim, Jsonb(encoder.to_dict()) if encoder else None, Jsonb(self.summary.to_dict())],
+            [
+                self.collection,
+                dim,
+                Jsonb(encoder.to_dict()) if encoder else None,
+                Jsonb(self.summary.to_dict()),
+                Jsonb(state),
+            ],
         )
         yield from ddl.create_collection_index(
             self.schema, self.collection, self.summary.dim(dim), self.hnsw.m, self.hnsw.ef_construction
@@ -323,20 +376,21 @@ class PgVectorStore:
                 sql.SQL("UPDATE {} SET encoder = %s WHERE name = %s").format(self._t["collections"]),
                 [Jsonb(identity.to_dict()), self.collection],
             )
-            self._info = _Collection(info.dim, identity, info.summary)
+            self._info = dataclasses.replace(info, encoder=identity)
 
     def drop_index(self) -> None:
-        """Drop this collection's HNSW index (before a large bulk load: building it once afterwards with
-        :meth:`create_index` is faster than growing it row by row). Searches scan without it meanwhile."""
+        """Drop this collection's HNSW indexes (before a large bulk load: building them once afterwards with
+        :meth:`create_index` is faster than growing them row by row). Searches scan without them meanwhile."""
         self._run(self._drop_index())
 
     def _drop_index(self) -> Op:
-        yield Query(
-            sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(self.schema, ddl.index_name(self.collection)))
-        )
+        for name in (ddl.index_name(self.collection), ddl.bag_index_name(self.collection)):
+            yield Query(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(self.schema, name)))
 
     def create_index(self, *, maintenance_work_mem: str = "1GB") -> None:
-        """Build this collection's HNSW index if it is missing (see :meth:`drop_index`)."""
+        """Build this collection's HNSW indexes if they are missing (see :meth:`drop_index`); first train its
+        codec if it still needs training (a bulk load with ``train_tokens`` above its size, say)."""
+        self._run(self._train(force=False, anyway=True))
         self._run(self._create_index(maintenance_work_mem))
 
     def _create_index(self, maintenance_work_mem: str) -> Op:
@@ -348,6 +402,108 @@ class PgVectorStore:
         yield from ddl.create_collection_index(
             self.schema, self.collection, info.summary.dim(info.dim), self.hnsw.m, self.hnsw.ef_construction
         )
+        if info.codec is not None and info.codec.centroids is not None:
+            yield from ddl.create_bag_index(
+                self.schema, self.collection, len(info.codec.centroids), self.hnsw.m, self.hnsw.ef_construction
+            )
+
+    def train_codec(self) -> bool:
+        """(Re)train this collection's codec on a sample of its tokens and re-encode every record, in one
+        transaction (writers wait meanwhile). A collection trains by itself once it holds ``train_tokens``
+        tokens; call this after it has grown much larger, so the centroids follow the data. Returns False
+        when there is nothing to train (an empty collection, or a codec that needs no training)."""
+        return bool(self._run(self._train(force=True)))
+
+    @property
+    def codec(self) -> Codec | None:
+        """This collection's trained codec (None before training, or for an fp16 collection)."""
+        info = self._run(self._collection())
+        return info.codec if info else None
+
+    def _lifted(self, info: _Collection, n_tokens: int, tokens: bytes, codes: bytes | None) -> FloatMatrix:
+        """A row's token matrix in the encoder's space."""
+        matrix = coded.decode_row(info.codec, n_tokens, tokens, codes, info.dim)
+        return info.codec.lift(matrix) if info.codec is not None else matrix
+
+    def _train(self, *, force: bool, anyway: bool = False) -> Op:
+        """Train the codec when due (``force``: again; ``anyway``: below ``train_tokens`` too), re-encoding
+        every row; True when it trained."""
+        info = yield from self._collection(lock="update")  # writers of this collection wait
+        if info is None:
+            return False
+        config = info.codec_config
+        if config is None or not config.needs_training or (info.codec is not None and not force):
+            return False
+        row = yield Query(
+            sql.SQL("SELECT coalesce(sum(n_tokens), 0) FROM {} WHERE {}").format(self._t["records"], self._where()),
+            (),
+            "one",
+        )
+        n_tokens = int(row[0])
+        if not n_tokens or (n_tokens < config.train_tokens and not (force or anyway)):
+            return False
+        yield Query("SELECT setseed(%s)", [((config.seed % 1000) + 1) / 1001], "one")
+        sample_rows = yield Query(
+            sql.SQL("SELECT n_tokens, tokens, codes FROM {} WHERE {} AND random() < %s").format(
+                self._t["records"], self._where()
+            ),
+            [min(1.0, 1.2 * config.kmeans_sample / n_tokens)],
+            "all",
+        )
+        if not sample_rows:
+            sample_rows = yield Query(
+                sql.SQL("SELECT n_tokens, tokens, codes FROM {} WHERE {} LIMIT 100").format(
+                    self._t["records"], self._where()
+                ),
+                (),
+                "all",
+            )
+        codec = Codec.train(config, np.concatenate([self._lifted(info, *r) for r in sample_rows]), n_tokens=n_tokens)
+        yield Query(
+            sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(self.schema, ddl.bag_index_name(self.collection)))
+        )
+        yield Query(
+            "CREATE TEMP TABLE ragplug_recode (id text PRIMARY KEY, tokens bytea, codes bytea, bag sparsevec) "
+            "ON COMMIT DROP"
+        )
+        after = 0
+        while True:
+            page = yield Query(
+                sql.SQL(
+                    "SELECT seq, id, n_tokens, tokens, codes FROM {} WHERE {} AND seq > %s ORDER BY seq LIMIT 2000"
+                ).format(self._t["records"], self._where()),
+                [after],
+                "all",
+            )
+            if not page:
+                break
+            encoded = coded.encode_rows(codec, [self._lifted(info, r[2], r[3], r[4]) for r in page])
+            yield Copy(
+                sql.SQL("COPY ragplug_recode (id, tokens, codes, bag) FROM STDIN (FORMAT BINARY)"),
+                ["text", "bytea", "bytea", "sparsevec"],
+                [(r[1], c.tokens, c.codes, c.bag) for r, c in zip(page, encoded, strict=True)],
+            )
+            after = page[-1][0]
+        yield Query(
+            sql.SQL(
+                "UPDATE {} AS r SET tokens = t.tokens, codes = t.codes, bag = t.bag FROM ragplug_recode AS t "
+                "WHERE r.collection = %s AND r.id = t.id"
+            ).format(self._t["records"]),
+            [self.collection],
+        )
+        version = info.codec_version + 1
+        state = {"config": config.to_dict(), "trained": codec.to_dict(), "version": version}
+        yield Query(
+            sql.SQL("UPDATE {} SET codec = %s, codec_arrays = %s WHERE name = %s").format(self._t["collections"]),
+            [Jsonb(state), coded.codec_arrays_blob(codec), self.collection],
+        )
+        if codec.centroids is not None:
+            yield from ddl.create_bag_index(
+                self.schema, self.collection, len(codec.centroids), self.hnsw.m, self.hnsw.ef_construction
+            )
+        self._codecs = {version: codec}
+        self._info = dataclasses.replace(info, codec=codec, codec_version=version)
+        return True
 
     def drop(self) -> None:
         """Delete this collection and every record in it."""
@@ -420,13 +576,13 @@ class PgVectorStore:
             return []
         rows = yield Query(
             sql.SQL(
-                "SELECT seq, id, parent_id, metadata, text, n_tokens, tokens FROM {} WHERE {} AND seq > %s "
+                "SELECT seq, id, parent_id, metadata, text, n_tokens, tokens, codes FROM {} WHERE {} AND seq > %s "
                 "ORDER BY seq LIMIT %s"
             ).format(self._t["records"], self._where()),
             [after, size],
             "all",
         )
-        return [(r[0], Record(r[1], _decode(r[6], r[5], info.dim), r[3], r[4], r[2])) for r in rows]
+        return [(r[0], Record(r[1], self._lifted(info, r[5], r[6], r[7]), r[3], r[4], r[2])) for r in rows]
 
     # -- writes ---------------------------------------------------------------------------------------
     def add(self, records: Sequence[Record]) -> None:
@@ -446,12 +602,14 @@ class PgVectorStore:
     def _store(self, records: Sequence[Record], *, upsert: bool) -> None:
         prepared = self._prepared(records)
         self._ensure_collection(prepared[1][0].shape[1])
-        self._run(self._write(prepared, upsert=upsert))
+        if self._run(self._write(prepared, upsert=upsert)):
+            self._run(self._train(force=False))
 
     async def _astore(self, records: Sequence[Record], *, upsert: bool) -> None:
         prepared = self._prepared(records)
         await self._aensure_collection(prepared[1][0].shape[1])
-        await self._arun(lambda: self._write(prepared, upsert=upsert))
+        if await self._arun(lambda: self._write(prepared, upsert=upsert)):
+            await self._arun(lambda: self._train(force=False))
 
     def _prepared(self, records: Sequence[Record]) -> tuple[list[Record], list[FloatMatrix], list[dict[str, Any]]]:
         matrices, metadatas = check_records(records, self._info.dim if self._info else None)
@@ -488,27 +646,28 @@ class PgVectorStore:
             )
         summaries = self._summarizer(info).documents(matrices)
         HalfVector = require("pgvector", "postgres").HalfVector
+        encoded = coded.encode_rows(info.codec, matrices)
         rows_out = [
-            (
-                self.collection,
-                r.id,
-                r.parent_id,
-                Jsonb(meta),
-                r.text,
-                len(m),
-                np.ascontiguousarray(m, dtype="<f2").tobytes(),
-                HalfVector(f),
-            )
-            for r, m, meta, f in zip(records, matrices, metadatas, summaries, strict=True)
+            (self.collection, r.id, r.parent_id, Jsonb(meta), r.text, len(m), c.tokens, HalfVector(f), c.codes, c.bag)
+            for r, m, meta, f, c in zip(records, matrices, metadatas, summaries, encoded, strict=True)
         ]
         yield Copy(
             sql.SQL(
-                "COPY {} (collection, id, parent_id, metadata, text, n_tokens, tokens, summary) "
+                "COPY {} (collection, id, parent_id, metadata, text, n_tokens, tokens, summary, codes, bag) "
                 "FROM STDIN (FORMAT BINARY)"
             ).format(self._t["records"]),
-            ["text", "text", "text", "jsonb", "text", "int4", "bytea", "halfvec"],
+            ["text", "text", "text", "jsonb", "text", "int4", "bytea", "halfvec", "bytea", "sparsevec"],
             rows_out,
         )
+        config = info.codec_config
+        if info.codec is not None or config is None or not config.needs_training:
+            return False
+        row = yield Query(
+            sql.SQL("SELECT coalesce(sum(n_tokens), 0) FROM {} WHERE {}").format(self._t["records"], self._where()),
+            (),
+            "one",
+        )
+        return int(row[0]) >= config.train_tokens  # train, in a transaction of its own
 
     def delete(self, ids: Sequence[str]) -> None:
         """Delete records or whole items by id; an unknown id raises :class:`UnknownIdError` and deletes nothing."""
@@ -559,7 +718,7 @@ class PgVectorStore:
         if info is not None:
             rows = yield Query(
                 sql.SQL(
-                    "SELECT id, parent_id, metadata, text, n_tokens, tokens FROM {} WHERE {} "
+                    "SELECT id, parent_id, metadata, text, n_tokens, tokens, codes FROM {} WHERE {} "
                     "AND (id = ANY(%s) OR parent_id = ANY(%s)) ORDER BY seq"
                 ).format(self._t["records"], self._where()),
                 [ids, ids],
@@ -575,7 +734,7 @@ class PgVectorStore:
         for id_ in ids:
             for rid in children.get(id_, [id_]) if id_ not in by_id else [id_]:
                 r = by_id[rid]
-                out.append(Record(r[0], _decode(r[5], r[4], info.dim), r[2], r[3], r[1]))
+                out.append(Record(r[0], self._lifted(info, r[4], r[5], r[6]), r[2], r[3], r[1]))
         return out
 
     # -- search ---------------------------------------------------------------------------------------
@@ -653,7 +812,9 @@ class PgVectorStore:
             if q.shape[1] != info.dim:
                 msg = f"query {i} has dimension {q.shape[1]}, but this store holds dimension {info.dim}"
                 raise InvalidInputError(msg)
-        n_cand = options.n_candidates or max(100, 4 * k)
+        codec = info.codec
+        bags = codec is not None and codec.centroids is not None
+        n_cand = options.n_candidates or (max(1000, 16 * k) if bags else max(100, 4 * k))
         yield Query(
             "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', 'relaxed_order', true)",
             [str(min(1000, options.ef_search or max(n_cand, 40)))],
@@ -664,10 +825,17 @@ class PgVectorStore:
         if node is not None:
             clause, params = to_sql(node, sql.Identifier("metadata"))
             where = sql.SQL("{} AND {}").format(where, clause)
-        statement = sql.SQL(
-            "SELECT id, parent_id, metadata, text, n_tokens, tokens FROM {} WHERE {} "
-            "ORDER BY summary::halfvec({dim}) <#> %s::halfvec({dim}) LIMIT %s"
-        ).format(self._t["records"], where, dim=sql.Literal(info.summary.dim(info.dim)))
+        full = sql.SQL("id, parent_id, metadata, text, n_tokens, tokens, codes")
+        if bags:
+            assert codec is not None and codec.centroids is not None
+            statement = sql.SQL(
+                "SELECT id, n_tokens, codes FROM {} WHERE {} ORDER BY bag::sparsevec({dim}) <#> %s::sparsevec({dim}) "
+                "LIMIT %s"
+            ).format(self._t["records"], where, dim=sql.Literal(len(codec.centroids)))
+        else:
+            statement = sql.SQL(
+                "SELECT {} FROM {} WHERE {} ORDER BY summary::halfvec({dim}) <#> %s::halfvec({dim}) LIMIT %s"
+            ).format(full, self._t["records"], where, dim=sql.Literal(info.summary.dim(info.dim)))
         HalfVector = require("pgvector", "postgres").HalfVector
         summarizer = self._summarizer(info)
         exact = options.exact
@@ -675,30 +843,51 @@ class PgVectorStore:
             yield Query("SELECT set_config('enable_indexscan', 'off', true)", (), "one")
         results: list[list[Hit]] = []
         for query in queries:
-            qvec = HalfVector(summarizer.query(query))
+            prepared = codec.prepare(query) if codec is not None else query
+            if bags:
+                assert codec is not None
+                qvec, sims = coded.query_bag(codec, prepared, options.n_probe or 8)
+            else:
+                qvec = HalfVector(summarizer.query(query))
             rows = yield Query(statement, [*params, qvec, n_cand], "all")
             if len(rows) < n_cand and not exact:  # too few passed the filter in the index scan: scan them all
                 yield Query("SELECT set_config('enable_indexscan', 'off', true)", (), "one")
                 rows = yield Query(statement, [*params, qvec, n_cand], "all")
                 yield Query("SELECT set_config('enable_indexscan', 'on', true)", (), "one")
             if not rows:
-                if node is not None:
-                    unknown = yield Query(
-                        sql.SQL(
-                            "SELECT f FROM unnest(%s::text[]) AS f WHERE NOT EXISTS "
-                            "(SELECT 1 FROM {} WHERE {} AND metadata ? f)"
-                        ).format(self._t["records"], self._where()),
-                        [fields_of(node)],
-                        "all",
-                    )
-                    if unknown:
-                        raise unknown_fields_error([r[0] for r in unknown])
+                yield from self._refuse_unknown_fields(node)
                 results.append([])
                 continue
-            vectors, starts, lengths = pack([_decode(r[5], r[4], info.dim) for r in rows])
-            top = top_k_exact(query, vectors, starts, lengths, k)
+            if bags:  # centroid interaction from the codes, then the survivors' residuals
+                assert codec is not None
+                scores = coded.centroid_interaction(sims, [r[2] for r in rows], codec)
+                n_rescore = min(len(rows), options.n_rescore or max(200, 4 * k))
+                best = np.argpartition(-scores, n_rescore - 1)[:n_rescore]
+                rows = yield Query(
+                    sql.SQL("SELECT {} FROM {} WHERE {} AND id = ANY(%s)").format(
+                        full, self._t["records"], self._where()
+                    ),
+                    [[rows[i][0] for i in best]],
+                    "all",
+                )
+            vectors, starts, lengths = pack([coded.decode_row(codec, r[4], r[5], r[6], info.dim) for r in rows])
+            top = top_k_exact(prepared, vectors, starts, lengths, k)
             results.append([Hit(rows[d][0], s, rows[d][2], rows[d][3], rows[d][1]) for d, s in top])
         return results
+
+    def _refuse_unknown_fields(self, node: FilterNode | None) -> Op:
+        """A filter that matched nothing and names a field no record has is a mistake, not an empty result."""
+        if node is None:
+            return
+        unknown = yield Query(
+            sql.SQL(
+                "SELECT f FROM unnest(%s::text[]) AS f WHERE NOT EXISTS (SELECT 1 FROM {} WHERE {} AND metadata ? f)"
+            ).format(self._t["records"], self._where()),
+            [fields_of(node)],
+            "all",
+        )
+        if unknown:
+            raise unknown_fields_error([r[0] for r in unknown])
 
 
 def _refuse_unknown(ids: list[str], rows: list[Any]) -> None:
@@ -708,14 +897,6 @@ def _refuse_unknown(ids: list[str], rows: list[Any]) -> None:
     if missing:
         msg = f"unknown ids: {missing[:10]}"
         raise UnknownIdError(msg)
-
-
-def _decode(blob: bytes, n_tokens: int, dim: int) -> FloatMatrix:
-    matrix = np.frombuffer(blob, dtype="<f2")
-    if matrix.size != n_tokens * dim:
-        msg = f"a stored token matrix holds {matrix.size} values, not {n_tokens} x {dim}"
-        raise StoreError(msg)
-    return matrix.reshape(n_tokens, dim).astype(np.float32)
 
 
 def _translate(err: Exception, where: str) -> Exception:

@@ -1,0 +1,170 @@
+"""PgVectorStore collections that keep their tokens with a codec: training, the centroid first stage,
+reopening, re-training, upgrading version 1 tables, damaged codec rows."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+
+from ragplug.errors import StoreCorruptedError
+from ragplug.retrievers.late_interaction import CodecConfig, InMemoryMultiVectorStore, Record, copy_records
+
+pytestmark = pytest.mark.integration
+psycopg = pytest.importorskip("psycopg")
+
+from ragplug.retrievers.late_interaction.stores.postgres import PgSearchOptions, PgVectorStore  # noqa: E402
+
+DIM = 32
+RESIDUAL = CodecConfig(kind="residual", nbits=2, train_tokens=2000)
+
+
+def _collection() -> str:
+    return f"c-{uuid.uuid4().hex[:10]}"
+
+
+def _corpus(n_docs: int = 600, seed: int = 0) -> list[Record]:
+    """Documents whose tokens gather around one of 30 topics (k-means has structure to find)."""
+    rng = np.random.default_rng(seed)
+    topics = rng.standard_normal((30, DIM))
+    out = []
+    for i in range(n_docs):
+        x = topics[i % 30] + 0.5 * rng.standard_normal((8, DIM))
+        out.append(Record(f"d{i}", (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), {"i": i}))
+    return out
+
+
+def _queries(records: list[Record], n: int = 12) -> list[np.ndarray]:
+    rng = np.random.default_rng(99)
+    out = []
+    for r in records[:: len(records) // n][:n]:
+        q = r.vectors[:4] + 0.1 * rng.standard_normal((4, DIM))
+        out.append((q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32))
+    return out
+
+
+def _overlap(a: list[list[str]], b: list[list[str]]) -> float:
+    return float(np.mean([len(set(x) & set(y)) / len(y) for x, y in zip(a, b, strict=True)]))
+
+
+def test_a_residual_collection_trains_itself_and_finds_what_exact_search_finds(postgres_dsn: str) -> None:
+    records = _corpus()
+    exact = InMemoryMultiVectorStore(mode="exact")
+    exact.add(records)
+    queries = _queries(records)
+    truth = [[h.id for h in exact.search(q, k=10)] for q in queries]
+
+    store = PgVectorStore(postgres_dsn, collection=_collection(), codec=RESIDUAL)
+    store.add(records[:200])  # 1,600 tokens: below train_tokens, kept as fp16
+    assert store.codec is None
+    store.add(records[200:])
+    codec = store.codec
+    assert codec is not None and codec.config.kind == "residual" and codec.centroids is not None
+    got = [[h.id for h in store.search(q, k=10)] for q in queries]
+    # the search pipeline finds what exact MaxSim over the stored (decoded) vectors finds ...
+    decoded = InMemoryMultiVectorStore(mode="exact")
+    decoded.add(list(store.records()))
+    assert _overlap(got, [[h.id for h in decoded.search(q, k=10)] for q in queries]) >= 0.9
+    # ... and 2-bit residuals lose little against float32 (topic mates are near-ties here)
+    assert _overlap(got, truth) >= 0.7
+    hit = store.search(queries[0], k=1)[0]
+    assert hit.score == pytest.approx(exact.search(queries[0], k=1)[0].score, abs=0.3)
+
+    # a record comes back in the encoder's space, close to what was stored
+    back = store.get(["d5"])[0].vectors
+    assert back.shape == (8, DIM) and float((back * records[5].vectors).sum(axis=1).mean()) > 0.9
+
+    # another client reads the codec from the collection's row and ranks the same
+    reopened = PgVectorStore(postgres_dsn, collection=store.collection)
+    assert reopened.codec is not None and reopened.codec.same_as(codec)
+    assert [[h.id for h in reopened.search(q, k=10)] for q in queries] == got
+
+    # bytes kept per token: codes (2) + residual bits (32 dims x 2 bits = 8), far below fp16's 64
+    with psycopg.connect(postgres_dsn) as conn:
+        row = conn.execute(
+            "SELECT sum(length(tokens) + length(codes)) / sum(n_tokens)::float FROM ragplug_records "
+            "WHERE collection = %s",
+            [store.collection],
+        ).fetchone()
+    assert row is not None and row[0] == pytest.approx(10.0)
+
+
+def test_a_selective_filter_still_returns_k_matches_over_bags(postgres_dsn: str) -> None:
+    store = PgVectorStore(postgres_dsn, collection=_collection(), codec=RESIDUAL)
+    records = _corpus(1000)
+    for r in records:
+        r.metadata["rare"] = r.metadata["i"] % 100 == 0  # 1% of the records
+    store.add(records)
+    assert store.codec is not None
+    hits = store.search(_queries(records)[3], k=10, filter={"rare": True})
+    assert len(hits) == 10 and all(h.metadata["rare"] for h in hits)
+
+
+def test_retraining_re_encodes_every_record_and_writes_go_on(postgres_dsn: str) -> None:
+    store = PgVectorStore(postgres_dsn, collection=_collection(), codec=RESIDUAL)
+    records = _corpus(700)
+    store.add(records[:400])
+    first = store.codec
+    assert first is not None
+    store.add(records[400:])
+    assert store.train_codec()
+    second = store.codec
+    assert second is not None and not second.same_as(first)
+    assert len(store) == 700
+    query = _queries(records)[5]
+    assert store.search(query, k=1)[0].id == store.search(query, k=1, options=PgSearchOptions(exact=True))[0].id
+    store.delete(["d1"])
+    store.upsert([Record("d2", records[3].vectors)])
+    assert "d1" not in store
+    assert float((store.get(["d2"])[0].vectors * records[3].vectors).sum(axis=1).mean()) > 0.9
+
+
+def test_a_memory_store_copies_into_a_residual_collection(postgres_dsn: str) -> None:
+    source = InMemoryMultiVectorStore()
+    records = _corpus(300)
+    source.add(records)
+    target = PgVectorStore(postgres_dsn, collection=_collection(), codec=RESIDUAL)
+    copy_records(source, target)
+    assert target.codec is not None and len(target) == 300
+    query = _queries(records)[2]
+    assert target.search(query, k=1)[0].id == source.search(query, k=1)[0].id
+
+
+def test_float16_and_projected_codecs(postgres_dsn: str) -> None:
+    records = _corpus(300)
+    query = _queries(records)[1]
+    for config in (CodecConfig(kind="float16"), CodecConfig(kind="float16", dim=16, train_tokens=500)):
+        store = PgVectorStore(postgres_dsn, collection=_collection(), codec=config)
+        store.add(records)
+        assert store.codec is not None and store.codec.dim == (config.dim or DIM)
+        assert store.get(["d0"])[0].vectors.shape == (8, DIM)
+        assert store.search(query, k=1)[0].id == records[::25][1].id
+
+
+def test_version_1_tables_are_upgraded_and_their_collections_keep_fp16(postgres_dsn: str) -> None:
+    schema = f"v1_{uuid.uuid4().hex[:8]}"
+    old = PgVectorStore(postgres_dsn, collection="old", schema=schema)
+    old.add(_corpus(20))
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:  # turn the tables back into version 1
+        conn.execute(f'ALTER TABLE "{schema}".ragplug_collections DROP COLUMN codec, DROP COLUMN codec_arrays')
+        conn.execute(f'ALTER TABLE "{schema}".ragplug_records DROP COLUMN codes, DROP COLUMN bag')
+        conn.execute(f'UPDATE "{schema}".ragplug_schema_version SET version = 1')
+    store = PgVectorStore(postgres_dsn, collection="old", schema=schema, codec=RESIDUAL)
+    assert len(store) == 20 and store.codec is None
+    store.add(_corpus(400, seed=1)[20:])  # past train_tokens, but a version 1 collection keeps fp16
+    assert store.codec is None and store.search(_corpus(20)[4].vectors, k=1)[0].id == "d4"
+    with psycopg.connect(postgres_dsn) as conn:
+        version = conn.execute(f'SELECT version FROM "{schema}".ragplug_schema_version').fetchone()
+    assert version == (2,)
+
+
+def test_a_damaged_codec_row_is_corruption(postgres_dsn: str) -> None:
+    store = PgVectorStore(postgres_dsn, collection=_collection(), codec=RESIDUAL)
+    store.add(_corpus(300))
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE ragplug_collections SET codec_arrays = %s WHERE name = %s", [b"not safetensors", store.collection]
+        )
+    with pytest.raises(StoreCorruptedError, match="damaged"):
+        PgVectorStore(postgres_dsn, collection=store.collection).search(_corpus(1)[0].vectors, k=1)

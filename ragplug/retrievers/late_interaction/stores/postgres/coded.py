@@ -1,0 +1,158 @@
+"""A Postgres collection's codec: how its rows keep token matrices, and the centroid first stage.
+
+A collection is created with a :class:`~ragplug.retrievers.late_interaction.codecs.CodecConfig`. Until the
+codec is trained its rows keep fp16 token matrices (``tokens``) and are searched through the summary
+vector's HNSW index. Training (automatic once the collection holds ``train_tokens`` tokens, or by
+:meth:`PgVectorStore.train_codec`) fits the codec on a sample of the stored tokens, saves its arrays in
+the collection's row (safetensors bytes, never pickles), re-encodes every row in the same transaction,
+and from then on every write is encoded on the way in:
+
+- ``float16`` / ``float32`` codecs (with or without a projection) keep the prepared vectors in ``tokens``;
+- the ``residual`` codec keeps each token's centroid id in ``codes`` (little-endian uint16 or int32) and its
+  packed residual bits in ``tokens``, plus a ``bag``: a ``sparsevec`` over the centroids marking those the
+  record's tokens fall in.
+
+Search over a residual collection (PLAID's pipeline, with pgvector as its first stage):
+
+1. candidates: an HNSW index over the bags, queried with a sparse vector weighting, for each query token,
+   its ``n_probe`` nearest centroids by their similarity above the weakest of them (one inner product per
+   record, ``benchmarks/first_stage_recall.py``);
+2. centroid interaction: for each candidate, MaxSim of the query against its tokens' centroids (from
+   ``codes`` alone, fetched with the candidates), keeping the ``n_rescore`` best;
+3. exact MaxSim over those records' decoded tokens (a second round trip fetches their residuals).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ragplug.errors import StoreCorruptedError, StoreError
+from ragplug.retrievers.late_interaction.codecs import Codec, CodecConfig
+
+__all__ = ["Coded", "centroid_interaction", "codec_arrays_blob", "decode_row", "encode_rows", "restore_codec"]
+
+FloatMatrix = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Coded:
+    """One record's columns as stored: ``tokens`` bytes, ``codes`` bytes (residual codec) and ``bag``."""
+
+    tokens: bytes
+    codes: bytes | None
+    bag: Any  # pgvector SparseVector or None
+
+
+def codec_arrays_blob(codec: Codec) -> bytes:
+    """A trained codec's arrays as safetensors bytes."""
+    from safetensors.numpy import save
+
+    return save({name: np.ascontiguousarray(a, dtype=np.float32) for name, a in codec.arrays().items()})
+
+
+def restore_codec(header: Any, blob: bytes | None, where: str) -> Codec:
+    """The codec saved in a collection row (``header`` JSON and ``blob`` from :func:`codec_arrays_blob`)."""
+    from safetensors.numpy import load
+
+    try:
+        arrays = load(bytes(blob)) if blob else {}
+    except Exception as err:  # safetensors raises its own SafetensorError for damaged bytes
+        msg = f"{where}: the saved codec arrays are damaged: {err}"
+        raise StoreCorruptedError(msg) from err
+    return Codec.restore(header, arrays, where)
+
+
+def _code_dtype(codec: Codec) -> np.dtype[Any]:
+    return np.dtype(codec.code_dtype).newbyteorder("<")
+
+
+def encode_rows(codec: Codec | None, matrices: Sequence[FloatMatrix]) -> list[Coded]:
+    """Each encoder-space matrix as stored columns: fp16 without a trained codec, else the codec's."""
+    if codec is None:
+        return [Coded(np.ascontiguousarray(m, dtype="<f2").tobytes(), None, None) for m in matrices]
+    out = []
+    if codec.config.kind != "residual":
+        dtype = "<f2" if codec.config.kind == "float16" else "<f4"
+        for m in matrices:
+            out.append(Coded(np.ascontiguousarray(codec.prepare(m), dtype=dtype).tobytes(), None, None))
+        return out
+    assert codec.centroids is not None
+    SparseVector = _sparse_vector()
+    n_centroids = len(codec.centroids)
+    lengths = [len(m) for m in matrices]
+    columns = codec.encode(codec.prepare(np.concatenate(matrices)))
+    codes, residuals = columns["codes"].astype(_code_dtype(codec)), columns["residuals"]
+    lo = 0
+    for n in lengths:
+        mine = codes[lo : lo + n]
+        present = np.unique(mine).astype(np.int64)
+        bag = SparseVector(dict.fromkeys(present.tolist(), 1.0), n_centroids)
+        out.append(Coded(residuals[lo : lo + n].tobytes(), mine.tobytes(), bag))
+        lo += n
+    return out
+
+
+def decode_row(codec: Codec | None, n_tokens: int, tokens: bytes, codes: bytes | None, dim: int) -> FloatMatrix:
+    """A stored row's token matrix in the codec's space (what scoring reads); ``dim`` is the collection's."""
+    if codec is None or codec.config.kind != "residual":
+        dtype = "<f4" if codec is not None and codec.config.kind == "float32" else "<f2"
+        width = codec.dim if codec is not None else dim
+        matrix = np.frombuffer(tokens, dtype=dtype)
+        if matrix.size != n_tokens * width:
+            msg = f"a stored token matrix holds {matrix.size} values, not {n_tokens} x {width}"
+            raise StoreError(msg)
+        return matrix.reshape(n_tokens, width).astype(np.float32)
+    if codes is None:
+        msg = "a row of a residual collection has no codes"
+        raise StoreError(msg)
+    code_array = np.frombuffer(codes, dtype=_code_dtype(codec))
+    width = codec.dim * codec.config.nbits // 8
+    packed = np.frombuffer(tokens, dtype=np.uint8)
+    if len(code_array) != n_tokens or packed.size != n_tokens * width:
+        msg = f"a stored residual row does not hold {n_tokens} tokens"
+        raise StoreError(msg)
+    return codec.decode({"codes": code_array, "residuals": packed.reshape(n_tokens, width)})
+
+
+def query_bag(codec: Codec, query: FloatMatrix, n_probe: int) -> tuple[Any, FloatMatrix]:
+    """The sparse query of the first stage, and the query's similarity to every centroid."""
+    assert codec.centroids is not None
+    sims = (query @ codec.centroids.T).astype(np.float32)
+    n_probe = min(n_probe, sims.shape[1])
+    probe = np.argpartition(-sims, n_probe - 1, axis=1)[:, :n_probe]
+    probed = np.take_along_axis(sims, probe, axis=1)
+    weights = np.zeros(sims.shape[1], dtype=np.float64)
+    np.add.at(weights, probe.ravel(), (probed - probed.min(axis=1, keepdims=True)).ravel())
+    nonzero = np.flatnonzero(weights > 0)
+    if not len(nonzero):  # one probe per token: every weight is zero; fall back to the probed centroids
+        nonzero = np.unique(probe)
+        weights[nonzero] = 1.0
+    bag = _sparse_vector()(dict(zip(nonzero.tolist(), weights[nonzero].tolist(), strict=True)), sims.shape[1])
+    return bag, sims
+
+
+def centroid_interaction(sims: FloatMatrix, codes: Sequence[bytes], codec: Codec) -> FloatMatrix:
+    """MaxSim of the query against each record's token centroids (``sims``: query x centroids)."""
+    dtype = _code_dtype(codec)
+    arrays = [np.frombuffer(c, dtype=dtype) for c in codes]
+    lengths = np.array([len(a) for a in arrays], dtype=np.int64)
+    flat = np.concatenate(arrays).astype(np.int64)
+    per_token = sims[:, flat]  # (n_query, n_tokens)
+    starts = np.cumsum(lengths) - lengths
+    return np.maximum.reduceat(per_token, starts, axis=1).sum(axis=0).astype(np.float32)
+
+
+def _sparse_vector() -> Any:
+    from pgvector import SparseVector
+
+    return SparseVector
+
+
+def default_codec() -> CodecConfig:
+    """What a new collection keeps: 2-bit residuals (about 1/15 of fp32 at 128 dims), trained at 16k tokens."""
+    return CodecConfig(kind="residual", nbits=2)
