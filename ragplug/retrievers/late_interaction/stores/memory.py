@@ -50,7 +50,9 @@ from ragplug.retrievers.late_interaction.base import (
     check_encoder,
     check_ids,
     check_k,
+    check_metadata,
     check_records,
+    check_text,
     copy_metadata,
     plan_write,
 )
@@ -666,6 +668,62 @@ class InMemoryMultiVectorStore(ThreadedAsync):
         store._ivf = store._codec_ivf()
         if store._ivf is None and ivf is not None and _valid_ivf(ivf, len(tokens), tokens.dim):
             store._ivf = CentroidIndex(ivf["centroids"], ivf["codes"])
+        return store
+
+    @classmethod
+    def from_columns(
+        cls,
+        codec: Codec,
+        columns: dict[str, np.ndarray[Any, Any]],
+        lengths: Sequence[int] | np.ndarray[Any, Any],
+        ids: Sequence[str],
+        *,
+        metadata: Sequence[dict[str, Any]] | None = None,
+        texts: Sequence[str | None] | None = None,
+        parents: Sequence[str | None] | None = None,
+        encoder: EncoderIdentity | None = None,
+        **options: Any,
+    ) -> InMemoryMultiVectorStore:
+        """A store over tokens already encoded with the trained ``codec`` (an imported index): ``columns`` as
+        :meth:`.Codec.encode` makes them, each record's ``lengths`` tokens contiguous, in the order of ``ids``.
+        Nothing is re-encoded; later writes encode with the same codec. ``options`` are the constructor's
+        (``mode``, ``approximate``...). Input that does not fit raises :class:`InvalidInputError`."""
+        ids = check_ids(ids)
+        n = len(ids)
+        metas = list(metadata) if metadata is not None else [{}] * n
+        texts = list(texts) if texts is not None else [None] * n
+        parents = list(parents) if parents is not None else [None] * n
+        lengths = np.asarray(lengths, dtype=np.int64)
+        tokens = TokenMatrix.from_columns(codec.input_dim, codec, columns)
+        ids_set = set(ids)
+        if not (
+            lengths.ndim == 1
+            and len(metas) == len(texts) == len(parents) == len(lengths) == n
+            and tokens.columns_fit(columns)
+            and tokens.codes_valid()
+            and bool((lengths > 0).all())
+            and int(lengths.sum()) == len(tokens)
+            and all(p is None or (isinstance(p, str) and p and p not in ids_set) for p in parents)
+        ):
+            shapes = {k: (v.dtype.name, v.shape) for k, v in columns.items()}
+            msg = (
+                f"columns, lengths, ids, metadata, texts and parents do not fit together or the codec: {n} ids, "
+                f"{len(metas)} metadata, {len(texts)} texts, {len(parents)} parents, lengths of shape {lengths.shape} "
+                f"summing to {int(lengths.sum())}, columns {shapes}; lengths must be > 0 and parents not record ids"
+            )
+            raise InvalidInputError(msg)
+        metas = [check_metadata(m, f"metadata of {i!r}") for i, m in zip(ids, metas, strict=True)]
+        for text, id_ in zip(texts, ids, strict=True):
+            if text is not None:
+                check_text(text, f"text of {id_!r}")
+        store = cls(codec.input_dim, encoder=encoder, codec=codec.config, **options)
+        store._tokens, store._n_tokens = tokens, len(tokens)
+        store._lengths = lengths
+        store._starts = np.cumsum(lengths) - lengths
+        store._ids, store._metadata, store._texts, store._parents = ids, metas, texts, parents
+        store._row = {id_: row for row, id_ in enumerate(ids)}
+        store._children = _children_of(ids, parents)
+        store._ivf = store._codec_ivf()
         return store
 
 
