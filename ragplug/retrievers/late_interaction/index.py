@@ -18,7 +18,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from ragplug.errors import DuplicateIdError, InvalidInputError
 from ragplug.retrievers.late_interaction.base import (
@@ -270,3 +270,37 @@ class LateInteractionIndex:
     ) -> LateInteractionIndex:
         """Open a store saved by :meth:`save`, checking it was written by ``encoder``."""
         return cls(encoder, load_store(path, encoder=encoder.identity), chunker=chunker)
+
+    @classmethod
+    def from_plaid(
+        cls,
+        path: str | os.PathLike[str],
+        model: str | os.PathLike[str] | Encoder | None = None,
+        *,
+        collection: Any = None,
+        chunker: Chunker | None = None,
+        **encoder_kwargs: Any,
+    ) -> LateInteractionIndex:
+        """Open a colbert-ai / RAGatouille PLAID index folder (:mod:`.stores.plaid`) with a ColBERT encoder for
+        its queries and new documents: ``model`` (an encoder, hub id or folder), else the checkpoint the
+        index's metadata names, with the index's ``query_maxlen`` / ``doc_maxlen`` unless ``encoder_kwargs``
+        (``device``, ``query_maxlen``...) say otherwise. ``collection``: the passages' texts (see
+        :func:`.stores.plaid.read_plaid_index`)."""
+        from ragplug.retrievers.late_interaction.stores.plaid import read_plaid_index
+
+        memory, info = read_plaid_index(path, collection=collection)
+        store = cast(MultiVectorStore, memory)  # mypy reads its search_options as an instance variable
+        if isinstance(model, Encoder):
+            return cls(model, store, chunker=chunker)
+        name = model if model is not None else info.checkpoint
+        if name is None or (model is None and os.path.isabs(name) and not os.path.isdir(name)):
+            msg = (
+                f"{path} was built with the checkpoint {name!r}, which is not on this machine; "
+                "pass model= (its folder or hub id)"
+            )
+            raise InvalidInputError(msg)
+        from ragplug.retrievers.colbert import ColBERTEncoder
+
+        lengths = {"query_maxlen": info.query_maxlen, "doc_maxlen": info.doc_maxlen}
+        kwargs = {k: v for k, v in lengths.items() if v is not None} | encoder_kwargs
+        return cls(ColBERTEncoder(os.fspath(name), **kwargs), store, chunker=chunker)
