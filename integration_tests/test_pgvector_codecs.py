@@ -168,3 +168,20 @@ def test_a_damaged_codec_row_is_corruption(postgres_dsn: str) -> None:
         )
     with pytest.raises(StoreCorruptedError, match="damaged"):
         PgVectorStore(postgres_dsn, collection=store.collection).search(_corpus(1)[0].vectors, k=1)
+
+
+def test_a_bulk_load_trains_the_codec_once_on_the_whole_load(postgres_dsn: str) -> None:
+    store = PgVectorStore(postgres_dsn, collection=_collection(), codec=RESIDUAL)
+    records = _corpus(900)
+    store.add(records[:10])
+    store.drop_index()
+    for lo in range(10, 900, 100):
+        store.add(records[lo : lo + 100])
+    assert store.codec is None  # past train_tokens, but the load is not over
+    store.create_index()
+    first = store.codec
+    assert first is not None and first.centroids is not None
+    assert store.search(_queries(records)[4], k=1)[0].id == records[::75][4].id
+    store.add(_corpus(4000, seed=2)[900:])  # the collection grows 4 times: the next create_index re-trains
+    store.create_index()
+    assert store.codec is not None and not store.codec.same_as(first)

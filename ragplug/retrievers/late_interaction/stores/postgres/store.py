@@ -126,6 +126,8 @@ class _Collection:
     codec_config: CodecConfig | None  # None: a collection made before codecs (fp16 for good)
     codec: Codec | None  # the trained codec, None until trained
     codec_version: int
+    deferred: bool = False  # a bulk load is under way (drop_index): training waits for create_index
+    trained_tokens: int = 0  # the collection's size when its codec was trained
 
 
 class PgVectorStore:
@@ -289,6 +291,8 @@ class PgVectorStore:
             codec_config=config,
             codec=codec,
             codec_version=version,
+            deferred=bool(state.get("deferred", False)),
+            trained_tokens=int(state.get("trained_tokens", 0)),
         )
         self._info = info
         return info
@@ -379,17 +383,28 @@ class PgVectorStore:
             self._info = dataclasses.replace(info, encoder=identity)
 
     def drop_index(self) -> None:
-        """Drop this collection's HNSW indexes (before a large bulk load: building them once afterwards with
-        :meth:`create_index` is faster than growing them row by row). Searches scan without them meanwhile."""
-        self._run(self._drop_index())
+        """Drop this collection's HNSW indexes before a large bulk load: building them once afterwards with
+        :meth:`create_index` is faster than growing them row by row. Searches scan without them meanwhile,
+        and a codec still to be trained waits for :meth:`create_index` (which trains it on the whole load)."""
+        self._run(self._drop_index(defer=True))
 
-    def _drop_index(self) -> Op:
+    def _drop_index(self, *, defer: bool = False) -> Op:
         for name in (ddl.index_name(self.collection), ddl.bag_index_name(self.collection)):
             yield Query(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(self.schema, name)))
+        if defer:
+            yield from self._set_deferred(True)
+
+    def _set_deferred(self, deferred: bool) -> Op:
+        yield Query(
+            sql.SQL(
+                "UPDATE {} SET codec = jsonb_set(codec, '{{deferred}}', %s) WHERE name = %s AND codec IS NOT NULL"
+            ).format(self._t["collections"]),
+            [Jsonb(deferred), self.collection],
+        )
 
     def create_index(self, *, maintenance_work_mem: str = "1GB") -> None:
-        """Build this collection's HNSW indexes if they are missing (see :meth:`drop_index`); first train its
-        codec if it still needs training (a bulk load with ``train_tokens`` above its size, say)."""
+        """Build this collection's HNSW indexes if they are missing (see :meth:`drop_index`). First its codec
+        is trained if it still needs training, or re-trained if the collection has grown 4 times since."""
         self._run(self._train(force=False, anyway=True))
         self._run(self._create_index(maintenance_work_mem))
 
@@ -399,6 +414,7 @@ class PgVectorStore:
             msg = f"collection {self.collection!r} does not exist yet: nothing to index"
             raise StoreError(msg)
         yield Query("SELECT set_config('maintenance_work_mem', %s, true)", [maintenance_work_mem], "one")
+        yield from self._set_deferred(False)
         yield from ddl.create_collection_index(
             self.schema, self.collection, info.summary.dim(info.dim), self.hnsw.m, self.hnsw.ef_construction
         )
@@ -432,7 +448,7 @@ class PgVectorStore:
         if info is None:
             return False
         config = info.codec_config
-        if config is None or not config.needs_training or (info.codec is not None and not force):
+        if config is None or not config.needs_training:
             return False
         row = yield Query(
             sql.SQL("SELECT coalesce(sum(n_tokens), 0) FROM {} WHERE {}").format(self._t["records"], self._where()),
@@ -440,6 +456,9 @@ class PgVectorStore:
             "one",
         )
         n_tokens = int(row[0])
+        grown = info.codec is not None and anyway and n_tokens >= 4 * max(info.trained_tokens, 1)
+        if info.codec is not None and not (force or grown):
+            return False
         if not n_tokens or (n_tokens < config.train_tokens and not (force or anyway)):
             return False
         yield Query("SELECT setseed(%s)", [((config.seed % 1000) + 1) / 1001], "one")
@@ -493,6 +512,7 @@ class PgVectorStore:
         )
         version = info.codec_version + 1
         state = {"config": config.to_dict(), "trained": codec.to_dict(), "version": version}
+        state |= {"trained_tokens": n_tokens, "deferred": info.deferred}
         yield Query(
             sql.SQL("UPDATE {} SET codec = %s, codec_arrays = %s WHERE name = %s").format(self._t["collections"]),
             [Jsonb(state), coded.codec_arrays_blob(codec), self.collection],
@@ -660,7 +680,7 @@ class PgVectorStore:
             rows_out,
         )
         config = info.codec_config
-        if info.codec is not None or config is None or not config.needs_training:
+        if info.codec is not None or config is None or not config.needs_training or info.deferred:
             return False
         row = yield Query(
             sql.SQL("SELECT coalesce(sum(n_tokens), 0) FROM {} WHERE {}").format(self._t["records"], self._where()),
