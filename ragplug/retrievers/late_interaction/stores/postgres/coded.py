@@ -31,12 +31,25 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ragplug.errors import StoreCorruptedError, StoreError
+from ragplug.errors import InvalidInputError, StoreCorruptedError, StoreError
 from ragplug.retrievers.late_interaction.codecs import Codec, CodecConfig
 
-__all__ = ["Coded", "centroid_interaction", "codec_arrays_blob", "decode_row", "encode_rows", "restore_codec"]
+__all__ = [
+    "BAG_DIM",
+    "Coded",
+    "centroid_interaction",
+    "codec_arrays_blob",
+    "decode_row",
+    "encode_rows",
+    "restore_codec",
+]
 
 FloatMatrix = npt.NDArray[np.float32]
+
+#: The dimension every bag of centroids is declared with, whatever the codec's number of centroids: the bag
+#: index's expression (``bag::sparsevec(BAG_DIM)``) then accepts every row version, including those a
+#: re-training transaction has just replaced, which an index built in that transaction still reads.
+BAG_DIM = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -82,8 +95,10 @@ def encode_rows(codec: Codec | None, matrices: Sequence[FloatMatrix]) -> list[Co
             out.append(Coded(np.ascontiguousarray(codec.prepare(m), dtype=dtype).tobytes(), None, None))
         return out
     assert codec.centroids is not None
+    if len(codec.centroids) > BAG_DIM:
+        msg = f"a Postgres collection takes at most {BAG_DIM} centroids, got {len(codec.centroids)}"
+        raise InvalidInputError(msg)
     SparseVector = _sparse_vector()
-    n_centroids = len(codec.centroids)
     lengths = [len(m) for m in matrices]
     columns = codec.encode(codec.prepare(np.concatenate(matrices)))
     codes, residuals = columns["codes"].astype(_code_dtype(codec)), columns["residuals"]
@@ -91,7 +106,7 @@ def encode_rows(codec: Codec | None, matrices: Sequence[FloatMatrix]) -> list[Co
     for n in lengths:
         mine = codes[lo : lo + n]
         present = np.unique(mine).astype(np.int64)
-        bag = SparseVector(dict.fromkeys(present.tolist(), 1.0), n_centroids)
+        bag = SparseVector(dict.fromkeys(present.tolist(), 1.0), BAG_DIM)
         out.append(Coded(residuals[lo : lo + n].tobytes(), mine.tobytes(), bag))
         lo += n
     return out
@@ -132,7 +147,7 @@ def query_bag(codec: Codec, query: FloatMatrix, n_probe: int) -> tuple[Any, Floa
     if not len(nonzero):  # one probe per token: every weight is zero; fall back to the probed centroids
         nonzero = np.unique(probe)
         weights[nonzero] = 1.0
-    bag = _sparse_vector()(dict(zip(nonzero.tolist(), weights[nonzero].tolist(), strict=True)), sims.shape[1])
+    bag = _sparse_vector()(dict(zip(nonzero.tolist(), weights[nonzero].tolist(), strict=True)), BAG_DIM)
     return bag, sims
 
 

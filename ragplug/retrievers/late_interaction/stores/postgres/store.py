@@ -420,7 +420,7 @@ class PgVectorStore:
         )
         if info.codec is not None and info.codec.centroids is not None:
             yield from ddl.create_bag_index(
-                self.schema, self.collection, len(info.codec.centroids), self.hnsw.m, self.hnsw.ef_construction
+                self.schema, self.collection, coded.BAG_DIM, self.hnsw.m, self.hnsw.ef_construction
             )
 
     def train_codec(self) -> bool:
@@ -519,7 +519,7 @@ class PgVectorStore:
         )
         if codec.centroids is not None:
             yield from ddl.create_bag_index(
-                self.schema, self.collection, len(codec.centroids), self.hnsw.m, self.hnsw.ef_construction
+                self.schema, self.collection, coded.BAG_DIM, self.hnsw.m, self.hnsw.ef_construction
             )
         self._codecs = {version: codec}
         self._info = dataclasses.replace(info, codec=codec, codec_version=version)
@@ -851,7 +851,7 @@ class PgVectorStore:
             statement = sql.SQL(
                 "SELECT id, n_tokens, codes FROM {} WHERE {} ORDER BY bag::sparsevec({dim}) <#> %s::sparsevec({dim}) "
                 "LIMIT %s"
-            ).format(self._t["records"], where, dim=sql.Literal(len(codec.centroids)))
+            ).format(self._t["records"], where, dim=sql.Literal(coded.BAG_DIM))
         else:
             statement = sql.SQL(
                 "SELECT {} FROM {} WHERE {} ORDER BY summary::halfvec({dim}) <#> %s::halfvec({dim}) LIMIT %s"
