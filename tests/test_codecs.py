@@ -257,3 +257,16 @@ def test_a_store_saved_in_format_version_1_still_loads(tmp_path: Path) -> None:
     write_folder(tmp_path / "v1", header, tensors=tensors, documents={"records": records})
     store = InMemoryMultiVectorStore.load(tmp_path / "v1")
     assert store.codec is None and store.search(docs[2].vectors, k=1)[0].id == "d2"
+
+
+def test_an_emptied_store_keeps_its_trained_codec() -> None:
+    from ragplug.retrievers.late_interaction import EncoderIdentity
+
+    store = InMemoryMultiVectorStore(codec=CodecConfig(kind="residual", train_tokens=500))
+    docs = _docs(80)
+    store.add(docs)
+    codec = store.codec
+    assert codec is not None
+    store.delete([d.id for d in docs])
+    store.bind_encoder(EncoderIdentity("tiny", DIM, "f00d"))
+    assert store.codec is codec

@@ -18,7 +18,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 from ragplug.errors import DuplicateIdError, InvalidInputError
 from ragplug.retrievers.late_interaction.base import (
@@ -288,8 +288,7 @@ class LateInteractionIndex:
         :func:`.stores.plaid.read_plaid_index`)."""
         from ragplug.retrievers.late_interaction.stores.plaid import read_plaid_index
 
-        memory, info = read_plaid_index(path, collection=collection)
-        store = cast(MultiVectorStore, memory)  # mypy reads its search_options as an instance variable
+        store, info = read_plaid_index(path, collection=collection)
         if isinstance(model, Encoder):
             return cls(model, store, chunker=chunker)
         name = model if model is not None else info.checkpoint

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -184,7 +184,7 @@ class InMemoryMultiVectorStore(ThreadedAsync):
         self._save_lock = threading.Lock()  # one save at a time
         self._builder: threading.Thread | None = None
 
-    search_options = MemorySearchOptions
+    search_options: ClassVar[type[SearchOptions]] = MemorySearchOptions
 
     def _new_tokens(self, dim: int) -> TokenMatrix:
         config = self.codec_config
@@ -218,7 +218,7 @@ class InMemoryMultiVectorStore(ThreadedAsync):
                 raise EncoderMismatchError(msg)
             self._encoder = identity
             self._dim = identity.dim
-            if not self._n_tokens:
+            if not self._n_tokens and self._tokens.input_dim != self._dim:  # a trained codec is kept
                 self._tokens = self._new_tokens(self._dim)
 
     @property
