@@ -49,13 +49,14 @@ SWEEPS: dict[str, list[tuple[str, Any]]] = {}
 REPO = Path(__file__).resolve().parents[1]
 K = 10
 TARGETS = {"recall@10": 0.95, "p50_ms": 50.0, "ndcg_gap": 0.01, "bytes_ratio": 0.5}
-DEFAULT_CODEC = "residual-2bit"
+DEFAULT_CODEC = "float16-codes"
 
 
 def _codecs() -> dict[str, Any]:
     from ragplug.retrievers.late_interaction import CodecConfig
 
     return {
+        "float16-codes": CodecConfig(kind="float16", codes=True),
         "residual-2bit": CodecConfig(kind="residual", nbits=2),
         "residual-4bit": CodecConfig(kind="residual", nbits=4),
         "float16": CodecConfig(kind="float16"),
@@ -69,14 +70,14 @@ def _sweeps() -> dict[str, list[tuple[str, Any]]]:
         ("defaults", PgSearchOptions()),
         *(
             (f"n_candidates={n}, n_rescore={m}", PgSearchOptions(n_candidates=n, n_rescore=m))
-            for n, m in ((500, 100), (1000, 400), (2000, 400))
+            for n, m in ((500, 100), (1000, 200), (2000, 400))
         ),
     ]
     summary = [
         ("defaults", PgSearchOptions()),
         *((f"n_candidates={n}", PgSearchOptions(n_candidates=n)) for n in (200, 400)),
     ]
-    return {"residual": residual, "float16": summary, "float32": summary}
+    return {"residual": residual, "float16": summary, "float32": summary, "codes": residual}
 
 
 # -- data -------------------------------------------------------------------------------------------
@@ -310,7 +311,7 @@ def main() -> None:
         pg["bytes_per_token_on_disk"] = round(sizes["total"] / n_tokens, 1)
         pg["bytes_per_token_fp32"] = 4 * dim
         pg["runs"] = {}
-        for label, opts in SWEEPS[codec.kind]:
+        for label, opts in SWEEPS["codes" if codec.has_codes else codec.kind]:
             store.search(query_mats[0], k=K, options=opts)
             run, ranked, secs = timed_search(lambda q, o=opts, st=store: st.search(q, k=K, options=o), query_mats, qids)
             pg["runs"][label] = {

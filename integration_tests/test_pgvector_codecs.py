@@ -185,3 +185,22 @@ def test_a_bulk_load_trains_the_codec_once_on_the_whole_load(postgres_dsn: str) 
     store.add(_corpus(4000, seed=2)[900:])  # the collection grows 4 times: the next create_index re-trains
     store.create_index()
     assert store.codec is not None and not store.codec.same_as(first)
+
+
+def test_the_default_codec_scores_fp16_vectors_of_candidates_found_by_centroids(postgres_dsn: str) -> None:
+    records = _corpus(800)
+    exact = InMemoryMultiVectorStore(mode="exact")
+    exact.add(records)
+    queries = _queries(records)
+    store = PgVectorStore(
+        postgres_dsn, collection=_collection(), codec=CodecConfig(kind="float16", codes=True, train_tokens=2000)
+    )
+    store.add(records)
+    codec = store.codec
+    assert codec is not None and codec.centroids is not None and codec.bytes_per_token == 2 * DIM + 2
+    opts = PgSearchOptions(n_candidates=100, n_rescore=40)  # candidates by bags and centroid interaction
+    for q in queries:
+        got, truth = store.search(q, k=10, options=opts), exact.search(q, k=10)
+        assert len({h.id for h in got} & {h.id for h in truth}) >= 8
+        assert got[0].id == truth[0].id and got[0].score == pytest.approx(truth[0].score, abs=2e-2)
+    assert PgVectorStore(postgres_dsn, collection=_collection()).codec_config == CodecConfig(kind="float16", codes=True)

@@ -161,23 +161,19 @@ def run(
 
 
 def _from_postgres(lc: Any, encoder: Any, target: str, cache: Path, k: int) -> None:
-    """The same questions from a Postgres collection holding the same vectors (copied, not re-encoded).
-
-    The collection keeps them as fp16 (``codec="float16"``), so its answers can be compared one for one
-    with the in-memory index; a collection's default codec, 2-bit residuals, stores 1/16 of the bytes and
-    may order near-ties differently."""
+    """The same questions from a Postgres collection holding the same vectors (copied, not re-encoded;
+    kept as fp16 with their centroid ids, the default codec)."""
     from ragplug.plugins.langchain import ColBERTRetriever as LCRetriever
     from ragplug.retrievers.late_interaction.stores import copy_records
     from ragplug.retrievers.late_interaction.stores.postgres import PgVectorStore
 
     t0 = time.perf_counter()
     if target == "embedded":
-        store = PgVectorStore(embedded=cache.parent / "postgres", collection="christmas-carol", codec="float16")
+        store = PgVectorStore(embedded=cache.parent / "postgres", collection="christmas-carol")
     else:
-        store = PgVectorStore(target, collection="christmas-carol", codec="float16")
+        store = PgVectorStore(target, collection="christmas-carol")
     source = lc.index.store
-    fp16 = store.codec is not None and store.codec.config.kind == "float16"
-    if len(store) != len(source) or store.encoder != source.encoder or not fp16:
+    if len(store) != len(source) or store.encoder != source.encoder:
         if store.dim is not None:
             store.drop()
         copied = copy_records(source, store)

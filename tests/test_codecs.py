@@ -270,3 +270,16 @@ def test_an_emptied_store_keeps_its_trained_codec() -> None:
     store.delete([d.id for d in docs])
     store.bind_encoder(EncoderIdentity("tiny", DIM, "f00d"))
     assert store.codec is codec
+
+
+def test_float_vectors_with_codes_keep_their_precision_and_index_themselves() -> None:
+    store = InMemoryMultiVectorStore(codec=CodecConfig(kind="float16", codes=True, train_tokens=500))
+    docs = _docs(100)
+    store.add(docs)
+    codec = store.codec
+    assert codec is not None and codec.column_names == ("vectors", "codes")
+    assert store.nbytes == store.n_tokens * (2 * DIM + 2) and store.index_status == "ready"
+    back = store.get(["d7"])[0].vectors
+    assert np.array_equal(back, docs[7].vectors.astype(np.float16).astype(np.float32))
+    hit = store.search(docs[7].vectors, k=1, options=store.search_options(mode="approximate"))[0]
+    assert hit.id == "d7"

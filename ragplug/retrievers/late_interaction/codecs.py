@@ -11,6 +11,10 @@ A store receives float32 token matrices from its encoder. A :class:`Codec` decid
   re-normalised. The residual bits are laid out as colbert-ai lays them (per dimension, bit ``b`` of the
   bucket index; the flat bit string packed big-endian), so PLAID indexes decode with the same code.
 
+``float16`` and ``float32`` may also keep each token's centroid id (``codes=True``): the vectors stay as
+precise as they are, and the ids serve candidate generation (a store's approximate index, Postgres's bags
+of centroids) as a residual codec's do.
+
 Any kind may first project the vectors to fewer dimensions (``dim``): an orthonormal map fitted by PCA
 on the training tokens (``projection="pca"``) or drawn at random (``"random"``), applied to documents and
 queries alike and re-normalised. The map has orthonormal columns, so :meth:`Codec.lift` maps stored
@@ -56,8 +60,11 @@ class CodecConfig:
     nbits: int = field(default=2, metadata={"help": "residual bits per dimension: 1, 2 or 4"})
     dim: int | None = field(default=None, metadata={"help": "project to this many dimensions first (None: keep)"})
     projection: str = field(default="pca", metadata={"help": "pca (fitted) or random (orthonormal, seeded)"})
+    codes: bool = field(
+        default=False, metadata={"help": "float kinds: also keep each token's centroid id (always, for residual)"}
+    )
     n_centroids: int | None = field(
-        default=None, metadata={"help": "residual centroids; None: a power of two near 4*sqrt(n_tokens)"}
+        default=None, metadata={"help": "centroids; None: a power of two near 4*sqrt(n_tokens)"}
     )
     train_tokens: int = field(
         default=16384, metadata={"help": "a store trains the codec once it holds this many tokens (or on save)"}
@@ -89,10 +96,18 @@ class CodecConfig:
         if type(self.seed) is not int:
             msg = f"CodecConfig.seed must be an integer, got {self.seed!r}"
             raise InvalidInputError(msg)
+        if not isinstance(self.codes, bool):
+            msg = f"CodecConfig.codes must be a bool, got {self.codes!r}"
+            raise InvalidInputError(msg)
+
+    @property
+    def has_codes(self) -> bool:
+        """True when tokens keep their centroid ids (residual, or a float kind with ``codes=True``)."""
+        return self.kind == "residual" or self.codes
 
     @property
     def needs_training(self) -> bool:
-        return self.kind == "residual" or self.dim is not None
+        return self.has_codes or self.dim is not None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -170,11 +185,14 @@ class Codec:
             problems.append(f"a projection of shape ({self.input_dim}, {c.dim})")
         if c.dim is None and self.projection is not None:
             problems.append("no projection")
-        if c.kind == "residual":
+        if c.has_codes:
             if self.centroids is None or self.centroids.ndim != 2 or self.centroids.shape[1] != self.dim:
                 problems.append(f"centroids of width {self.dim}")
             elif len(self.centroids) > np.iinfo(np.int32).max or len(self.centroids) < 1:
                 problems.append("between 1 and 2**31 centroids")
+        elif self.centroids is not None:
+            problems.append("no centroids")
+        if c.kind == "residual":
             n_buckets = 2**c.nbits
             if self.cutoffs is None or self.cutoffs.shape != (n_buckets - 1,):
                 problems.append(f"{n_buckets - 1} bucket cutoffs")
@@ -217,13 +235,15 @@ class Codec:
                 msg = f"cannot project {input_dim}-dim vectors up to {config.dim} dims"
                 raise InvalidInputError(msg)
             projection = _fit_projection(sample, config.dim, config.projection, rng)
-        if config.kind != "residual":
+        if not config.has_codes:
             return cls(config, input_dim, projection=projection)
         points = _normalise(sample @ projection) if projection is not None else _normalise(sample)
         n_centroids = config.n_centroids or _centroids_for(n_tokens or len(vectors))
         centroids = spherical_kmeans(
             points, n_centroids, iterations=config.kmeans_iterations, sample=config.kmeans_sample, seed=config.seed
         )
+        if config.kind != "residual":
+            return cls(config, input_dim, projection=projection, centroids=centroids)
         residuals = points - centroids[assign_codes(points, centroids)]
         n_buckets = 2**config.nbits
         quantiles = np.arange(1, n_buckets) / n_buckets
@@ -244,7 +264,9 @@ class Codec:
 
     @property
     def column_names(self) -> tuple[str, ...]:
-        return ("codes", "residuals") if self.config.kind == "residual" else ("vectors",)
+        if self.config.kind == "residual":
+            return ("codes", "residuals")
+        return ("vectors", "codes") if self.config.codes else ("vectors",)
 
     def empty(self) -> Columns:
         """Zero-row columns of the right dtypes and widths."""
@@ -253,10 +275,12 @@ class Codec:
     def encode(self, vectors: FloatMatrix) -> Columns:
         """Columns for prepared vectors (see :meth:`prepare`)."""
         kind = self.config.kind
-        if kind == "float32":
-            return {"vectors": np.ascontiguousarray(vectors, dtype=np.float32)}
-        if kind == "float16":
-            return {"vectors": np.ascontiguousarray(vectors, dtype=np.float16)}
+        if kind != "residual":
+            dtype = np.float32 if kind == "float32" else np.float16
+            columns = {"vectors": np.ascontiguousarray(vectors, dtype=dtype)}
+            if self.centroids is not None:
+                columns["codes"] = assign_codes(vectors, self.centroids).astype(self.code_dtype)
+            return columns
         assert self.centroids is not None and self.cutoffs is not None
         codes = assign_codes(vectors, self.centroids)
         residuals = vectors - self.centroids[codes]
@@ -281,11 +305,12 @@ class Codec:
     def bytes_per_token(self) -> int:
         """Bytes one token takes in the columns (not counting the shared arrays)."""
         kind = self.config.kind
+        code = np.dtype(self.code_dtype).itemsize if self.config.has_codes else 0
         if kind == "float32":
-            return 4 * self.dim
+            return 4 * self.dim + code
         if kind == "float16":
-            return 2 * self.dim
-        return np.dtype(self.code_dtype).itemsize + self.dim * self.config.nbits // 8
+            return 2 * self.dim + code
+        return code + self.dim * self.config.nbits // 8
 
     # -- persistence ----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

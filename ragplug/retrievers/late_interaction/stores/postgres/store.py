@@ -1,15 +1,16 @@
 """``PgVectorStore``: the multi-vector store in Postgres + pgvector, sync and async.
 
-Each collection keeps its token matrices with a codec (:mod:`.coded`; by default 2-bit residuals against
-k-means centroids, trained once the collection holds ``CodecConfig.train_tokens`` tokens; fp16 until
-then). Search runs in stages. Inside Postgres, an HNSW index proposes ``n_candidates`` records, filtered
+Each collection keeps its token matrices with a codec (:mod:`.coded`; by default fp16 vectors plus each
+token's k-means centroid id, trained once the collection holds ``CodecConfig.train_tokens`` tokens, fp16
+alone until then; 2- or 4-bit residuals take 4-8 times less space for some recall). Search runs in stages.
+Inside Postgres, an HNSW index proposes ``n_candidates`` records, filtered
 in the same query (pgvector 0.8 iterative scans keep scanning until enough rows pass the filter; when
 fewer come back than asked, the query is re-run without the index, so a selective filter still yields
-every match): over each record's bag of centroids once a residual codec is trained, else over one summary
+every match): over each record's bag of centroids once a codec with codes is trained, else over one summary
 vector per record (the mean of its token vectors, or a MUVERA encoding:
-:mod:`~ragplug.retrievers.late_interaction.fde`; ``halfvec``). A residual collection then ranks the
+:mod:`~ragplug.retrievers.late_interaction.fde`; ``halfvec``). A collection with codes then ranks the
 candidates by centroid interaction (from their codes alone) and fetches the ``n_rescore`` best ones'
-residuals. The survivors' token matrices are re-scored with exact MaxSim in the client
+vectors or residuals. The survivors' token matrices are re-scored with exact MaxSim in the client
 (:mod:`~ragplug.retrievers.late_interaction.twostage`).
 
 Every operation is one transaction: a write that fails (a duplicate, a lost connection) leaves nothing
@@ -92,8 +93,8 @@ class PgSearchOptions(SearchOptions):
     ``n_candidates``: records proposed by the index (default ``max(100, 4 * k)`` over summaries, ``max(1000,
     16 * k)`` over bags of centroids; at least ``k``); ``ef_search``: HNSW's search breadth (default
     ``max(n_candidates, 40)``, at most 1000); ``n_probe``: centroids weighted per query token in the bag
-    query (default 8); ``n_rescore``: candidates of a residual collection re-scored exactly after centroid
-    interaction (default ``max(200, 4 * k)``); ``exact``: skip the index and score the encodings of every
+    query (default 8); ``n_rescore``: candidates of a collection with codes re-scored exactly after centroid
+    interaction (default ``max(400, 4 * k)``); ``exact``: skip the index and score the encodings of every
     (matching) record.
     """
 
@@ -878,10 +879,10 @@ class PgVectorStore:
                 yield from self._refuse_unknown_fields(node)
                 results.append([])
                 continue
-            if bags:  # centroid interaction from the codes, then the survivors' residuals
+            if bags:  # centroid interaction from the codes, then the survivors' vectors or residuals
                 assert codec is not None
                 scores = coded.centroid_interaction(sims, [r[2] for r in rows], codec)
-                n_rescore = min(len(rows), options.n_rescore or max(200, 4 * k))
+                n_rescore = min(len(rows), options.n_rescore or max(400, 4 * k))
                 best = np.argpartition(-scores, n_rescore - 1)[:n_rescore]
                 rows = yield Query(
                     sql.SQL("SELECT {} FROM {} WHERE {} AND id = ANY(%s)").format(
