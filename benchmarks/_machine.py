@@ -8,6 +8,17 @@ import os
 import platform
 
 
+def cpu_flags() -> list[str]:
+    """The CPU's vector-instruction flags (avx*, amx*): what decides bf16 and matmul speed."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return sorted(f for f in flags if f.startswith(("avx", "amx")))
+
+
 def machine_info(packages: list[str]) -> dict:
     cpu = ""
     try:

@@ -38,7 +38,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine_info
+from _machine import cpu_flags, machine_info
 from colbert_scifact import evaluate, load_beir, ms_stats
 
 from ragplug.retrievers.late_interaction import InMemoryMultiVectorStore, MemorySearchOptions, Record
@@ -176,15 +176,6 @@ def throughput(make_search: Any, queries: list[np.ndarray], clients: int) -> flo
 
 def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return sorted(f for f in flags if f.startswith(("avx", "amx")))
 
 
 # -- main -------------------------------------------------------------------------------------------

@@ -171,33 +171,31 @@ def create_schema(schema: str) -> Op:
 
 def create_collection_index(schema: str, collection: str, dim: int, m: int, ef_construction: int) -> Op:
     """The partial HNSW index of one collection's record summaries (inner product over ``halfvec``)."""
-    yield Query(
-        sql.SQL(
-            "CREATE INDEX IF NOT EXISTS {name} ON {records} USING hnsw ((summary::halfvec({dim})) halfvec_ip_ops) "
-            "WITH (m = {m}, ef_construction = {ef}) WHERE collection = {collection}"
-        ).format(
-            name=sql.Identifier(index_name(collection)),
-            records=tables(schema)["records"],
-            dim=sql.Literal(dim),
-            m=sql.Literal(m),
-            ef=sql.Literal(ef_construction),
-            collection=sql.Literal(collection),
-        )
-    )
+    yield from _hnsw(schema, collection, index_name(collection), "summary", "halfvec", dim, m, ef_construction)
 
 
 def create_bag_index(schema: str, collection: str, n_centroids: int, m: int, ef_construction: int) -> Op:
     """The partial HNSW index of one collection's bags of centroids (inner product over ``sparsevec``)."""
+    yield from _hnsw(
+        schema, collection, bag_index_name(collection), "bag", "sparsevec", n_centroids, m, ef_construction
+    )
+
+
+def _hnsw(schema: str, collection: str, name: str, column: str, kind: str, dim: int, m: int, ef: int) -> Op:
+    """A partial HNSW index (inner product) over ``column::kind(dim)`` for one collection's rows."""
     yield Query(
         sql.SQL(
-            "CREATE INDEX IF NOT EXISTS {name} ON {records} USING hnsw ((bag::sparsevec({dim})) sparsevec_ip_ops) "
+            "CREATE INDEX IF NOT EXISTS {name} ON {records} USING hnsw (({column}::{kind}({dim})) {ops}) "
             "WITH (m = {m}, ef_construction = {ef}) WHERE collection = {collection}"
         ).format(
-            name=sql.Identifier(bag_index_name(collection)),
+            name=sql.Identifier(name),
             records=tables(schema)["records"],
-            dim=sql.Literal(n_centroids),
+            column=sql.Identifier(column),
+            kind=sql.SQL(kind),  # one of two constants above, never user input
+            dim=sql.Literal(dim),
+            ops=sql.SQL(f"{kind}_ip_ops"),
             m=sql.Literal(m),
-            ef=sql.Literal(ef_construction),
+            ef=sql.Literal(ef),
             collection=sql.Literal(collection),
         )
     )
