@@ -204,3 +204,26 @@ def test_the_default_codec_scores_fp16_vectors_of_candidates_found_by_centroids(
         assert len({h.id for h in got} & {h.id for h in truth}) >= 8
         assert got[0].id == truth[0].id and got[0].score == pytest.approx(truth[0].score, abs=2e-2)
     assert PgVectorStore(postgres_dsn, collection=_collection()).codec_config == CodecConfig(kind="float16", codes=True)
+
+
+def test_a_plaid_index_copies_into_postgres_without_its_model(postgres_dsn: str) -> None:
+    """colbert-ai's index (tests/fixtures/plaid) into a collection: decoded vectors, stored with the
+    collection's codec (fp16 here: 40 passages stay below train_tokens), ranked as in memory."""
+    import json
+    from pathlib import Path
+
+    from ragplug.retrievers.late_interaction import MemorySearchOptions
+    from ragplug.retrievers.late_interaction.stores.plaid import open_plaid_index
+
+    fixtures = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "plaid"
+    source = open_plaid_index(fixtures / "colbert-2bit", collection=fixtures / "collection.tsv")
+    target = PgVectorStore(postgres_dsn, collection=_collection())
+    assert copy_records(source, target) == len(source) == 40
+    assert target.ids() == source.ids() and target.get(["7"])[0].text == source.get(["7"])[0].text
+    from ragplug.retrievers.colbert import ColBERTEncoder
+
+    encoder = ColBERTEncoder(fixtures / "model", device="cpu", query_maxlen=32, doc_maxlen=48)
+    expected = json.loads((fixtures / "colbert-2bit.expected.json").read_text())
+    for query in encoder.encode_queries(expected["queries"][:4]):
+        memory = [h.id for h in source.search(query, k=5, options=MemorySearchOptions(mode="exact"))]
+        assert [h.id for h in target.search(query, k=5, options=PgSearchOptions(exact=True, n_candidates=40))] == memory
