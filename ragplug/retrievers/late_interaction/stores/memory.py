@@ -413,8 +413,8 @@ class InMemoryMultiVectorStore(ThreadedAsync):
                     self._ivf = self._codec_ivf()
                     return
                 vectors, n, removals = self._tokens.snapshot(), self._n_tokens, self._removals
-                generation, config = self._generation, self.approximate
-            fitted = CentroidIndex.fit(vectors, config)  # type: ignore[arg-type]  # no store lock held
+                generation, config, n_docs = self._generation, self.approximate, len(self._ids)
+            fitted = CentroidIndex.fit(vectors, config, n_docs=n_docs)  # type: ignore[arg-type]  # unlocked
             codes = fitted.codes
             for _ in range(4):
                 with self._lock:
@@ -521,14 +521,16 @@ class InMemoryMultiVectorStore(ThreadedAsync):
                     raise unknown_fields_error(unknown, list(known))
                 return [[] for _ in queries]
         vectors = tokens.raw if tokens.raw is not None else tokens  # decoded on the fly when compressed
+        n_probe, n_cand = settings.effective(
+            n, len(tokens), k, n_probe=options.n_probe, n_candidates=options.n_candidates
+        )  # adapted to the corpus (short documents, many documents) unless given for this search
+        n_cand = min(n_cand, n if allowed is None else int(allowed.sum()))
         results = []
         for query in (tokens.prepare_query(m) for m in matrices):
             if frozen is not None:
-                approx = frozen.approximate_scores(query, options.n_probe or settings.n_probe)
+                approx = frozen.approximate_scores(query, n_probe)
                 if allowed is not None:
                     approx[~allowed] = -np.inf
-                n_cand = options.n_candidates or max(settings.n_candidates, 4 * k)
-                n_cand = min(n_cand, n if allowed is None else int(allowed.sum()))
                 candidates = np.argpartition(-approx, n_cand - 1)[:n_cand]
                 top = top_k_exact(query, vectors, starts, lengths, k, candidates=candidates)
             elif allowed is not None and allowed.mean() < 0.5:
