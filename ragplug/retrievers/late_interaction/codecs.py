@@ -176,6 +176,7 @@ class Codec:
         if config.kind == "residual":
             assert weights is not None
             self._table = _lookup_table(weights, config.nbits)
+            self._table_items = self._table.view(np.dtype((np.void, self._table.shape[1] * 4))).reshape(256)
 
     def _check(self) -> None:
         """Refuse arrays that do not fit the config (a corrupted or foreign saved codec)."""
@@ -293,7 +294,10 @@ class Codec:
             return np.asarray(columns["vectors"], dtype=np.float32)
         assert self.centroids is not None and self._table is not None
         codes, packed = columns["codes"], columns["residuals"]
-        values = self._table[packed].reshape(len(packed), self.dim)
+        # one look-up per byte of whole table rows (viewed as single items): several times faster than
+        # fancy-indexing the 2-D table, same values
+        rows = np.take(self._table_items, np.asarray(packed, dtype=np.uint8))
+        values = np.ascontiguousarray(rows).view(np.float32).reshape(len(packed), self.dim)
         values += self.centroids[codes]
         return _normalise(values)
 
@@ -361,9 +365,10 @@ def _centroids_for(n_tokens: int) -> int:
 def _fit_projection(sample: FloatMatrix, dim: int, how: str, rng: np.random.Generator) -> FloatMatrix:
     """An ``(input_dim, dim)`` matrix with orthonormal columns: PCA directions of ``sample`` (uncentred,
     so dot products are what is kept) or a random orthonormal map."""
-    if how == "pca":
-        _, _, vt = np.linalg.svd(sample.astype(np.float64), full_matrices=False)
-        basis = vt[:dim].T
+    if how == "pca":  # top eigenvectors of the Gram matrix: the SVD's right singular vectors, without U
+        x = sample.astype(np.float64)
+        eigenvalues, vectors = np.linalg.eigh(x.T @ x)
+        basis = vectors[:, np.argsort(eigenvalues)[::-1][: min(dim, len(sample))]]
         if basis.shape[1] < dim:  # fewer sample rows than dims: fill with random orthogonal directions
             extra = rng.standard_normal((sample.shape[1], dim - basis.shape[1]))
             basis, _ = np.linalg.qr(np.concatenate([basis, extra], axis=1))

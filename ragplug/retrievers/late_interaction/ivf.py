@@ -227,6 +227,11 @@ class CentroidIndex:
         self.codes = np.concatenate([self.codes, self.assign(vectors)])
         self._lists = None
 
+    def extend(self, codes: npt.NDArray[np.int32]) -> None:
+        """Append tokens whose codes are already known (a codec that keeps centroid ids)."""
+        self.codes = np.concatenate([self.codes, codes])
+        self._lists = None
+
     def keep(self, token_mask: npt.NDArray[np.bool_]) -> None:
         self.codes = self.codes[token_mask]
         self._lists = None

@@ -323,7 +323,11 @@ class InMemoryMultiVectorStore(ThreadedAsync):
             if record.parent_id is not None:
                 self._children.setdefault(record.parent_id, []).append(record.id)
         if self._ivf is not None:
-            self._ivf.append(self._tokens[first:needed])
+            codes = self._tokens.codes
+            if codes is not None and self._tokens.codec is not None and self._tokens.codec.centroids is not None:
+                self._ivf.extend(codes[first:needed].astype(np.int32))  # the codec's ids are the index's
+            else:
+                self._ivf.append(self._tokens[first:needed])
         config = self.codec_config
         if self._tokens.codec is None and config.needs_training and self._n_tokens >= config.train_tokens:
             self._train_codec()
