@@ -108,6 +108,11 @@ def approx_search(
     return [d for d, _ in top], approx
 
 
+def paired_ratio(seconds: list[float], reference: list[float]) -> float:
+    """Median over queries of this arm's time over the reference arm's (same query, interleaved)."""
+    return round(float(np.median(np.asarray(seconds) / np.asarray(reference))), 3)
+
+
 def ms(seconds: list[float]) -> dict[str, float]:
     arr = np.asarray(seconds) * 1000.0
     return {"p50_ms": round(float(np.percentile(arr, 50)), 2), "p95_ms": round(float(np.percentile(arr, 95)), 2)}
@@ -198,9 +203,12 @@ def run_corpus(
     exact = np.stack(full["exact"])
     rows = {}
     for arm in arms:
+        knobs = {}
+        if arm != "exact":
+            knobs = {"n_centroids": counts[arm], "n_probe": settings[arm][0], "n_candidates": settings[arm][1]}
+            knobs["paired_median_time_ratio_vs_old"] = paired_ratio(seconds[arm], seconds["old"])
         rows[arm] = {
-            **({} if arm == "exact" else {"n_centroids": counts[arm]}),
-            **({} if arm == "exact" else dict(zip(("n_probe", "n_candidates"), settings[arm], strict=True))),
+            **knobs,
             **ms(seconds[arm]),
             "recall@5_vs_exact": overlap(ranked[arm], ranked["exact"], 5),
             "recall@10_vs_exact": overlap(ranked[arm], ranked["exact"], 10),
@@ -333,8 +341,8 @@ def markdown(res: dict[str, Any]) -> str:
         "top k.",
         "",
         "| corpus | search | n_centroids | n_probe | n_candidates | Recall@5 | all@5 | nDCG@10 | recall@5 vs exact "
-        "| recall@10 vs exact | p50 ms | p95 ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| recall@10 vs exact | p50 ms | p95 ms | time / old (paired median) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, corpus in res["corpora"].items():
         for arm, row in corpus["arms"].items():
@@ -342,8 +350,16 @@ def markdown(res: dict[str, Any]) -> str:
                 f"| {name} | {arm} | {row.get('n_centroids', '')} | {row.get('n_probe', '')} "
                 f"| {row.get('n_candidates', '')} | {row['recall@5']} "
                 f"| {row['all@5']} | {row['ndcg@10']} | {row['recall@5_vs_exact']} | {row['recall@10_vs_exact']} "
-                f"| {row['p50_ms']} | {row['p95_ms']} |"
+                f"| {row['p50_ms']} | {row['p95_ms']} | {row.get('paired_median_time_ratio_vs_old', '')} |"
             )
+    lines += [
+        "",
+        "`2wiki-half`: every supporting passage of the 51 questions plus random others, half the corpus (about 311k "
+        "tokens, where the length-blind centroid rule picks 2,048 centroids). On SciFact both settings are the "
+        "same (long documents, 5k documents): any latency difference between those two rows is noise. The "
+        "diagnosis reads codes from the new rule's index; `candidates_to_hold_exact_top5` is the approximate rank "
+        "of the worst-placed exact top-5 document, per query.",
+    ]
     lines += ["", "## Targets", ""]
     lines += [f"- {t}" for t in res["targets"]]
     lines += ["", "## Corpora and diagnosis", ""]
@@ -449,10 +465,14 @@ def main() -> None:
             f"(gap {old_gap})"
         )
     sf_arms = res["corpora"]["scifact"]["arms"]
-    verdict = "PASS" if sf_arms["new"]["p50_ms"] <= sf_arms["old"]["p50_ms"] * 1.05 else "FAIL"
+    same = all(sf_arms["new"][key] == sf_arms["old"][key] for key in ("n_centroids", "n_probe", "n_candidates"))
+    ratio = sf_arms["new"]["paired_median_time_ratio_vs_old"]
+    verdict = "PASS" if same or ratio <= 1.05 else "FAIL"
     targets.append(
-        f"{verdict}: SciFact approximate p50 no worse than the old settings (within 5% noise): new "
-        f"{sf_arms['new']['p50_ms']} ms, old {sf_arms['old']['p50_ms']} ms"
+        f"{verdict}: SciFact approximate latency no worse than with the old settings: "
+        + ("the same settings and index, so the same work; " if same else "")
+        + f"measured p50 new {sf_arms['new']['p50_ms']} ms, old {sf_arms['old']['p50_ms']} ms, median per-query "
+        f"time ratio new/old {ratio}"
     )
     res["targets"] = targets
     res["wall_s"] = round(time.perf_counter() - wall0, 1)
