@@ -30,7 +30,6 @@ numpy only: quantiles, packing and table look-ups; k-means is the engine's own (
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -39,7 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ragplug.errors import InvalidInputError, StoreCorruptedError
-from ragplug.retrievers.late_interaction.ivf import assign_codes, spherical_kmeans
+from ragplug.retrievers.late_interaction.ivf import ApproximateConfig, assign_codes, normalise, spherical_kmeans
 
 __all__ = ["KINDS", "NBITS", "Codec", "CodecConfig", "Columns", "codec_config"]
 
@@ -137,12 +136,6 @@ def codec_config(spec: CodecConfig | str | None) -> CodecConfig:
     raise InvalidInputError(msg)
 
 
-def _normalise(x: FloatMatrix) -> FloatMatrix:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    norms[norms == 0] = 1.0
-    return (x / norms).astype(np.float32, copy=False)
-
-
 class Codec:
     """A codec with its trained arrays (projection, centroids, bucket cutoffs and values).
 
@@ -238,8 +231,8 @@ class Codec:
             projection = _fit_projection(sample, config.dim, config.projection, rng)
         if not config.has_codes:
             return cls(config, input_dim, projection=projection)
-        points = _normalise(sample @ projection) if projection is not None else _normalise(sample)
-        n_centroids = config.n_centroids or _centroids_for(n_tokens or len(vectors))
+        points = normalise(sample @ projection) if projection is not None else normalise(sample)
+        n_centroids = config.n_centroids or ApproximateConfig().centroids_for(n_tokens or len(vectors))
         centroids = spherical_kmeans(
             points, n_centroids, iterations=config.kmeans_iterations, sample=config.kmeans_sample, seed=config.seed
         )
@@ -257,7 +250,7 @@ class Codec:
         """Encoder-space vectors (documents or queries) in the codec's space: projected and re-normalised."""
         if self.projection is None:
             return np.asarray(vectors, dtype=np.float32)
-        return _normalise(np.asarray(vectors, dtype=np.float32) @ self.projection)
+        return normalise(np.asarray(vectors, dtype=np.float32) @ self.projection)
 
     def lift(self, vectors: FloatMatrix) -> FloatMatrix:
         """Stored vectors mapped back into the encoder's space (the identity without a projection)."""
@@ -299,7 +292,7 @@ class Codec:
         rows = np.take(self._table_items, np.asarray(packed, dtype=np.uint8))
         values = np.ascontiguousarray(rows).view(np.float32).reshape(len(packed), self.dim)
         values += self.centroids[codes]
-        return _normalise(values)
+        return normalise(values)
 
     @property
     def code_dtype(self) -> type[np.unsignedinteger[Any]] | type[np.signedinteger[Any]]:
@@ -355,11 +348,6 @@ class Codec:
             return False
         mine, theirs = self.arrays(), other.arrays()
         return mine.keys() == theirs.keys() and all(np.array_equal(mine[k], theirs[k]) for k in mine)
-
-
-def _centroids_for(n_tokens: int) -> int:
-    wanted = 4 * math.sqrt(max(n_tokens, 1))
-    return max(1, min(n_tokens, 2 ** max(4, round(math.log2(wanted)))))
 
 
 def _fit_projection(sample: FloatMatrix, dim: int, how: str, rng: np.random.Generator) -> FloatMatrix:

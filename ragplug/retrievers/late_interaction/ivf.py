@@ -26,7 +26,7 @@ import numpy.typing as npt
 
 from ragplug.errors import InvalidInputError
 
-__all__ = ["ApproximateConfig", "CentroidIndex", "FrozenIndex", "assign_codes", "spherical_kmeans"]
+__all__ = ["ApproximateConfig", "CentroidIndex", "FrozenIndex", "assign_codes", "normalise", "spherical_kmeans"]
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ class ApproximateConfig:
         return (probe if n_probe is None else n_probe), (candidates if n_candidates is None else n_candidates)
 
 
-def _normalise(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+def normalise(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
     return (x / norms).astype(np.float32, copy=False)
@@ -181,7 +181,7 @@ def spherical_kmeans(
     rng = np.random.default_rng(seed)
     n_centroids = max(1, min(n_centroids, len(vectors)))
     sample_size = min(len(vectors), max(sample, n_centroids))
-    points = _normalise(vectors[np.sort(rng.choice(len(vectors), sample_size, replace=False))])
+    points = normalise(vectors[np.sort(rng.choice(len(vectors), sample_size, replace=False))])
     centroids = points[rng.choice(sample_size, n_centroids, replace=False)].copy()
     for _ in range(iterations):
         codes = assign_codes(points, centroids)
@@ -191,7 +191,7 @@ def spherical_kmeans(
         empty = counts == 0
         if empty.any():  # re-seed empty clusters with random sample points
             sums[empty] = points[rng.choice(sample_size, int(empty.sum()), replace=False)]
-        centroids = _normalise(sums)
+        centroids = normalise(sums)
     logger.debug("k-means: %d centroids from %d sampled vectors", n_centroids, sample_size)
     return centroids
 
