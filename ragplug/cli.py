@@ -35,9 +35,9 @@ def _index(args: argparse.Namespace) -> None:
 
 
 def _search(args: argparse.Namespace) -> None:
-    from ragplug.plugins._build import load_index
+    from ragplug.retrievers.late_interaction import LateInteractionIndex
 
-    index = load_index(args.index, args.model, None)
+    index = LateInteractionIndex.open(args.index, args.model)
     filter_ = json.loads(args.filter) if args.filter else None
     for hit in index.search(args.query, k=args.k, filter=filter_):
         print(json.dumps({"id": hit.id, "score": round(hit.score, 4), "metadata": hit.metadata, "text": hit.text}))

@@ -37,19 +37,11 @@ def build_index(
     return index
 
 
-def load_index(
-    path: str | Path, model: str | Path | Encoder, encoder_kwargs: dict[str, Any] | None
-) -> LateInteractionIndex:
-    encoder = make_encoder(model, encoder_kwargs)
-    chunker = encoder.chunker() if hasattr(encoder, "chunker") else None
-    return LateInteractionIndex.load(path, encoder, chunker=chunker)
-
-
 def open_index(
-    store: MultiVectorStore, model: str | Path | Encoder, encoder_kwargs: dict[str, Any] | None
+    source: str | Path | MultiVectorStore,
+    model: str | Path | Encoder | None,
+    encoder_kwargs: dict[str, Any] | None,
 ) -> LateInteractionIndex:
-    """An index over a store that already holds vectors (a Postgres collection, say), with its encoder;
-    refuses a store written by another encoder."""
-    encoder = make_encoder(model, encoder_kwargs)
-    chunker = encoder.chunker() if hasattr(encoder, "chunker") else None
-    return LateInteractionIndex(encoder, store, chunker=chunker)
+    """An index over a saved folder or a store that already holds vectors, with the encoder that wrote it
+    (rebuilt from the index's record when ``model`` is ``None``; checked against it otherwise)."""
+    return LateInteractionIndex.open(source, model, **(encoder_kwargs or {}))

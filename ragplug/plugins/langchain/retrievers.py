@@ -23,7 +23,7 @@ from langchain_core.tools import BaseTool, ToolException, create_retriever_tool
 from pydantic import BaseModel, ConfigDict, Field
 
 from ragplug.errors import InvalidInputError, RagplugError
-from ragplug.plugins._build import build_index, load_index, make_encoder, open_index
+from ragplug.plugins._build import build_index, make_encoder, open_index
 from ragplug.retrievers.colbert.encoder import DEFAULT_MODEL
 from ragplug.retrievers.late_interaction import Encoder, Hit, LateInteractionIndex, MultiVectorStore, rerank
 from ragplug.retrievers.late_interaction.base import SCORE_KEY, check_k
@@ -101,29 +101,43 @@ class ColBERTRetriever(BaseRetriever):
         return cls.from_texts(texts, metadatas=metadatas, ids=doc_ids, **kwargs)
 
     @classmethod
-    def from_store(
+    def from_index(
         cls,
-        store: MultiVectorStore,
-        model: str | Path | Encoder = DEFAULT_MODEL,
+        source: str | Path | MultiVectorStore,
+        model: str | Path | Encoder | None = None,
         *,
         encoder_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> ColBERTRetriever:
-        """A retriever over a store that already holds an index (a Postgres collection written by another
-        process, say); refuses a store written by another encoder."""
-        return cls(index=open_index(store, model, encoder_kwargs), **kwargs)
+        """Reopen an index: a folder saved with :meth:`save`, or a store that already holds one (a Postgres
+        collection written by another process). The encoder is the one the index records, rebuilt from its
+        manifest (``encoder_kwargs`` such as ``device`` go to it); an explicit ``model`` is checked against
+        the record and refused, naming what differs, when it is another encoder."""
+        return cls(index=open_index(source, model, encoder_kwargs), **kwargs)
+
+    @classmethod
+    def from_store(
+        cls,
+        store: MultiVectorStore,
+        model: str | Path | Encoder | None = None,
+        *,
+        encoder_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> ColBERTRetriever:
+        """:meth:`from_index` over a store."""
+        return cls.from_index(store, model, encoder_kwargs=encoder_kwargs, **kwargs)
 
     @classmethod
     def load(
         cls,
         path: str | Path,
-        model: str | Path | Encoder = DEFAULT_MODEL,
+        model: str | Path | Encoder | None = None,
         *,
         encoder_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> ColBERTRetriever:
-        """Load an index saved with :meth:`save`; refuses one written by another encoder."""
-        return cls(index=load_index(path, model, encoder_kwargs), **kwargs)
+        """:meth:`from_index` over a saved folder."""
+        return cls.from_index(path, model, encoder_kwargs=encoder_kwargs, **kwargs)
 
     def save(self, path: str | Path) -> None:
         """Persist the in-memory index to the folder ``path`` (atomically)."""

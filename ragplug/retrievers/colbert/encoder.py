@@ -135,7 +135,14 @@ class ColBERTEncoder:
         for word in settings.skiplist:
             skip_ids.update(tok.encode(word, add_special_tokens=False))
         self._skip_ids = np.array(sorted(skip_ids), dtype=np.int64)
-        self._identity = EncoderIdentity(self.name, self._dim, fingerprint_files(settings))
+        local = Path(model).expanduser()
+        recorded = {  # how to rebuild this encoder (LateInteractionIndex.from_index), and what differs on mismatch
+            "encoder": "colbert",
+            "model": str(local.resolve()) if local.is_dir() else str(model),
+            **({"revision": revision} if revision else {}),
+            **settings.describe(),
+        }
+        self._identity = EncoderIdentity(self.name, self._dim, fingerprint_files(settings), recorded)
         logger.info("loaded %s (%s format, dim %d) on %s", self.name, settings.format.value, self._dim, self.device)
 
     def _token_id(self, token: str | None) -> int | None:

@@ -44,6 +44,7 @@ __all__ = [
     "check_text",
     "copy_metadata",
     "plan_write",
+    "relevance_of",
 ]
 
 FloatMatrix = npt.NDArray[np.float32]
@@ -59,13 +60,16 @@ _MAX_METADATA_DEPTH = 32
 class EncoderIdentity:
     """What a persisted store remembers about the encoder that wrote it.
 
-    Two identities are compatible when ``name``, ``dim`` and ``fingerprint`` all match; the fingerprint
-    hashes whatever changes the vectors (weights file digest, markers, lengths, projection).
+    Two identities are compatible when ``dim`` and ``fingerprint`` match; the fingerprint hashes whatever
+    changes the vectors (weights file digest, markers, lengths, projection). ``settings`` (JSON) records
+    how to rebuild the encoder — ``{"encoder": "colbert", "model": ..., "query_maxlen": ...}`` — so that an
+    index reopens from its path alone and a mismatch names the setting that differs.
     """
 
     name: str
     dim: int
     fingerprint: str = ""
+    settings: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @staticmethod
     def fingerprint_of(settings: Mapping[str, Any]) -> str:
@@ -74,11 +78,36 @@ class EncoderIdentity:
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "dim": self.dim, "fingerprint": self.fingerprint}
+        out: dict[str, Any] = {"name": self.name, "dim": self.dim, "fingerprint": self.fingerprint}
+        if self.settings:
+            out["settings"] = json.loads(json.dumps(dict(self.settings), default=str))
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EncoderIdentity:
-        return cls(name=str(data["name"]), dim=int(data["dim"]), fingerprint=str(data.get("fingerprint", "")))
+        settings = data.get("settings")
+        return cls(
+            name=str(data["name"]),
+            dim=int(data["dim"]),
+            fingerprint=str(data.get("fingerprint", "")),
+            settings=dict(settings) if isinstance(settings, Mapping) else {},
+        )
+
+    def differences(self, other: EncoderIdentity) -> list[str]:
+        """What differs from ``other``, in words: each setting (``"doc_maxlen: 180 != 300"``), the
+        dimension, or, when every recorded setting agrees, the model files themselves."""
+        out = []
+        if self.dim != other.dim:
+            out.append(f"dim: {self.dim} != {other.dim}")
+        for key in sorted(set(self.settings) | set(other.settings)):
+            if key == "model":
+                continue
+            mine, theirs = self.settings.get(key, "unset"), other.settings.get(key, "unset")
+            if mine != theirs:
+                out.append(f"{key}: {mine!r} != {theirs!r}")
+        if not out and self.fingerprint != other.fingerprint:
+            out.append("the model's weights, config or tokenizer files differ")
+        return out
 
 
 @runtime_checkable
@@ -116,13 +145,28 @@ class Record:
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result. ``score`` is the MaxSim score (higher is better)."""
+    """One search result. ``score`` is the raw MaxSim score (higher is better; it grows with the query's
+    length); ``relevance`` is the same score on a fixed scale, see :func:`relevance_of` (set by
+    :class:`~ragplug.retrievers.late_interaction.LateInteractionIndex`, ``None`` from a bare store)."""
 
     id: str
     score: float
     metadata: dict[str, Any]
     text: str | None = None
     parent_id: str | None = None
+    relevance: float | None = None
+
+
+def relevance_of(score: float, n_query_vectors: int) -> float:
+    """A MaxSim score as a relevance in [0, 1]: divided by the number of query vectors, it is the mean over
+    query tokens of each one's best cosine similarity in the document (for unit-norm vectors, as ColBERT and
+    ColPali make them), clipped to [0, 1]. Comparable across queries of any length, so a ``score_threshold``
+    means the same for every query; ranks within one query are unchanged (except below 0, all 0).
+
+    >>> relevance_of(24.0, 32), relevance_of(-3.0, 32)
+    (0.75, 0.0)
+    """
+    return min(1.0, max(0.0, float(score) / max(1, int(n_query_vectors))))
 
 
 @dataclass(frozen=True)
@@ -263,14 +307,15 @@ class ThreadedAsync:
 
 
 def check_encoder(stored: EncoderIdentity | None, given: EncoderIdentity, where: str) -> None:
-    """Refuse vectors of one encoder in a store (or saved index) written by another."""
+    """Refuse vectors of one encoder in a store (or saved index) written by another, saying what differs."""
     if stored is None:
         return
     if (stored.dim, stored.fingerprint) != (given.dim, given.fingerprint):
+        differs = "; ".join(stored.differences(given)) or "fingerprints differ"
         msg = (
             f"{where} was written by encoder {stored.name!r} (dim {stored.dim}, fingerprint {stored.fingerprint}), "
-            f"not by {given.name!r} (dim {given.dim}, fingerprint {given.fingerprint}); "
-            "re-index with this encoder or use the other one"
+            f"not by {given.name!r} (dim {given.dim}, fingerprint {given.fingerprint}). Stored vs given: {differs}. "
+            "Re-index with this encoder, or open the index with the encoder it was written by"
         )
         raise EncoderMismatchError(msg)
 

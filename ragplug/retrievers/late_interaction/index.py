@@ -18,6 +18,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from ragplug.errors import DuplicateIdError, InvalidInputError
@@ -34,6 +35,7 @@ from ragplug.retrievers.late_interaction.base import (
     check_ids,
     check_k,
     check_text,
+    relevance_of,
 )
 from ragplug.retrievers.late_interaction.filters import Filter, FilterNode, parse_filter
 from ragplug.retrievers.late_interaction.stores import create_store, load_store
@@ -232,7 +234,7 @@ class LateInteractionIndex:
         if not queries:
             return []
         encoded = self.encoder.encode_queries(list(queries))
-        return self.store.search_batch(encoded, k=k, filter=node, options=typed)
+        return _with_relevance(encoded, self.store.search_batch(encoded, k=k, filter=node, options=typed))
 
     async def asearch(
         self, query: str, *, k: int = 4, filter: Filter | FilterNode | None = None, **options: Any
@@ -253,7 +255,7 @@ class LateInteractionIndex:
             return []
         await self._abind()
         encoded: list[FloatMatrix] = await asyncio.to_thread(self.encoder.encode_queries, list(queries))
-        return await self.store.asearch_batch(encoded, k=k, filter=node, options=typed)
+        return _with_relevance(encoded, await self.store.asearch_batch(encoded, k=k, filter=node, options=typed))
 
     # -- persistence ----------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -270,6 +272,39 @@ class LateInteractionIndex:
     ) -> LateInteractionIndex:
         """Open a store saved by :meth:`save`, checking it was written by ``encoder``."""
         return cls(encoder, load_store(path, encoder=encoder.identity), chunker=chunker)
+
+    @classmethod
+    def open(
+        cls,
+        source: str | os.PathLike[str] | MultiVectorStore,
+        model: str | os.PathLike[str] | Encoder | None = None,
+        *,
+        chunk: bool = True,
+        **encoder_kwargs: Any,
+    ) -> LateInteractionIndex:
+        """Reopen an index with the encoder that wrote it: ``source`` is a folder saved by :meth:`save` or a
+        store that already holds vectors (a Postgres collection). Without ``model`` the encoder is rebuilt
+        from what the index recorded (:func:`.encoders.encoder_from_identity`; ``encoder_kwargs`` such as
+        ``device`` go to it); with ``model`` (an encoder, hub id or folder) that encoder is checked against
+        the record and refused, naming the setting that differs, when it is another. Long items added later
+        are chunked when ``chunk`` is true and the encoder can chunk."""
+        from ragplug.retrievers.late_interaction.encoders import encoder_from_identity
+
+        if isinstance(source, str | os.PathLike):
+            where = os.fspath(source)
+            store = load_store(source)
+        else:
+            where, store = f"the {type(source).__name__}", source
+        if isinstance(model, Encoder):
+            encoder = model
+        elif model is not None:
+            from ragplug.retrievers.colbert import ColBERTEncoder
+
+            encoder = ColBERTEncoder(os.fspath(model), **encoder_kwargs)
+        else:
+            encoder = encoder_from_identity(store.encoder, where, **encoder_kwargs)
+        make_chunker = getattr(encoder, "chunker", None)
+        return cls(encoder, store, chunker=make_chunker() if chunk and make_chunker is not None else None)
 
     @classmethod
     def from_plaid(
@@ -303,3 +338,11 @@ class LateInteractionIndex:
         lengths = {"query_maxlen": info.query_maxlen, "doc_maxlen": info.doc_maxlen}
         kwargs = {k: v for k, v in lengths.items() if v is not None} | encoder_kwargs
         return cls(ColBERTEncoder(os.fspath(name), **kwargs), store, chunker=chunker)
+
+
+def _with_relevance(queries: Sequence[FloatMatrix], results: list[list[Hit]]) -> list[list[Hit]]:
+    """Each hit with its :func:`~.base.relevance_of` score for its query."""
+    return [
+        [replace(hit, relevance=relevance_of(hit.score, len(query))) for hit in hits]
+        for query, hits in zip(queries, results, strict=True)
+    ]
