@@ -39,7 +39,7 @@ TYPED = [  # JSON equality: booleans never equal numbers, containers compare ele
     ({"flag": True}, [{"flag": True}, {"flag": 1}], [True, False]),
     ({"flag": {"$in": [0]}}, [{"flag": False}, {"flag": 0}], [False, True]),
     ({"flag": {"$ne": 1}}, [{"flag": True}, {}], [True, True]),
-    ({"tags": ["a", "b"]}, [{"tags": ["a", "b"]}, {"tags": ["b", "a"]}, {"tags": "a"}], [True, False, False]),
+    ({"tags": {"$eq": ["a", "b"]}}, [{"tags": ["a", "b"]}, {"tags": ["b", "a"]}, {"tags": "a"}], [True, False, False]),
     ({"n": {"$gte": 1}}, [{"n": True}, {"n": 1}, {"n": "2"}], [False, True, False]),
 ]
 
@@ -68,6 +68,10 @@ BAD = [
     (["tag"], "must be a dict"),
     ({"x": {"$in": [float("nan")]}}, "finite"),
     ({"x": {"$eq": object()}}, "JSON values"),
+    ({"stave": {"gte": 3}}, r"field 'stave' in filter is given a dict without \$ operators.*did you mean \{'\$gte': 3\}"),
+    ({"stave": {"a": 1}}, r"without \$ operators: \{'a': 1\}; to match a dict value itself"),
+    ({"stave": [1, 3]}, r"field 'stave' .* a list \[1, 3\] where a value is expected; write \{'\$in'"),
+    ({"$or": [{"stave": (1,)}]}, r"field 'stave' in filter.\$or\[0\]"),
 ]
 
 

@@ -20,9 +20,12 @@ operator    meaning                                          example
 Equality is JSON equality: ``true`` never equals ``1``, a list equals only the same list. A range
 comparison matches numbers against a number bound and strings against a string bound (by code point);
 against a missing field, a boolean or a value of the other type it does not match. An unknown operator,
-an empty ``$and``/``$or``, a ``$in`` without a list, or nesting deeper than 32 levels raises
-:class:`~ragplug.errors.FilterError`: nothing is silently ignored. So does a search whose filter matches
-nothing because it names a field that no stored record has (a typo would otherwise look like "no results").
+an empty ``$and``/``$or``, a ``$in`` without a list, a field given a dict without ``$`` operators
+(``{"page": {"gte": 3}}``) or a list (``{"page": [1, 3]}``: write ``$in``, or ``$eq`` for the list itself),
+or nesting deeper than 32 levels raises :class:`~ragplug.errors.FilterError`: nothing is silently ignored.
+So does a search whose filter matches nothing because a bound can never match the values stored in its
+field (``{"page": {"$gt": "2"}}`` where pages are numbers); a field that no stored record has is allowed
+and logged at debug level (see :func:`explain_empty`).
 
 :func:`parse_filter` turns the dict into nodes (:class:`Comparison`, :class:`And`, :class:`Or`), validated
 once where the filter enters; stores evaluate the nodes, in Python (:func:`to_predicate`) or as SQL.
@@ -38,6 +41,7 @@ ragplug.errors.FilterError: unknown filter operator '$regex' on field 'year'; su
 
 from __future__ import annotations
 
+import logging
 import math
 import operator
 from collections.abc import Callable, Mapping
@@ -57,11 +61,14 @@ __all__ = [
     "Op",
     "Or",
     "compile_filter",
+    "explain_empty",
     "fields_of",
+    "json_kind",
     "parse_filter",
     "to_predicate",
-    "unknown_fields_error",
 ]
+
+logger = logging.getLogger(__name__)
 
 Filter = Mapping[str, Any]
 MetadataPredicate = Callable[[Mapping[str, Any]], bool]
@@ -102,6 +109,7 @@ _RANGE: dict[Op, Callable[[Any, Any], bool]] = {
     Op.LTE: operator.le,
 }
 _RANGE_SQL = {Op.GT: ">", Op.GTE: ">=", Op.LT: "<", Op.LTE: "<="}
+_OPS = {op.value for op in Op}
 
 
 @dataclass(frozen=True)
@@ -173,11 +181,26 @@ def _parse_logical(op: str, value: Any, path: str, depth: int) -> FilterNode:
 
 
 def _parse_field(field: str, condition: Any, path: str) -> list[FilterNode]:
-    if isinstance(condition, Mapping) and any(isinstance(k, str) and k.startswith("$") for k in condition):
-        if not all(isinstance(k, str) and k.startswith("$") for k in condition):
+    if isinstance(condition, Mapping):
+        keys = [k for k in condition if isinstance(k, str) and k.startswith("$")]
+        if not keys:
+            guess = {f"${k}": v for k, v in condition.items() if f"${k}" in _OPS}
+            hint = f"did you mean {guess!r}? " if guess else ""
+            msg = (
+                f"field {field!r} in {path} is given a dict without $ operators: {condition!r:.200}; {hint}"
+                "to match a dict value itself, write {'$eq': {...}}"
+            )
+            raise FilterError(msg)
+        if len(keys) != len(condition):
             msg = f"field {field!r} in {path} mixes operators and plain keys: {condition!r:.200}"
             raise FilterError(msg)
         return [_parse_comparison(field, op, operand) for op, operand in condition.items()]
+    if isinstance(condition, list | tuple | set | frozenset):
+        msg = (
+            f"field {field!r} in {path} is given a list {condition!r:.200} where a value is expected; "
+            "write {'$in': [...]} to match any of them, or {'$eq': [...]} to match the list itself"
+        )
+        raise FilterError(msg)
     return [_parse_comparison(field, "$eq", condition)]
 
 
@@ -231,12 +254,50 @@ def fields_of(node: FilterNode) -> list[str]:
     return list(dict.fromkeys(f for child in node.children for f in fields_of(child)))
 
 
-def unknown_fields_error(unknown: list[str], known: list[str] | None = None) -> FilterError:
-    """The error for a filter that matched nothing because it names fields no stored record has
-    (a typo, most often: an empty result would hide it)."""
-    hint = f"; stored records have {sorted(known)[:20]}" if known is not None else ""
-    msg = f"no stored record has the metadata field(s) {unknown} that the filter names{hint}"
-    return FilterError(msg)
+def json_kind(value: Any) -> str:
+    """The JSON type of a value, as Postgres ``jsonb_typeof`` names it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "object" if isinstance(value, Mapping) else "array"
+
+
+def _comparisons(node: FilterNode) -> list[Comparison]:
+    if isinstance(node, Comparison):
+        return [node]
+    return [c for child in node.children for c in _comparisons(child)]
+
+
+def explain_empty(node: FilterNode, kinds: Mapping[str, set[str]]) -> None:
+    """Why a filter matched no stored record, given the JSON kinds (:func:`json_kind`) each field it names
+    holds in the store (a field no record has is absent from ``kinds``).
+
+    A comparison whose bound can never match what its field holds (``{"$gt": "2"}`` on a field of numbers,
+    ``"ghost"`` against lists) raises :class:`~ragplug.errors.FilterError` naming the field: a mistake, not
+    an empty result. A field that no stored record has is allowed (it may be filled later) and logged at
+    debug level.
+    """
+    missing = [f for f in fields_of(node) if f not in kinds]
+    if missing:
+        logger.debug("filter names metadata field(s) %s that no stored record has", missing)
+    for comparison in _comparisons(node):
+        held = kinds.get(comparison.field)
+        if not held or comparison.op in (Op.NE, Op.NIN):
+            continue
+        bounds = comparison.value if comparison.op is Op.IN else (comparison.value,)
+        wanted = {json_kind(b) for b in bounds}
+        if not wanted & held:
+            msg = (
+                f"filter {comparison.op.value} {comparison.value!r:.80} on field {comparison.field!r} can never "
+                f"match: stored records hold {'/'.join(sorted(held))} values there, the bound is "
+                f"{'/'.join(sorted(wanted))}"
+            )
+            raise FilterError(msg)
 
 
 # -- the Python back end ----------------------------------------------------------------------------

@@ -60,10 +60,11 @@ from ragplug.retrievers.late_interaction.codecs import Codec, CodecConfig, codec
 from ragplug.retrievers.late_interaction.filters import (
     Filter,
     FilterNode,
+    explain_empty,
     fields_of,
+    json_kind,
     parse_filter,
     to_predicate,
-    unknown_fields_error,
 )
 from ragplug.retrievers.late_interaction.ivf import ApproximateConfig, CentroidIndex
 from ragplug.retrievers.late_interaction.stores.folder import MANIFEST, read_folder, safetensors_views, write_folder
@@ -519,10 +520,13 @@ class InMemoryMultiVectorStore(ThreadedAsync):
             predicate = to_predicate(node)
             allowed = np.fromiter((predicate(metadata[i]) for i in range(n)), dtype=bool, count=n)
             if not allowed.any():
-                known = {key for m in metadata for key in m}
-                unknown = [f for f in fields_of(node) if f not in known]
-                if unknown:
-                    raise unknown_fields_error(unknown, list(known))
+                names = fields_of(node)
+                kinds: dict[str, set[str]] = {}
+                for m in metadata:
+                    for name in names:
+                        if name in m:
+                            kinds.setdefault(name, set()).add(json_kind(m[name]))
+                explain_empty(node, kinds)
                 return [[] for _ in queries]
         vectors = tokens.raw if tokens.raw is not None else tokens  # decoded on the fly when compressed
         n_probe, n_cand = settings.effective(

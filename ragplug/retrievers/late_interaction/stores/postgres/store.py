@@ -53,9 +53,9 @@ from ragplug.retrievers.late_interaction.fde import Summarizer, SummaryConfig
 from ragplug.retrievers.late_interaction.filters import (
     Filter,
     FilterNode,
+    explain_empty,
     fields_of,
     parse_filter,
-    unknown_fields_error,
 )
 from ragplug.retrievers.late_interaction.twostage import pack, top_k_exact
 
@@ -897,18 +897,18 @@ class PgVectorStore:
         return results
 
     def _refuse_unknown_fields(self, node: FilterNode | None) -> Op:
-        """A filter that matched nothing and names a field no record has is a mistake, not an empty result."""
+        """A filter that matched nothing: find out whether it is a mistake (:func:`explain_empty`)."""
         if node is None:
             return
-        unknown = yield Query(
+        rows = yield Query(
             sql.SQL(
-                "SELECT f FROM unnest(%s::text[]) AS f WHERE NOT EXISTS (SELECT 1 FROM {} WHERE {} AND metadata ? f)"
+                "SELECT f, array_agg(DISTINCT jsonb_typeof(metadata -> f)) FROM {}, unnest(%s::text[]) AS f "
+                "WHERE {} AND metadata ? f GROUP BY f"
             ).format(self._t["records"], self._where()),
             [fields_of(node)],
             "all",
         )
-        if unknown:
-            raise unknown_fields_error([r[0] for r in unknown])
+        explain_empty(node, {r[0]: set(r[1]) for r in rows})
 
 
 def _refuse_unknown(ids: list[str], rows: list[Any]) -> None:
