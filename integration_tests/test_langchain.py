@@ -144,6 +144,56 @@ def test_reranker_orders_by_maxsim(facts: dict[str, str]) -> None:
     index.add(list(facts.values()), ids=list(facts))
     expected = index.search(query, k=3, mode="exact")
     assert [d.id for d in out] == [h.id for h in expected]
-    assert [d.metadata["relevance_score"] for d in out] == pytest.approx([h.score for h in expected], abs=1e-4)
+    assert [d.metadata["relevance_score"] for d in out] == pytest.approx([h.relevance for h in expected], abs=1e-5)
+    assert [d.metadata["ragplug_score"] for d in out] == pytest.approx([h.score for h in expected], abs=1e-4)
     assert out[0].id == "tim"
     assert reranker.compress_documents([], query) == []
+
+
+def test_search_kwargs_are_honoured_with_per_call_first(retriever: ColBERTRetriever) -> None:
+    """The as_retriever(search_kwargs=...) habit: k and filter from search_kwargs, overridden per call."""
+    plain = ColBERTRetriever(index=retriever.index, search_kwargs={"k": 2, "filter": {"topic": "carol"}})
+    docs = plain.invoke("What is the capital of France?")
+    assert len(docs) == 2 and all(d.metadata["topic"] == "carol" for d in docs)
+    assert len(plain.invoke("What is the capital of France?", k=3)) == 3
+    assert plain.invoke("What is the capital of France?", filter={"topic": "paris"})[0].id == "paris"
+    assert len(ColBERTRetriever(index=retriever.index).invoke("Scrooge")) == 4  # the default k
+    with pytest.raises(InvalidInputError, match="k is given both"):
+        ColBERTRetriever(index=retriever.index, k=3, search_kwargs={"k": 2})
+    with pytest.raises(InvalidInputError, match=r"unknown search options \['top_k'\]"):
+        ColBERTRetriever(index=retriever.index, search_kwargs={"top_k": 2})
+    with pytest.raises(InvalidInputError, match="apply to search_type='mmr' only"):
+        ColBERTRetriever(index=retriever.index, search_kwargs={"fetch_k": 10})
+
+
+def test_relevance_scores_and_threshold(retriever: ColBERTRetriever) -> None:
+    docs = retriever.invoke("Which child used a crutch?", k=6)
+    relevances = [d.metadata["relevance_score"] for d in docs]
+    assert all(0 <= r <= 1 for r in relevances) and relevances == sorted(relevances, reverse=True)
+    cut = ColBERTRetriever(
+        index=retriever.index,
+        search_type="similarity_score_threshold",
+        search_kwargs={"score_threshold": relevances[1], "k": 6},
+    )
+    assert [d.id for d in cut.invoke("Which child used a crutch?")] == [d.id for d in docs[:2]]
+    with pytest.raises(InvalidInputError, match="needs search_kwargs=\\{'score_threshold'"):
+        ColBERTRetriever(index=retriever.index, search_type="similarity_score_threshold")
+    with pytest.raises(InvalidInputError, match="score_threshold must be a number in \\[0, 1\\]"):
+        ColBERTRetriever(index=retriever.index, search_kwargs={"score_threshold": 5.0})
+    with pytest.raises(InvalidInputError, match="search_type must be one of"):
+        ColBERTRetriever(index=retriever.index, search_type="hybrid")
+
+
+async def test_mmr_trades_relevance_for_diversity() -> None:
+    index = LateInteractionIndex(_minilm())
+    twins = ["Tiny Tim walked with a crutch.", "Tiny Tim walked with a crutch, poor child.", FACTS["tim"]]
+    index.add([*twins, FACTS["paris"], FACTS["fezziwig"]], ids=["t1", "t2", "t3", "paris", "fezziwig"])
+    query = "Which child walked with a crutch?"
+    similar = [d.id for d in ColBERTRetriever(index=index, k=3).invoke(query)]
+    assert sorted(similar) == ["t1", "t2", "t3"]
+    diverse = ColBERTRetriever(index=index, search_type="mmr", search_kwargs={"k": 3, "lambda_mult": 0.2})
+    picked = [d.id for d in diverse.invoke(query)]
+    assert picked[0] in {"t1", "t2", "t3"} and len({"paris", "fezziwig"} & set(picked)) >= 1
+    assert [d.id for d in await diverse.ainvoke(query)] == picked
+    relevant = ColBERTRetriever(index=index, search_type="mmr", search_kwargs={"k": 3, "lambda_mult": 1.0})
+    assert relevant.invoke(query) == ColBERTRetriever(index=index, k=3).invoke(query)

@@ -12,7 +12,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 from llama_index.core.vector_stores.types import FilterCondition, FilterOperator, MetadataFilter, MetadataFilters
 
 from conftest import FACTS
-from ragplug.errors import FilterError, UnknownIdError
+from ragplug.errors import FilterError, InvalidInputError, UnknownIdError
 from ragplug.plugins.llamaindex import ColBERTRerank, ColBERTRetriever, to_ragplug_filter
 from ragplug.retrievers.colbert import ColBERTEncoder
 from ragplug.retrievers.late_interaction import LateInteractionIndex
@@ -106,8 +106,27 @@ def test_rerank_postprocessor(facts: dict[str, str]) -> None:
     index.add(list(facts.values()), ids=list(facts))
     expected = index.search("What is the capital of France?", k=2, mode="exact")
     assert [n.node.node_id for n in out] == [h.id for h in expected] and out[0].node.node_id == "paris"
-    assert [n.score for n in out] == pytest.approx([h.score for h in expected], abs=1e-4)
+    assert [n.score for n in out] == pytest.approx([h.relevance for h in expected], abs=1e-5)
     engine = RetrieverQueryEngine.from_args(
         ColBERTRetriever(index, similarity_top_k=4), llm=MockLLM(max_tokens=4), node_postprocessors=[rerank]
     )
     assert len(engine.query("What is the capital of France?").source_nodes) == 2
+
+
+def test_scores_are_relevances_and_thresholds_and_mmr_apply(retriever: ColBERTRetriever) -> None:
+    nodes = ColBERTRetriever(retriever.index, similarity_top_k=6).retrieve("Which child used a crutch?")
+    assert all(0 <= n.score <= 1 for n in nodes) and nodes[0].score > 0.5
+    assert nodes[0].node.metadata["ragplug_score"] > nodes[1].node.metadata["ragplug_score"]
+    cut = ColBERTRetriever(retriever.index, similarity_top_k=6, search_kwargs={"score_threshold": nodes[1].score})
+    assert [n.node.node_id for n in cut.retrieve("Which child used a crutch?")] == [
+        n.node.node_id for n in nodes[:2]
+    ]
+    mmr = ColBERTRetriever(
+        retriever.index, similarity_top_k=3, vector_store_query_mode="mmr", search_kwargs={"lambda_mult": 0.0}
+    )
+    picked = [n.node.node_id for n in mmr.retrieve("Which child used a crutch?")]
+    assert picked[0] == "tim" and len(set(picked)) == 3
+    with pytest.raises(InvalidInputError, match="unknown search options \\['top_k'\\]"):
+        ColBERTRetriever(retriever.index, search_kwargs={"top_k": 3})
+    with pytest.raises(InvalidInputError, match="vector_store_query_mode"):
+        ColBERTRetriever(retriever.index, vector_store_query_mode="hybrid")

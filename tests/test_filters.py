@@ -68,7 +68,7 @@ BAD = [
     (["tag"], "must be a dict"),
     ({"x": {"$in": [float("nan")]}}, "finite"),
     ({"x": {"$eq": object()}}, "JSON values"),
-    ({"stave": {"gte": 3}}, r"field 'stave' in filter is given a dict without \$ operators.*did you mean \{'\$gte': 3\}"),
+    ({"stave": {"gte": 3}}, r"field 'stave' in filter is given a dict without .*did you mean \{'\$gte': 3\}"),
     ({"stave": {"a": 1}}, r"without \$ operators: \{'a': 1\}; to match a dict value itself"),
     ({"stave": [1, 3]}, r"field 'stave' .* a list \[1, 3\] where a value is expected; write \{'\$in'"),
     ({"$or": [{"stave": (1,)}]}, r"field 'stave' in filter.\$or\[0\]"),

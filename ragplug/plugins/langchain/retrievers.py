@@ -1,8 +1,11 @@
 """LangChain retriever and reranker over ragplug's late-interaction engine.
 
 Thin glue only: retrieval happens in :class:`~ragplug.retrievers.late_interaction.LateInteractionIndex`;
-this module converts hits into ``Document`` objects (``id``, metadata, and the MaxSim score in
-``metadata["ragplug_score"]``, a key reserved so that it never overwrites a field of the user's own).
+this module converts hits into ``Document`` objects: ``id``, metadata, the raw MaxSim score in
+``metadata["ragplug_score"]`` and the relevance in [0, 1] (MaxSim divided by the query's length, see
+:func:`~ragplug.retrievers.late_interaction.base.relevance_of`) in ``metadata["relevance_score"]`` — keys
+reserved so that they never overwrite a field of the user's own. The reranker writes the same two keys, so
+a reranked document carries one score, the reranker's.
 """
 
 from __future__ import annotations
@@ -20,41 +23,78 @@ from langchain_core.callbacks import (
 from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.tools import BaseTool, ToolException, create_retriever_tool
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from ragplug.errors import InvalidInputError, RagplugError
 from ragplug.plugins._build import build_index, make_encoder, open_index
+from ragplug.plugins._search import SearchRequest, SearchType, arun_search, resolve_search, run_search
 from ragplug.retrievers.colbert.encoder import DEFAULT_MODEL
 from ragplug.retrievers.late_interaction import Encoder, Hit, LateInteractionIndex, MultiVectorStore, rerank
-from ragplug.retrievers.late_interaction.base import SCORE_KEY, check_k
-from ragplug.retrievers.late_interaction.filters import Filter, compile_filter
+from ragplug.retrievers.late_interaction.base import RELEVANCE_KEY, SCORE_KEY
+from ragplug.retrievers.late_interaction.filters import Filter
 
 __all__ = ["ColBERTReranker", "ColBERTRetriever"]
 
 
 def _to_document(hit: Hit) -> Document:
-    return Document(page_content=hit.text or "", id=hit.id, metadata={**hit.metadata, SCORE_KEY: hit.score})
+    scores = {SCORE_KEY: hit.score, RELEVANCE_KEY: hit.relevance}
+    return Document(page_content=hit.text or "", id=hit.id, metadata={**hit.metadata, **scores})
 
 
 class ColBERTRetriever(BaseRetriever):
     """ColBERT (late interaction, MaxSim) retrieval as a LangChain retriever.
 
-    ``k`` and ``filter`` set at construction are defaults; ``invoke(query, k=..., filter=...)`` overrides
-    them per call. Extra ``search_kwargs`` (e.g. ``{"mode": "approximate"}``) go to the store's search.
+    Settings come in three layers, a later one winning key by key: the retriever's ``k`` / ``filter``
+    fields (defaults 4 and none), then ``search_kwargs`` (as ``vectorstore.as_retriever(search_kwargs=...)``
+    takes them), then keywords of one call (``invoke(query, k=2, filter=...)``). Giving ``k`` (or
+    ``filter``) both as a field and in ``search_kwargs`` is refused as ambiguous.
+
+    ``search_type``: ``"similarity"`` (default), ``"mmr"`` (diverse results: ``fetch_k`` candidates,
+    ``lambda_mult`` from 0 = most diverse to 1 = most relevant) or ``"similarity_score_threshold"`` (needs
+    ``score_threshold``). ``score_threshold`` (any type) keeps hits whose relevance in [0, 1] reaches it.
+    Other keys are the store's search options (``mode``, ``n_probe``...); unknown ones are refused here,
+    at construction.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     index: LateInteractionIndex
-    k: int = 4
+    k: int | None = None
     filter: dict[str, Any] | None = None
+    search_type: SearchType = "similarity"
     search_kwargs: dict[str, Any] = Field(default_factory=dict)
+    _defaults: SearchRequest = PrivateAttr()
 
     def __init__(self, **kwargs: Any) -> None:
+        search_kwargs = kwargs.get("search_kwargs") or {}
+        for key in ("k", "filter"):
+            if kwargs.get(key) is not None and search_kwargs.get(key) is not None:
+                msg = f"{key} is given both as {key}= and in search_kwargs; give it once"
+                raise InvalidInputError(msg)
+        index = kwargs.get("index")
+        if not isinstance(index, LateInteractionIndex):
+            msg = f"index must be a LateInteractionIndex, got {type(index).__name__}"
+            raise InvalidInputError(msg)
         # Checked before pydantic runs, so bad values raise ragplug errors rather than a ValidationError.
-        check_k(kwargs.get("k", 4))
-        compile_filter(kwargs.get("filter"))
+        defaults = resolve_search(
+            index,
+            kwargs.get("search_type", "similarity"),
+            {"k": kwargs.get("k"), "filter": kwargs.get("filter")},
+            search_kwargs,
+        )
         super().__init__(**kwargs)
+        self._defaults = defaults
+
+    def _request(self, k: int | None, filter: Filter | None, kwargs: dict[str, Any]) -> SearchRequest:
+        if k is None and filter is None and not kwargs:
+            return self._defaults
+        return resolve_search(
+            self.index,
+            self.search_type,
+            {"k": self.k, "filter": self.filter},
+            self.search_kwargs,
+            {**kwargs, "k": k, "filter": filter},
+        )
 
     # -- construction ---------------------------------------------------------------------------------
     @classmethod
@@ -65,7 +105,7 @@ class ColBERTRetriever(BaseRetriever):
         ids: Sequence[str] | None = None,
         model: str | Path | Encoder = DEFAULT_MODEL,
         store: MultiVectorStore | None = None,
-        k: int = 4,
+        k: int | None = None,
         *,
         chunk: bool = True,
         encoder_kwargs: dict[str, Any] | None = None,
@@ -177,14 +217,6 @@ class ColBERTRetriever(BaseRetriever):
         return [Document(page_content=r.text or "", id=r.id, metadata=dict(r.metadata)) for r in self.index.get(ids)]
 
     # -- retrieval ------------------------------------------------------------------------------------
-    def _options(self, k: int | None, filter: Filter | None, kwargs: dict[str, Any]) -> dict[str, Any]:
-        return {
-            **self.search_kwargs,
-            **kwargs,
-            "k": self.k if k is None else k,
-            "filter": self.filter if filter is None else filter,
-        }
-
     def _get_relevant_documents(
         self,
         query: str,
@@ -194,7 +226,7 @@ class ColBERTRetriever(BaseRetriever):
         filter: Filter | None = None,
         **kwargs: Any,
     ) -> list[Document]:
-        hits = self.index.search(query, **self._options(k, filter, kwargs))
+        hits = run_search(self.index, query, self._request(k, filter, kwargs))
         return [_to_document(h) for h in hits]
 
     async def _aget_relevant_documents(
@@ -206,7 +238,7 @@ class ColBERTRetriever(BaseRetriever):
         filter: Filter | None = None,
         **kwargs: Any,
     ) -> list[Document]:
-        hits = await self.index.asearch(query, **self._options(k, filter, kwargs))
+        hits = await arun_search(self.index, query, self._request(k, filter, kwargs))
         return [_to_document(h) for h in hits]
 
     def as_tool(
@@ -279,8 +311,9 @@ def _unpack(
 class ColBERTReranker(BaseDocumentCompressor):
     """Re-order documents from any retriever by ColBERT MaxSim against the query; keeps the ``top_n`` best.
 
-    Each returned document gets ``metadata["relevance_score"]``. Use it in a
-    ``ContextualCompressionRetriever`` or directly.
+    Each returned document gets the rerank's scores: ``metadata["relevance_score"]`` (in [0, 1]) and
+    ``metadata["ragplug_score"]`` (raw MaxSim), replacing any a retriever set, so one score describes it.
+    Use it in a ``ContextualCompressionRetriever`` or directly.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -299,11 +332,10 @@ class ColBERTReranker(BaseDocumentCompressor):
     ) -> Sequence[Document]:
         ranked = rerank(self.encoder, query, [d.page_content for d in documents], self.top_n)
         out = []
-        for position, score in ranked:
-            doc = documents[position]
-            out.append(
-                Document(page_content=doc.page_content, id=doc.id, metadata={**doc.metadata, "relevance_score": score})
-            )
+        for r in ranked:
+            doc = documents[r.position]
+            scores = {SCORE_KEY: r.score, RELEVANCE_KEY: r.relevance}  # replace the retriever's scores, if any
+            out.append(Document(page_content=doc.page_content, id=doc.id, metadata={**doc.metadata, **scores}))
         return out
 
     async def acompress_documents(

@@ -1,6 +1,9 @@
 """LlamaIndex retriever and reranker over ragplug's late-interaction engine.
 
-Thin glue only: hits become ``NodeWithScore(TextNode)``; LlamaIndex ``MetadataFilters`` are translated
+Thin glue only: hits become ``NodeWithScore(TextNode)`` whose ``score`` is the hit's relevance in [0, 1]
+(MaxSim divided by the query's length, :func:`~ragplug.retrievers.late_interaction.base.relevance_of`, so
+a ``SimilarityPostprocessor(similarity_cutoff=...)`` means the same for every query), with the raw MaxSim in
+``metadata["ragplug_score"]``; LlamaIndex ``MetadataFilters`` are translated
 into ragplug's filter language (``==, !=, >, >=, <, <=, in, nin`` with ``and`` / ``or``; other
 operators raise :class:`~ragplug.errors.FilterError`).
 """
@@ -16,15 +19,24 @@ from llama_index.core.bridge.pydantic import ConfigDict, Field
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.retrievers import BaseRetriever
-from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle, TextNode
+from llama_index.core.schema import (
+    BaseNode,
+    MetadataMode,
+    NodeRelationship,
+    NodeWithScore,
+    QueryBundle,
+    RelatedNodeInfo,
+    TextNode,
+)
 from llama_index.core.vector_stores.types import FilterCondition, FilterOperator, MetadataFilter, MetadataFilters
 
 from ragplug.errors import FilterError, InvalidInputError
 from ragplug.plugins._build import build_index, make_encoder, open_index
+from ragplug.plugins._search import arun_search, resolve_search, run_search
 from ragplug.retrievers.colbert.encoder import DEFAULT_MODEL
 from ragplug.retrievers.late_interaction import Encoder, Hit, LateInteractionIndex, MultiVectorStore, rerank
-from ragplug.retrievers.late_interaction.base import check_k
-from ragplug.retrievers.late_interaction.filters import Filter, compile_filter
+from ragplug.retrievers.late_interaction.base import SCORE_KEY
+from ragplug.retrievers.late_interaction.filters import Filter
 
 __all__ = ["ColBERTRerank", "ColBERTRetriever", "to_ragplug_filter"]
 
@@ -70,7 +82,10 @@ def to_ragplug_filter(filters: MetadataFilters | Filter | None) -> Filter | None
 
 
 def _to_node(hit: Hit) -> NodeWithScore:
-    return NodeWithScore(node=TextNode(id_=hit.id, text=hit.text or "", metadata=dict(hit.metadata)), score=hit.score)
+    node = TextNode(id_=hit.id, text=hit.text or "", metadata={**hit.metadata, SCORE_KEY: hit.score})
+    if hit.parent_id is not None:
+        node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=hit.parent_id)
+    return NodeWithScore(node=node, score=hit.relevance)
 
 
 class ColBERTRetriever(BaseRetriever):
@@ -80,7 +95,10 @@ class ColBERTRetriever(BaseRetriever):
         index: the engine (see :meth:`from_texts` / :meth:`from_documents` to build one).
         similarity_top_k: how many nodes to return.
         filters: ``MetadataFilters`` or a ragplug filter dict applied to every query.
-        search_kwargs: passed to the store's search (e.g. ``{"mode": "approximate"}``).
+        vector_store_query_mode: ``"default"`` (similarity) or ``"mmr"`` (diverse results), LlamaIndex's name.
+        search_kwargs: ``score_threshold`` (keep nodes whose score, a relevance in [0, 1], reaches it),
+            ``fetch_k`` / ``lambda_mult`` for MMR, and the store's search options (``{"mode": "approximate"}``);
+            unknown keys are refused here, at construction.
     """
 
     def __init__(
@@ -89,15 +107,27 @@ class ColBERTRetriever(BaseRetriever):
         *,
         similarity_top_k: int = 4,
         filters: MetadataFilters | Filter | None = None,
+        vector_store_query_mode: str = "default",
         search_kwargs: dict[str, Any] | None = None,
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
     ) -> None:
+        modes = {"default": "similarity", "mmr": "mmr"}
+        if vector_store_query_mode not in modes:
+            msg = f"vector_store_query_mode must be one of {sorted(modes)}, got {vector_store_query_mode!r}"
+            raise InvalidInputError(msg)
+        search_kwargs = dict(search_kwargs or {})
+        for key in ("k", "filter"):
+            if key in search_kwargs:
+                msg = f"give {key!r} as {'similarity_top_k' if key == 'k' else 'filters'}=, not in search_kwargs"
+                raise InvalidInputError(msg)
         self.index = index
-        self.similarity_top_k = check_k(similarity_top_k)
+        self.similarity_top_k = similarity_top_k
         self.filters = to_ragplug_filter(filters)
-        compile_filter(self.filters)
-        self.search_kwargs = dict(search_kwargs or {})
+        self.search_kwargs = search_kwargs
+        self._request = resolve_search(
+            index, modes[vector_store_query_mode], {"k": similarity_top_k, "filter": self.filters}, search_kwargs
+        )
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
     @classmethod
@@ -189,14 +219,11 @@ class ColBERTRetriever(BaseRetriever):
     async def adelete(self, ids: Sequence[str]) -> None:
         await self.index.adelete(ids)
 
-    def _options(self) -> dict[str, Any]:
-        return {**self.search_kwargs, "k": self.similarity_top_k, "filter": self.filters}
-
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        return [_to_node(h) for h in self.index.search(query_bundle.query_str, **self._options())]
+        return [_to_node(h) for h in run_search(self.index, query_bundle.query_str, self._request)]
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        return [_to_node(h) for h in await self.index.asearch(query_bundle.query_str, **self._options())]
+        return [_to_node(h) for h in await arun_search(self.index, query_bundle.query_str, self._request)]
 
 
 def _unpack(documents: Sequence[BaseNode]) -> tuple[list[str], list[dict[str, Any]], list[str]]:
@@ -234,4 +261,4 @@ class ColBERTRerank(BaseNodePostprocessor):
             return []
         texts = [n.node.get_content(metadata_mode=MetadataMode.NONE) for n in nodes]
         ranked = rerank(self.encoder, query_bundle.query_str, texts, self.top_n)
-        return [NodeWithScore(node=nodes[i].node, score=score) for i, score in ranked]
+        return [NodeWithScore(node=nodes[r.position].node, score=r.relevance) for r in ranked]

@@ -25,6 +25,7 @@ from ragplug.retrievers.late_interaction.filters import Filter, FilterNode
 _Options = TypeVar("_Options", bound="SearchOptions")
 
 __all__ = [
+    "RELEVANCE_KEY",
     "SCORE_KEY",
     "Chunk",
     "Chunker",
@@ -52,6 +53,9 @@ FloatMatrix = npt.NDArray[np.float32]
 #: The metadata key under which the framework faces report a hit's score (LangChain ``Document.metadata``).
 #: Reserved: a stored item's own metadata may not use it, so a user's field is never overwritten.
 SCORE_KEY = "ragplug_score"
+#: The metadata key of a hit's relevance in [0, 1] (:func:`relevance_of`), LangChain's usual name for it.
+#: Reserved like :data:`SCORE_KEY`.
+RELEVANCE_KEY = "relevance_score"
 
 _MAX_METADATA_DEPTH = 32
 

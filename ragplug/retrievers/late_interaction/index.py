@@ -23,6 +23,7 @@ from typing import Any
 
 from ragplug.errors import DuplicateIdError, InvalidInputError
 from ragplug.retrievers.late_interaction.base import (
+    RELEVANCE_KEY,
     SCORE_KEY,
     Chunk,
     Chunker,
@@ -38,13 +39,14 @@ from ragplug.retrievers.late_interaction.base import (
     relevance_of,
 )
 from ragplug.retrievers.late_interaction.filters import Filter, FilterNode, parse_filter
+from ragplug.retrievers.late_interaction.mmr import check_mmr, mmr_order
 from ragplug.retrievers.late_interaction.stores import create_store, load_store
 
 __all__ = ["CHUNK_KEYS", "Chunk", "Chunker", "LateInteractionIndex"]
 
 #: Metadata keys the index writes on chunks of a split item; user metadata may not use them.
 CHUNK_KEYS = ("parent_id", "chunk_index", "start_index")
-_RESERVED_KEYS = (*CHUNK_KEYS, SCORE_KEY)
+_RESERVED_KEYS = (*CHUNK_KEYS, SCORE_KEY, RELEVANCE_KEY)
 
 
 class LateInteractionIndex:
@@ -235,6 +237,44 @@ class LateInteractionIndex:
             return []
         encoded = self.encoder.encode_queries(list(queries))
         return _with_relevance(encoded, self.store.search_batch(encoded, k=k, filter=node, options=typed))
+
+    def search_mmr(
+        self,
+        query: str,
+        *,
+        k: int = 4,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        filter: Filter | FilterNode | None = None,
+        **options: Any,
+    ) -> list[Hit]:
+        """Diverse results (maximal marginal relevance, :mod:`.mmr`): the ``fetch_k`` best records, of which
+        ``k`` are picked one by one trading relevance (``lambda_mult`` = 1) against similarity to those
+        already picked (``lambda_mult`` = 0)."""
+        check_mmr(check_k(k), fetch_k, lambda_mult)
+        return self._mmr(self.search(query, k=fetch_k, filter=filter, **options), k, lambda_mult)
+
+    async def asearch_mmr(
+        self,
+        query: str,
+        *,
+        k: int = 4,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        filter: Filter | FilterNode | None = None,
+        **options: Any,
+    ) -> list[Hit]:
+        """:meth:`search_mmr` with the store's async search."""
+        check_mmr(check_k(k), fetch_k, lambda_mult)
+        hits = await self.asearch(query, k=fetch_k, filter=filter, **options)
+        return await asyncio.to_thread(self._mmr, hits, k, lambda_mult)
+
+    def _mmr(self, hits: list[Hit], k: int, lambda_mult: float) -> list[Hit]:
+        if len(hits) <= 1:
+            return hits
+        vectors = {r.id: r.vectors for r in self.store.get([h.id for h in hits])}
+        relevance = [h.relevance if h.relevance is not None else 0.0 for h in hits]
+        return [hits[i] for i in mmr_order(relevance, [vectors[h.id] for h in hits], k, lambda_mult)]
 
     async def asearch(
         self, query: str, *, k: int = 4, filter: Filter | FilterNode | None = None, **options: Any

@@ -7,19 +7,27 @@ come from another retriever, get encoded on the fly, and are ordered by their la
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from ragplug.errors import InvalidInputError
-from ragplug.retrievers.late_interaction.base import Encoder
+from ragplug.retrievers.late_interaction.base import Encoder, relevance_of
 from ragplug.retrievers.late_interaction.maxsim import maxsim_all
 
-__all__ = ["rerank"]
+__all__ = ["Ranked", "rerank"]
 
 
-def rerank(encoder: Encoder, query: str, items: Sequence[Any], top_n: int | None = None) -> list[tuple[int, float]]:
-    """``(position in items, MaxSim score)`` pairs, best first, at most ``top_n`` of them."""
+class Ranked(NamedTuple):
+    """One re-ranked item: its position in the input, raw MaxSim score and relevance in [0, 1]."""
+
+    position: int
+    score: float
+    relevance: float
+
+
+def rerank(encoder: Encoder, query: str, items: Sequence[Any], top_n: int | None = None) -> list[Ranked]:
+    """The items' :class:`Ranked` entries, best first, at most ``top_n`` of them."""
     if not isinstance(query, str) or not query.strip():
         msg = f"the query must be a non-empty string, got {query!r}"
         raise InvalidInputError(msg)
@@ -34,4 +42,4 @@ def rerank(encoder: Encoder, query: str, items: Sequence[Any], top_n: int | None
     starts = np.cumsum(lengths) - lengths
     scores = maxsim_all(q, np.concatenate(docs), starts, lengths)
     order = np.argsort(-scores, kind="stable")[: top_n or len(items)]
-    return [(int(i), float(scores[i])) for i in order]
+    return [Ranked(int(i), float(scores[i]), relevance_of(scores[i], len(q))) for i in order]
