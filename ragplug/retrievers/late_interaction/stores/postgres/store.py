@@ -876,7 +876,7 @@ class PgVectorStore:
                 rows = yield Query(statement, [*params, qvec, n_cand], "all")
                 yield Query("SELECT set_config('enable_indexscan', 'on', true)", (), "one")
             if not rows:
-                yield from self._refuse_unknown_fields(node)
+                yield from self._explain_empty(node)
                 results.append([])
                 continue
             if bags:  # centroid interaction from the codes, then the survivors' vectors or residuals
@@ -896,7 +896,7 @@ class PgVectorStore:
             results.append([Hit(rows[d][0], s, rows[d][2], rows[d][3], rows[d][1]) for d, s in top])
         return results
 
-    def _refuse_unknown_fields(self, node: FilterNode | None) -> Op:
+    def _explain_empty(self, node: FilterNode | None) -> Op:
         """A filter that matched nothing: find out whether it is a mistake (:func:`explain_empty`)."""
         if node is None:
             return
