@@ -27,7 +27,7 @@ def build_index(
     store: MultiVectorStore | None,
     chunk: bool,
     encoder_kwargs: dict[str, Any] | None,
-    show_progress: bool,
+    show_progress: bool | None,
 ) -> LateInteractionIndex:
     """Load the encoder, make the index (chunking long texts when the encoder can) and add ``texts``."""
     encoder = make_encoder(model, encoder_kwargs)

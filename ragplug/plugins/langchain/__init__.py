@@ -1,5 +1,6 @@
-"""LangChain components: ``ColBERTRetriever`` (a ``BaseRetriever``), ``ColBERTReranker`` (a document
-compressor) and ``ChatLoRA`` (a ``BaseChatModel`` over a local model with LoRA adapters).
+"""LangChain components: ``ColBERTVectorStore`` (a ``VectorStore``), ``ColBERTRetriever`` (a
+``BaseRetriever``), ``ColBERTReranker`` (a document compressor) and ``ChatLoRA`` (a ``BaseChatModel`` over a
+local model with LoRA adapters).
 
 Needs ``pip install "ragplug[colbert,langchain]"`` (and ``[lora]`` for ``ChatLoRA``). Each class is
 imported when first used, so the retrievers work without the LoRA extra and vice versa.
@@ -14,13 +15,15 @@ from typing import TYPE_CHECKING  # noqa: E402
 if TYPE_CHECKING:
     from ragplug.plugins.langchain.chat_models import ChatLoRA
     from ragplug.plugins.langchain.retrievers import ColBERTReranker, ColBERTRetriever
+    from ragplug.plugins.langchain.vectorstores import ColBERTVectorStore
 
-__all__ = ["ChatLoRA", "ColBERTReranker", "ColBERTRetriever"]
+__all__ = ["ChatLoRA", "ColBERTReranker", "ColBERTRetriever", "ColBERTVectorStore"]
 
 _WHERE = {
     "ChatLoRA": "ragplug.plugins.langchain.chat_models",
     "ColBERTReranker": "ragplug.plugins.langchain.retrievers",
     "ColBERTRetriever": "ragplug.plugins.langchain.retrievers",
+    "ColBERTVectorStore": "ragplug.plugins.langchain.vectorstores",
 }
 
 

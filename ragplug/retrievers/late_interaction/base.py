@@ -123,7 +123,9 @@ class Encoder(Protocol):
 
     def encode_queries(self, queries: Sequence[str]) -> list[FloatMatrix]: ...
 
-    def encode_documents(self, documents: Sequence[Any], *, show_progress: bool = False) -> list[FloatMatrix]: ...
+    def encode_documents(self, documents: Sequence[Any], *, show_progress: bool | None = None) -> list[FloatMatrix]:
+        """One matrix per document; ``show_progress`` ``None`` lets the encoder decide (on for long work)."""
+        ...
 
 
 @dataclass

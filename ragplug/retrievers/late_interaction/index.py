@@ -91,7 +91,7 @@ class LateInteractionIndex:
         ids: Sequence[str] | None,
         metadatas: Sequence[dict[str, Any] | None] | None,
         texts: Sequence[str | None] | None,
-        show_progress: bool,
+        show_progress: bool | None,
     ) -> tuple[list[str], list[Record]]:
         """Validate the arguments of :meth:`add`, chunk and encode the items."""
         if isinstance(items, str | bytes):
@@ -152,7 +152,7 @@ class LateInteractionIndex:
         metadatas: Sequence[dict[str, Any] | None] | None = None,
         texts: Sequence[str | None] | None = None,
         upsert: bool = False,
-        show_progress: bool = False,
+        show_progress: bool | None = None,
     ) -> list[str]:
         """Encode and store ``items``; returns their ids (generated when not given).
 
@@ -175,7 +175,7 @@ class LateInteractionIndex:
         metadatas: Sequence[dict[str, Any] | None] | None = None,
         texts: Sequence[str | None] | None = None,
         upsert: bool = False,
-        show_progress: bool = False,
+        show_progress: bool | None = None,
     ) -> list[str]:
         """:meth:`add`, with the encoding in a worker thread and the store's own async write."""
         await self._abind()
