@@ -31,7 +31,10 @@ def test_demo_runs_and_reuses_its_index(tmp_path: Path, capsys: pytest.CaptureFi
     assert first.count("LlamaIndex retriever") == first.count(": same passages") == len(demo_questions())
     assert "Stave " in first
     n = len(demo_questions())
-    assert "postgres: copied" in first and f"postgres: {n}/{n} questions answered with the in-memory" in first
+    assert (
+        "postgres: copied" in first
+        and f"postgres: {n}/{n} questions got the same passages as from the in-memory" in first
+    )
     assert main(["demo", "--cache", str(tmp_path / "idx"), "-k", "2"]) == 0
     second = capsys.readouterr().out
     assert "loaded" in second and "already in" in second  # the Postgres copy is reused too

