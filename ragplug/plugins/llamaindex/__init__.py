@@ -1,5 +1,6 @@
-"""LlamaIndex components: ``ColBERTRetriever`` (a ``BaseRetriever``), ``ColBERTRerank`` (a node postprocessor)
-and ``LoRALLM`` (a ``FunctionCallingLLM`` over a local model with LoRA adapters).
+"""LlamaIndex components: ``ColBERTIndex`` (a ``BaseIndex``), ``ColBERTRetriever`` (a ``BaseRetriever``),
+``ColBERTRerank`` (a node postprocessor) and ``LoRALLM`` (a ``FunctionCallingLLM`` over a local model with LoRA
+adapters).
 
 Needs ``pip install "ragplug[colbert,llamaindex]"`` (and ``[lora]`` for ``LoRALLM``). Each class is
 imported when first used, so the retrievers work without the LoRA extra and vice versa.
@@ -12,12 +13,14 @@ require("llama_index.core", "llamaindex")
 from typing import TYPE_CHECKING  # noqa: E402
 
 if TYPE_CHECKING:
+    from ragplug.plugins.llamaindex.index import ColBERTIndex
     from ragplug.plugins.llamaindex.llms import LoRALLM
     from ragplug.plugins.llamaindex.retrievers import ColBERTRerank, ColBERTRetriever, to_ragplug_filter
 
-__all__ = ["ColBERTRerank", "ColBERTRetriever", "LoRALLM", "to_ragplug_filter"]
+__all__ = ["ColBERTIndex", "ColBERTRerank", "ColBERTRetriever", "LoRALLM", "to_ragplug_filter"]
 
 _WHERE = {
+    "ColBERTIndex": "ragplug.plugins.llamaindex.index",
     "ColBERTRerank": "ragplug.plugins.llamaindex.retrievers",
     "ColBERTRetriever": "ragplug.plugins.llamaindex.retrievers",
     "LoRALLM": "ragplug.plugins.llamaindex.llms",
