@@ -47,6 +47,35 @@ class TestColBERTRetrieverStandard(RetrieversIntegrationTests):
         return "How much was the clerk paid?"
 
 
+@lru_cache(maxsize=1)
+def _pg_index(dsn: str) -> LateInteractionIndex:
+    from ragplug.retrievers.late_interaction.stores.postgres import PgVectorStore
+
+    index = LateInteractionIndex(_minilm(), PgVectorStore(dsn, collection="standard-retriever"))
+    index.add(list(FACTS.values()), ids=list(FACTS), upsert=True)
+    return index
+
+
+class TestColBERTRetrieverPostgresStandard(RetrieversIntegrationTests):
+    """The same suite with the vectors in Postgres (the session's embedded server)."""
+
+    @pytest.fixture(autouse=True)
+    def _dsn(self, postgres_dsn: str) -> None:
+        self.dsn = postgres_dsn
+
+    @property
+    def retriever_constructor(self) -> type[ColBERTRetriever]:
+        return ColBERTRetriever
+
+    @property
+    def retriever_constructor_params(self) -> dict:
+        return {"index": _pg_index(self.dsn)}
+
+    @property
+    def retriever_query_example(self) -> str:
+        return "How much was the clerk paid?"
+
+
 @pytest.fixture(scope="module")
 def retriever() -> ColBERTRetriever:
     metadatas = [{"topic": "paris" if key == "paris" else "carol", "n": i} for i, key in enumerate(FACTS)]
