@@ -82,7 +82,13 @@ def to_ragplug_filter(filters: MetadataFilters | Filter | None) -> Filter | None
 
 
 def _to_node(hit: Hit) -> NodeWithScore:
-    node = TextNode(id_=hit.id, text=hit.text or "", metadata={**hit.metadata, SCORE_KEY: hit.score})
+    node = TextNode(
+        id_=hit.id,
+        text=hit.text or "",
+        metadata={**hit.metadata, SCORE_KEY: hit.score},
+        excluded_llm_metadata_keys=[SCORE_KEY],  # a score is not context for the LLM
+        excluded_embed_metadata_keys=[SCORE_KEY],
+    )
     if hit.parent_id is not None:
         node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=hit.parent_id)
     return NodeWithScore(node=node, score=hit.relevance)
