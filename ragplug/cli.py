@@ -96,13 +96,15 @@ def _existing_index(out: Path) -> bool:
     return False
 
 
-def _open(path: Path, model: str | None, *, chunk: bool) -> Any:
-    """The index saved in ``path`` with its recorded encoder, or with ``model`` checked against it."""
+def _open(path: Path, model: str | None, *, chunk: bool, store: Any = None) -> Any:
+    """The index saved in ``path`` (or its ``store``, already loaded) with its recorded encoder, or with
+    ``model`` checked against it."""
     from ragplug.retrievers.late_interaction import LateInteractionIndex
     from ragplug.retrievers.late_interaction.encoders import encoder_from_identity
     from ragplug.retrievers.late_interaction.stores import load_store
 
-    store = load_store(path)
+    if store is None:
+        store = load_store(path)
     if model is None:
         try:
             encoder = encoder_from_identity(store.encoder, str(path))
@@ -137,14 +139,14 @@ def _index(args: argparse.Namespace) -> None:
     if existing:
         from ragplug.retrievers.late_interaction.stores import load_store
 
+        store = load_store(out)
         if not args.upsert:  # before loading the model and encoding
-            store = load_store(out)
             taken = [i for i in ids if i in store]
             if taken:
                 shown = ", ".join(repr(i) for i in taken[:3]) + (", ..." if len(taken) > 3 else "")
                 msg = f"{len(taken)} of the {len(ids)} items are already in {out}: {shown}"
                 raise DuplicateIdError(msg)
-        index = _open(out, args.model, chunk=not args.no_chunk)
+        index = _open(out, args.model, chunk=not args.no_chunk, store=store)
     else:
         from ragplug.retrievers.colbert import ColBERTEncoder
 
