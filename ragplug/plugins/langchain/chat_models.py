@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
@@ -38,9 +39,17 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ragplug.adapters.lora import ChatResult as LoRAChatResult
 from ragplug.adapters.lora import GenerationConfig, LoadConfig, LoRAModel, ToolSpec, stop_sequences
+from ragplug.adapters.lora._keywords import LOADING, check_keywords, engine_from, pop_setting
 from ragplug.errors import InvalidInputError
 
 __all__ = ["ChatLoRA"]
+
+logger = logging.getLogger(__name__)
+
+# max_new_tokens is the engine's name (and LlamaIndex's), max_tokens LangChain's: one setting.
+_MAX_TOKENS = ("max_new_tokens", "max_tokens")
+# The standard parameters LangChain passes to hosted chat models; nothing goes over a network here.
+_HOSTED_ONLY = ("timeout", "max_retries", "api_key")
 
 
 def _text(content: Any) -> str:
@@ -121,48 +130,77 @@ def _tool_specs(tools: Sequence[Mapping[str, Any]] | None) -> list[ToolSpec]:
 class ChatLoRA(BaseChatModel):
     """A local LLM with named LoRA adapters that behaves like any LangChain chat model.
 
-    Build it with ``ChatLoRA(base="Qwen/Qwen2.5-0.5B-Instruct", adapters={"med": "path/to/adapter"})`` or
-    around an existing :class:`~ragplug.adapters.lora.LoRAModel` with ``ChatLoRA(llm=...)``. Choose the
-    adapter at construction (``adapter=``) or per call (``model.invoke(msgs, adapter="med")``).
+    Build it with ``ChatLoRA(base="Qwen/Qwen2.5-0.5B-Instruct", adapters={"med": "path/to/adapter"})`` (hub
+    ids or folders; ``device=``, ``dtype=`` or a whole ``load=LoadConfig(...)`` say how) or around an already
+    loaded :class:`~ragplug.adapters.lora.LoRAModel` with ``ChatLoRA(llm=...)``. The keywords are the same as
+    :class:`~ragplug.plugins.llamaindex.LoRALLM`'s. Choose the adapter at construction (``adapter=``) or per call
+    (``model.invoke(msgs, adapter="med")``).
+
+    Generation settings, at construction or per call (a per-call value wins): ``max_tokens`` (or
+    ``max_new_tokens``; passing both is an error), ``temperature``, ``top_p``, ``stop``. ``streaming=True`` makes
+    ``invoke`` stream internally, as with hosted models. ``timeout``, ``max_retries`` and ``api_key``, which
+    LangChain code passes to hosted chat models, are accepted so that such code runs, and have no effect:
+    nothing goes over a network. Any other keyword is refused with :class:`~ragplug.errors.InvalidInputError`.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     llm: LoRAModel
     adapter: str | None = Field(default=None, description="default adapter; None = the base model")
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
+    max_new_tokens: int = Field(default=256, description="upper bound on generated tokens per call (max_tokens)")
+    temperature: float = Field(default=0.0, description="0 = greedy decoding")
+    top_p: float = Field(default=1.0, description="nucleus sampling mass (with temperature > 0)")
     stop: list[str] | None = Field(default=None, description="stop sequences; one string is one stop sequence")
     model_name: str = ""
+    streaming: bool = Field(default=False, description="invoke() streams internally (LangChain's convention)")
 
     def __init__(
         self,
         *,
         base: str | Path | None = None,
         adapters: Mapping[str, str | Path] | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
         load: LoadConfig | None = None,
+        llm: LoRAModel | None = None,
+        adapter: str | None = None,
+        max_tokens: int | None = None,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop: str | Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        if base is not None:
-            if "llm" in kwargs:
-                msg = "pass either base= (to load a model) or llm= (an already loaded LoRAModel), not both"
-                raise InvalidInputError(msg)
-            kwargs["llm"] = LoRAModel(base, adapters, load=load)
-        llm = kwargs.get("llm")
-        if llm is None:
-            msg = "ChatLoRA needs base= (hub id or folder) or llm= (a LoRAModel)"
-            raise InvalidInputError(msg)
-        kwargs.setdefault("model_name", getattr(llm, "base_name", ""))
-        if kwargs.get("stop") is not None:
-            kwargs["stop"] = list(stop_sequences(kwargs["stop"]))
-        GenerationConfig(
-            kwargs.get("max_new_tokens", 256),
-            kwargs.get("temperature", 0.0),
-            kwargs.get("top_p", 1.0),
-            tuple(kwargs.get("stop") or ()),
+        # Checked before pydantic and before the (slow) load, so that mistakes raise ragplug errors at once.
+        check_keywords("ChatLoRA", kwargs, _accepted_keywords())
+        for name in _HOSTED_ONLY:
+            if name in kwargs:
+                logger.debug("ChatLoRA runs locally: %s=%r has no effect", name, kwargs.pop(name))
+        tokens = pop_setting({"max_new_tokens": max_new_tokens, "max_tokens": max_tokens}, _MAX_TOKENS, 256)
+        settings = GenerationConfig(
+            tokens,
+            0.0 if temperature is None else temperature,
+            1.0 if top_p is None else top_p,
+            stop_sequences(stop),
+        )
+        llm = engine_from(
+            "ChatLoRA", base=base, adapters=adapters, device=device, dtype=dtype, load=load, llm=llm, adapter=adapter
+        )
+        kwargs.setdefault("model_name", llm.base_name)
+        kwargs.update(
+            llm=llm,
+            adapter=adapter,
+            max_new_tokens=settings.max_new_tokens,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            stop=None if stop is None else list(settings.stop),
         )
         super().__init__(**kwargs)
+
+    @property
+    def max_tokens(self) -> int:
+        """LangChain's name for :attr:`max_new_tokens`."""
+        return self.max_new_tokens
 
     @property
     def _llm_type(self) -> str:
@@ -177,6 +215,16 @@ class ChatLoRA(BaseChatModel):
             "temperature": self.temperature,
         }
 
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        """LangChain's tracing parameters, per-call values first."""
+        params = super()._get_ls_params(stop=stop, **kwargs)
+        params["ls_provider"] = "ragplug"
+        tokens = kwargs.get("max_new_tokens", kwargs.get("max_tokens"))
+        params["ls_max_tokens"] = tokens if isinstance(tokens, int) else self.max_new_tokens
+        if "ls_stop" not in params and self.stop:
+            params["ls_stop"] = list(self.stop)
+        return params
+
     # -- request assembly -----------------------------------------------------------------------------
     def _options(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
         kwargs = dict(kwargs)
@@ -187,9 +235,9 @@ class ChatLoRA(BaseChatModel):
         call_stop = kwargs.pop("stop", None)
         stops = stop_sequences(next((s for s in (stop, call_stop, self.stop) if s is not None), None))
         config = GenerationConfig(
-            max_new_tokens=kwargs.pop("max_new_tokens", kwargs.pop("max_tokens", self.max_new_tokens)),
-            temperature=kwargs.pop("temperature", self.temperature),
-            top_p=kwargs.pop("top_p", self.top_p),
+            max_new_tokens=pop_setting(kwargs, _MAX_TOKENS, self.max_new_tokens),
+            temperature=pop_setting(kwargs, ("temperature",), self.temperature),
+            top_p=pop_setting(kwargs, ("top_p",), self.top_p),
             stop=stops,
         )
         kwargs.pop("ls_structured_output_format", None)
@@ -343,3 +391,9 @@ class ChatLoRA(BaseChatModel):
             return llm | parser
         parsed = RunnablePassthrough.assign(parsed=lambda x: parser.invoke(x["raw"]), parsing_error=lambda _: None)
         return RunnableMap(raw=llm) | parsed
+
+
+def _accepted_keywords() -> set[str]:
+    """ChatLoRA's keywords: its own (loading and generation settings), BaseChatModel's fields, hosted-only ones."""
+    own = {*LOADING, "llm", "adapter", *_MAX_TOKENS, "temperature", "top_p", "stop"}
+    return own | set(ChatLoRA.model_fields) | set(_HOSTED_ONLY)
