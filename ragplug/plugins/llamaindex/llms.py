@@ -35,19 +35,24 @@ from llama_index.core.base.llms.types import (
     ThinkingBlock,
     ToolCallBlock,
 )
-from llama_index.core.bridge.pydantic import Field
+from llama_index.core.bridge.pydantic import ConfigDict, Field
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 
 from ragplug.adapters.lora import ChatResult as LoRAChatResult
-from ragplug.adapters.lora import GenerationConfig, LoadConfig, LoRAModel, ToolSpec
+from ragplug.adapters.lora import GenerationConfig, LoadConfig, LoRAModel, ToolSpec, stop_sequences
+from ragplug.adapters.lora._keywords import LOADING, check_keywords, engine_from, pop_setting
 from ragplug.errors import InvalidInputError, UnknownAdapterError
 
 if TYPE_CHECKING:
     from llama_index.core.tools.types import BaseTool
 
 __all__ = ["LoRALLM", "to_chat_dicts"]
+
+# max_new_tokens is the engine's name (and HuggingFaceLLM's), max_tokens OpenAI's and LangChain's, num_output
+# LLMMetadata's: one setting.
+_MAX_TOKENS = ("max_new_tokens", "max_tokens", "num_output")
 
 _ROLES = {
     MessageRole.SYSTEM: "system",
@@ -189,12 +194,20 @@ def _usage(result: LoRAChatResult) -> dict[str, int]:
 class LoRALLM(FunctionCallingLLM):
     """A local LLM with named LoRA adapters that behaves like any LlamaIndex function-calling LLM.
 
-    Build it with ``LoRALLM.from_pretrained("Qwen/Qwen2.5-0.5B-Instruct", adapters={"med": "path"})`` or
-    around a loaded :class:`~ragplug.adapters.lora.LoRAModel` with ``LoRALLM(llm=...)``. Choose the
-    adapter at construction (``adapter=``) or per call (``llm.chat(messages, adapter="med")``). Per-call
-    options: ``adapter``, ``max_new_tokens`` (or ``max_tokens``), ``temperature``, ``top_p``, ``stop``,
-    ``tools``, ``tool_choice``, ``response_schema``.
+    Build it with ``LoRALLM(base="Qwen/Qwen2.5-0.5B-Instruct", adapters={"med": "path/to/adapter"})`` (hub ids
+    or folders; ``device=``, ``dtype=`` or a whole ``load=LoadConfig(...)`` say how) or around an already loaded
+    :class:`~ragplug.adapters.lora.LoRAModel` with ``LoRALLM(llm=...)``; ``LoRALLM.from_pretrained(base, adapters)``
+    is the same as ``LoRALLM(base=base, adapters=adapters)``. The keywords are the same as
+    :class:`~ragplug.plugins.langchain.ChatLoRA`'s. Choose the adapter at construction (``adapter=``) or per call
+    (``llm.chat(messages, adapter="med")``).
+
+    Generation settings, at construction or per call (a per-call value wins): ``max_new_tokens`` (or
+    ``max_tokens``, or ``num_output`` as in LlamaIndex's metadata; passing two of them is an error),
+    ``temperature``, ``top_p``, ``stop`` (a list of strings). Per call also ``tools``, ``tool_choice`` and
+    ``response_schema``. Any other keyword is refused with :class:`~ragplug.errors.InvalidInputError`.
     """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     llm: LoRAModel = Field(exclude=True, description="the engine: base model, adapters, scheduler")
     adapter: str | None = Field(default=None, description="default adapter; None = the base model")
@@ -208,36 +221,50 @@ class LoRALLM(FunctionCallingLLM):
     def __init__(
         self,
         *,
-        llm: LoRAModel,
+        base: str | Path | None = None,
+        adapters: Mapping[str, str | Path] | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        load: LoadConfig | None = None,
+        llm: LoRAModel | None = None,
         adapter: str | None = None,
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
+        max_new_tokens: int | None = None,
+        max_tokens: int | None = None,
+        num_output: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
         stop: Sequence[str] | None = None,
         context_window: int | None = None,
         model_name: str | None = None,
         **kwargs: Any,
     ) -> None:
-        # Checked here, before pydantic, so that bad values raise ragplug errors, not ValidationError.
-        if not isinstance(llm, LoRAModel):
-            msg = f"llm must be a ragplug LoRAModel, got {type(llm).__name__}; or use LoRALLM.from_pretrained(base)"
-            raise InvalidInputError(msg)
-        _check_options(max_new_tokens, temperature, top_p, stop)
-        _check_adapter(llm, adapter)
+        # Checked here, before pydantic and before the (slow) load, so that mistakes raise ragplug errors at once.
+        check_keywords("LoRALLM", kwargs, _accepted_keywords())
+        given = {"max_new_tokens": max_new_tokens, "max_tokens": max_tokens, "num_output": num_output}
+        settings = _generation(
+            pop_setting(given, _MAX_TOKENS, 256),
+            0.0 if temperature is None else temperature,
+            1.0 if top_p is None else top_p,
+            stop,
+        )
+        llm = engine_from(
+            "LoRALLM", base=base, adapters=adapters, device=device, dtype=dtype, load=load, llm=llm, adapter=adapter
+        )
         window = llm.context_window if context_window is None else context_window
-        if isinstance(window, bool) or not isinstance(window, int) or not max_new_tokens < window <= llm.context_window:
+        tokens = settings.max_new_tokens
+        if isinstance(window, bool) or not isinstance(window, int) or not tokens < window <= llm.context_window:
             msg = (
-                f"context_window must be an integer above max_new_tokens={max_new_tokens} and at most the "
+                f"context_window must be an integer above max_new_tokens={tokens} and at most the "
                 f"model's {llm.context_window}, got {context_window!r}"
             )
             raise InvalidInputError(msg)
         super().__init__(
             llm=llm,
             adapter=adapter,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            stop=list(stop) if stop is not None else None,
+            max_new_tokens=tokens,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            stop=None if stop is None else list(settings.stop),
             context_window=window,
             model_name=model_name if model_name is not None else llm.base_name,
             **kwargs,
@@ -251,17 +278,14 @@ class LoRALLM(FunctionCallingLLM):
         load: LoadConfig | None = None,
         **kwargs: Any,
     ) -> LoRALLM:
-        """Load ``base`` (hub id or folder) and ``adapters`` (``{name: folder or hub id}``) and wrap them."""
-        if "llm" in kwargs:
-            msg = "from_pretrained loads the model itself; pass either llm= to LoRALLM(...) or base= here, not both"
-            raise InvalidInputError(msg)
-        _check_options(  # fail before the (slow) load
-            kwargs.get("max_new_tokens", 256),
-            kwargs.get("temperature", 0.0),
-            kwargs.get("top_p", 1.0),
-            kwargs.get("stop"),
-        )
-        return cls(llm=LoRAModel(base, adapters, load=load), **kwargs)
+        """``LoRALLM(base=base, adapters=adapters, load=load, **kwargs)``: load ``base`` (hub id or folder) and
+        ``adapters`` (``{name: folder or hub id}``) and wrap them."""
+        return cls(base=base, adapters=adapters, load=load, **kwargs)
+
+    @property
+    def max_tokens(self) -> int:
+        """Another name for :attr:`max_new_tokens`."""
+        return self.max_new_tokens
 
     @classmethod
     def class_name(cls) -> str:
@@ -283,13 +307,12 @@ class LoRALLM(FunctionCallingLLM):
         kwargs = dict(kwargs)
         adapter = kwargs.pop("adapter", self.adapter)
         _check_adapter(self.llm, adapter)
-        max_tokens = kwargs.pop("max_tokens", self.max_new_tokens)
         stop = kwargs.pop("stop", None)
-        config = GenerationConfig(
-            max_new_tokens=kwargs.pop("max_new_tokens", max_tokens),
-            temperature=kwargs.pop("temperature", self.temperature),
-            top_p=kwargs.pop("top_p", self.top_p),
-            stop=stop if stop is not None else tuple(self.stop or ()),  # a single string is refused, not split
+        config = _generation(
+            pop_setting(kwargs, _MAX_TOKENS, self.max_new_tokens),
+            pop_setting(kwargs, ("temperature",), self.temperature),
+            pop_setting(kwargs, ("top_p",), self.top_p),
+            stop if stop is not None else self.stop,
         )
         options = {
             "tools": _tool_specs(kwargs.pop("tools", None)),
@@ -456,8 +479,15 @@ class LoRALLM(FunctionCallingLLM):
         return [ToolSelection(tool_id=id_, tool_name=name, tool_kwargs=args) for id_, name, args in calls]
 
 
-def _check_options(max_new_tokens: Any, temperature: Any, top_p: Any, stop: Any) -> None:
-    GenerationConfig(max_new_tokens, temperature, top_p, stop if stop is not None else ())
+def _generation(max_new_tokens: Any, temperature: Any, top_p: Any, stop: Any) -> GenerationConfig:
+    """The settings checked; a single stop string is refused with a hint (GenerationConfig's), never split."""
+    stops: Any = stop if isinstance(stop, str) else stop_sequences(stop)
+    return GenerationConfig(max_new_tokens, temperature, top_p, stops)
+
+
+def _accepted_keywords() -> set[str]:
+    """LoRALLM's keywords: its own (loading and generation settings) and LlamaIndex's LLM fields."""
+    return {*LOADING, "llm", "adapter", *_MAX_TOKENS, "temperature", "top_p", "stop"} | set(LoRALLM.model_fields)
 
 
 def _check_adapter(llm: LoRAModel, adapter: Any) -> None:
