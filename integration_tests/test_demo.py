@@ -50,7 +50,7 @@ def test_cli_index_and_search(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     )
     assert main(["index", str(data), "--out", str(tmp_path / "idx"), "--model", str(minilm_path)]) == 0
     capsys.readouterr()
-    args = ["search", "capital of Germany", "--index", str(tmp_path / "idx"), "--model", str(minilm_path), "-k", "1"]
+    args = ["search", str(tmp_path / "idx"), "capital of Germany", "--json", "--model", str(minilm_path), "-k", "1"]
     assert main(args) == 0
     assert '"id": "b"' in capsys.readouterr().out
     assert main([*args[:-2], "-k", "2", "--filter", '{"lang": "en"}']) == 0
