@@ -19,9 +19,12 @@ refused (they can run code when loaded).
 
 from __future__ import annotations
 
+import difflib
 import functools
 import hashlib
 import json
+import os
+import re
 import string
 from dataclasses import asdict, dataclass, field
 from enum import Enum
@@ -80,14 +83,61 @@ class ColBERTSettings:
         return out
 
 
+_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
+
+
+def looks_like_path(name: str | Path) -> bool:
+    """Whether ``name`` can only mean a local folder: a :class:`~pathlib.Path`, or text that starts with
+    ``.``, ``/``, ``~`` or a drive (``C:\\``), holds a backslash or more than one ``/``. A hub id is
+    ``name`` or ``org/name``, and neither part may start with a dot."""
+    if isinstance(name, Path):
+        return True
+    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1 or bool(_DRIVE.match(name))
+
+
+def _closest(name: str, folder: Path) -> str | None:
+    """The entry of ``folder`` whose name is closest to ``name`` (case ignored), if one is close."""
+    try:
+        entries = {p.name.lower(): p.name for p in folder.iterdir()}
+    except OSError:
+        return None
+    close = difflib.get_close_matches(name.lower(), list(entries), n=1, cutoff=0.6)
+    return entries[close[0]] if close else None
+
+
+def _no_such_folder(name: str | Path) -> str:
+    """``no such folder <name>``, then where the path stops existing and the closest name found there."""
+    path = Path(name).expanduser().absolute()
+    found = path
+    while not found.exists() and found != found.parent:
+        found = found.parent
+    missing = path.relative_to(found).parts[0] if path != found else path.name
+    msg = f"no such folder {name}"
+    if str(path) != str(name):
+        msg += f" ({path})"
+    if found.is_dir():
+        closest = _closest(missing, found)
+        msg += f": {found} has no {missing!r}" + (f"; closest: {closest!r}" if closest else "")
+    else:
+        msg += f": {found} is a file"
+    if "\\" in str(name) and os.sep == "/":
+        msg += " (a backslash is not a folder separator here: use /)"
+    return msg
+
+
 def resolve_checkpoint(name_or_path: str | Path, revision: str | None = None) -> Path:
-    """A local folder as is; otherwise a hub id fetched (or found in the cache) by huggingface_hub."""
+    """A local folder as is; otherwise a hub id fetched (or found in the cache) by huggingface_hub.
+
+    A name that can only be a path (:func:`looks_like_path`) and is not a folder is reported as a missing
+    folder, with the closest existing name, never sent to the hub."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
     if path.exists():
         msg = f"{path} is a file; a model is a folder or a hub id"
         raise InvalidInputError(msg)
+    if looks_like_path(name_or_path):
+        raise InvalidInputError(_no_such_folder(name_or_path))
     from huggingface_hub import snapshot_download
 
     try:
@@ -97,6 +147,8 @@ def resolve_checkpoint(name_or_path: str | Path, revision: str | None = None) ->
             f"cannot find model {str(name_or_path)!r}: it is not a local folder and the hub did not provide it "
             f"({type(err).__name__}: {err}). Pass a local folder, or allow hub downloads."
         )
+        if path.parent != Path() and path.parent.is_dir():  # "models/colbrt" with a local models/ folder
+            msg += f" If you meant a local folder: {_no_such_folder(name_or_path)}."
         raise InvalidInputError(msg) from err
 
 
@@ -134,11 +186,53 @@ _ACTIVATIONS = {
 }
 
 
-def read_settings(folder: Path) -> ColBERTSettings:
-    """Detect the checkpoint format of ``folder`` and read its encoding settings."""
-    if not (folder / "config.json").is_file():
-        msg = f"{folder} is not a transformers checkpoint (config.json not found)"
+def _listing(folder: Path, limit: int = 12) -> str:
+    """What ``folder`` holds, for an error message: ``a.txt, b/, ...``."""
+    try:
+        entries = sorted(f"{p.name}/" if p.is_dir() else p.name for p in folder.iterdir())
+    except OSError as err:
+        return f"cannot list it: {err}"
+    if not entries:
+        return "it is empty"
+    more = f", ... ({len(entries) - limit} more)" if len(entries) > limit else ""
+    return "it holds " + ", ".join(entries[:limit]) + more
+
+
+def _not_a_model(folder: Path) -> str:
+    """Why ``folder`` (which has no ``config.json``) is not a model, what it holds, and where one may be."""
+    weights = "" if any(folder.glob("*.safetensors")) else " and no *.safetensors weights"
+    msg = f"{folder} holds no model: config.json not found{weights}; {_listing(folder)}"
+    inside = sorted(p.parent.name for p in folder.glob("*/config.json") if any(p.parent.glob("*.safetensors")))
+    if inside:
+        msg += f". A model is in the subfolder {folder / inside[0]}" + (" (and others)" if len(inside) > 1 else "")
+    return msg
+
+
+def _check_weights(folder: Path) -> None:
+    """A transformer folder has safetensors weights: refuse pickles, and say what is there instead."""
+    if any(folder.glob("*.safetensors")):
+        return
+    if any(folder.glob("*.bin")) or any(folder.glob("*.pt")) or any(folder.glob("*.pth")):
+        msg = (
+            f"the model in {folder} has only pickled weights (*.bin / *.pt); ragplug loads safetensors only. "
+            "Convert them once in a trusted environment (save_pretrained(..., safe_serialization=True))."
+        )
         raise InvalidInputError(msg)
+    msg = f"{folder} has a config.json but no model weights (no *.safetensors); {_listing(folder)}"
+    raise InvalidInputError(msg)
+
+
+def read_settings(folder: Path) -> ColBERTSettings:
+    """Detect the checkpoint format of ``folder`` and read its encoding settings; a folder without a
+    model (no ``config.json``, no safetensors weights) is refused with what it holds instead."""
+    if not (folder / "config.json").is_file():
+        raise InvalidInputError(_not_a_model(folder))
+    settings = _detect(folder)
+    _check_weights(settings.transformer_path)
+    return settings
+
+
+def _detect(folder: Path) -> ColBERTSettings:
     st_config_file = folder / "config_sentence_transformers.json"
     st_config = _read_json(st_config_file) if st_config_file.is_file() else {}
     if (folder / "modules.json").is_file() and ("query_prefix" in st_config or "document_prefix" in st_config):
