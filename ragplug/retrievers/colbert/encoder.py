@@ -13,7 +13,16 @@ applies the ColBERT protocol the checkpoint was trained with (:mod:`.checkpoint`
 * then the projection (``linear`` / Dense modules) and L2 normalisation.
 
 Plain encoders (all-MiniLM-L6-v2, say) keep every real token, with no markers and no projection.
-Batches are sorted by length and padded to the longest in the batch; tqdm shows progress.
+Texts are grouped into batches of similar length (sorted by length, so little padding), and the batches
+run longest first, then in a seeded shuffle: the running time of any long enough stretch of the work is
+representative of the whole, so the progress bar's rate and time left are honest after a few batches (sorted
+order would start with the slowest batches), while a batch too large for the device still fails at once.
+The outputs come back in input order. :meth:`~ColBERTEncoder.encode_documents` shows a bar (documents,
+documents/s, time left) for more than :data:`ragplug._progress.PROGRESS_THRESHOLD` documents.
+
+Loading prints nothing: transformers' "Loading weights" bars are muted for the load (and restored), and
+the chunker's whole-text tokenisation does not trigger transformers' "sequence length is longer than the
+specified maximum" warning (it cuts the windows itself; the encoder truncates to ``doc_maxlen``).
 
 A call of :meth:`~ColBERTEncoder.encode_queries` with a few queries runs with ``query_threads`` torch
 threads (default 1, see :mod:`ragplug._threads`): its ops are too small to gain from a thread team, and a
@@ -24,6 +33,7 @@ larger query batches, are encoded with torch's own setting.
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from ragplug._extras import require
+from ragplug._progress import progress_bar, quiet_transformers, wants_progress
 from ragplug._threads import torch_threads
 from ragplug.errors import InvalidInputError
 from ragplug.retrievers.colbert.checkpoint import (
@@ -111,14 +122,19 @@ class ColBERTEncoder:
             settings = ColBERTSettings(**{**settings.__dict__, **overrides})
         self.settings = settings
 
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(settings.transformer_path))
-        model_obj, info = transformers.AutoModel.from_pretrained(
-            str(settings.transformer_path), dtype=torch_dtype, output_loading_info=True
-        )
+        with quiet_transformers(load_report=False):  # the load report is judged here, below
+            self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(settings.transformer_path))
+            model_obj, info = transformers.AutoModel.from_pretrained(
+                str(settings.transformer_path), dtype=torch_dtype, output_loading_info=True
+            )
         missing = [k for k in info.get("missing_keys", []) if "pooler" not in k]
+        missing += [str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys", [])]
         if missing:
             msg = f"{folder}: encoder weights missing from the checkpoint (would be random): {sorted(missing)[:5]}"
             raise InvalidInputError(msg)
+        unused = sorted(k for k in info.get("unexpected_keys", []) if not k.startswith("linear."))  # ColBERT head
+        if unused:  # heads of other tasks (a BERT's MLM head, say): harmless for an encoder
+            logger.info("%s: %d checkpoint weights not used by the encoder: %s", folder, len(unused), unused[:5])
         self.model = model_obj.to(self.device).eval()
         self._dense = [self._load_dense(layer.weights, torch_dtype) for layer in settings.dense]
         self._activations = [layer.activation for layer in settings.dense]
@@ -180,9 +196,13 @@ class ColBERTEncoder:
         threads = self.query_threads if len(texts) <= SMALL_QUERY_BATCH else None
         return self._encode(texts, is_query=True, show_progress=False, threads=threads)
 
-    def encode_documents(self, documents: Sequence[Any], *, show_progress: bool = False) -> list[FloatMatrix]:
-        """One ``(n_tokens, dim)`` matrix per document, padding and skiplist tokens dropped."""
-        return self._encode(self._texts(documents, "document"), is_query=False, show_progress=show_progress)
+    def encode_documents(self, documents: Sequence[Any], *, show_progress: bool | None = None) -> list[FloatMatrix]:
+        """One ``(n_tokens, dim)`` matrix per document, padding and skiplist tokens dropped, in input order.
+
+        ``show_progress``: ``None`` (default) shows a bar (documents done, documents/s, time left) for more
+        than :data:`~ragplug._progress.PROGRESS_THRESHOLD` documents; ``True`` / ``False`` force it."""
+        texts = self._texts(documents, "document")
+        return self._encode(texts, is_query=False, show_progress=wants_progress(show_progress, len(texts)))
 
     @staticmethod
     def _texts(items: Sequence[Any], what: str) -> list[str]:
@@ -228,16 +248,10 @@ class ColBERTEncoder:
         torch = require("torch", "colbert")
         if not texts:
             return []
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
         out: list[FloatMatrix | None] = [None] * len(texts)
-        batches = range(0, len(order), self.batch_size)
-        if show_progress:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(batches, desc="encoding", unit="batch")
-        with torch_threads(threads), torch.inference_mode():
-            for lo in batches:
-                index = order[lo : lo + self.batch_size]
+        bar = progress_bar(len(texts), desc="encoding", unit="doc", enabled=show_progress)
+        with bar, torch_threads(threads), torch.inference_mode():
+            for index in self._batch_order(texts):
                 ids, attention, keep = self._tokenize([texts[i] for i in index], is_query)
                 hidden = self.model(
                     input_ids=ids.to(self.device), attention_mask=attention.to(self.device)
@@ -258,7 +272,17 @@ class ColBERTEncoder:
                         mask = mask.copy()
                         mask[0] = True
                     out[i] = np.ascontiguousarray(vectors[row][mask], dtype=np.float32)
+                bar.update(len(index))
         return [m for m in out if m is not None]
+
+    def _batch_order(self, texts: list[str]) -> list[list[int]]:
+        """Batches of text indices: sorted by length into batches (little padding), the longest batch first
+        (an out-of-memory batch fails at once), the others in a seeded shuffle (a representative pace)."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+        batches = [order[lo : lo + self.batch_size] for lo in range(0, len(order), self.batch_size)]
+        rest = batches[1:]
+        random.Random(0).shuffle(rest)  # seeded: the same order every run
+        return batches[:1] + rest
 
     # -- chunking -------------------------------------------------------------------------------------
     def chunker(self, chunk_tokens: int | None = None, overlap: int = 32) -> Any:
@@ -286,7 +310,9 @@ class TokenWindowChunker:
         if not isinstance(text, str):
             msg = f"the text chunker takes strings, got {type(text).__name__}"
             raise InvalidInputError(msg)
-        offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        # the whole text on purpose: verbose=False keeps transformers from warning that it is too long
+        encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        offsets = encoding["offset_mapping"]
         if len(offsets) <= self.size:
             return [Chunk(text, text, 0)]
         chunks = []
