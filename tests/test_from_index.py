@@ -62,3 +62,16 @@ def test_relevance_is_the_mean_best_cosine(stanford_encoder: ColBERTEncoder, fac
         assert all(0.0 <= h.relevance <= 1.0 for h in hits)
         assert [h.relevance for h in hits] == [relevance_of(h.score, n) for h in hits]
         assert [h.relevance for h in hits] == sorted((h.relevance for h in hits), reverse=True)
+
+
+def test_long_adds_end_with_a_one_line_summary(
+    stanford_encoder: ColBERTEncoder, capsys: pytest.CaptureFixture[str]
+) -> None:
+    index = LateInteractionIndex(stanford_encoder)
+    index.add([f"Scrooge counted coin number {i}." for i in range(300)])  # above the threshold: on by default
+    err = capsys.readouterr().err
+    assert "indexed 300 items (300 chunks, " in err and "vectors, " in err and "items/s)" in err
+    index.add(["Marley was dead."] * 3)  # short work stays silent
+    assert capsys.readouterr().err == ""
+    index.add(["Marley was dead."] * 3, show_progress=True)
+    assert "indexed 3 items" in capsys.readouterr().err

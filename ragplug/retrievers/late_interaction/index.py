@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from ragplug._progress import summary, wants_progress
 from ragplug.errors import DuplicateIdError, InvalidInputError
 from ragplug.retrievers.late_interaction.base import (
     RELEVANCE_KEY,
@@ -163,8 +166,10 @@ class LateInteractionIndex:
         if not upsert and ids is not None:
             self._refuse_existing(check_ids(ids))  # before the (slow) encoding; the store checks again
         self._bind()
+        started = time.perf_counter()
         stored_ids, records = self._records(items, ids, metadatas, texts, show_progress)
         (self.store.upsert if upsert else self.store.add)(records)
+        self._report(stored_ids, records, show_progress, started)
         return stored_ids
 
     async def aadd(
@@ -179,9 +184,24 @@ class LateInteractionIndex:
     ) -> list[str]:
         """:meth:`add`, with the encoding in a worker thread and the store's own async write."""
         await self._abind()
+        started = time.perf_counter()
         stored_ids, records = await asyncio.to_thread(self._records, items, ids, metadatas, texts, show_progress)
         await (self.store.aupsert if upsert else self.store.aadd)(records)
+        self._report(stored_ids, records, show_progress, started)
         return stored_ids
+
+    def _report(self, ids: list[str], records: list[Record], show_progress: bool | None, started: float) -> None:
+        """After work long enough to show a bar (see :func:`ragplug._progress.wants_progress`), one line on
+        standard error: items, chunks, vectors, bytes under the store's codec, seconds, items/s."""
+        if not wants_progress(show_progress, len(records)):
+            return
+        vectors = sum(len(r.vectors) for r in records)
+        codec = getattr(self.store, "codec", None)
+        per_token = getattr(codec, "bytes_per_token", None) or 4 * records[0].vectors.shape[1]
+        line = summary(len(ids), len(records), vectors, time.perf_counter() - started, vectors * per_token)
+        from tqdm.auto import tqdm
+
+        tqdm.write(line, file=sys.stderr)  # beside any bar still on screen, never through it
 
     def _refuse_existing(self, ids: Sequence[str]) -> None:
         taken = [i for i in ids if i in self.store]
