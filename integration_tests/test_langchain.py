@@ -226,3 +226,16 @@ async def test_mmr_trades_relevance_for_diversity() -> None:
     assert [d.id for d in await diverse.ainvoke(query)] == picked
     relevant = ColBERTRetriever(index=index, search_type="mmr", search_kwargs={"k": 3, "lambda_mult": 1.0})
     assert relevant.invoke(query) == ColBERTRetriever(index=index, k=3).invoke(query)
+
+
+def test_reranked_documents_carry_one_score_the_rerankers(retriever: ColBERTRetriever) -> None:
+    from langchain_core.documents import Document as LCDocument
+
+    query = "Which child used a crutch?"
+    retrieved = retriever.invoke(query, k=4)
+    foreign = [LCDocument(page_content=d.page_content, id=d.id, metadata={**d.metadata}) for d in retrieved]
+    reranked = ColBERTReranker(encoder=_minilm(), top_n=2).compress_documents(foreign, query)
+    expected = {d.id: d.metadata for d in retriever.invoke(query, k=4)}
+    for doc in reranked:
+        assert set(doc.metadata) == set(expected[doc.id])  # no second score key beside the first
+        assert doc.metadata["relevance_score"] == pytest.approx(expected[doc.id]["relevance_score"], abs=1e-5)
