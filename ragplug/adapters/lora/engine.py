@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from ragplug._extras import require
+from ragplug._progress import quiet_transformers
 from ragplug._text import unicode_error
 from ragplug.adapters.lora.batched import SegmentedLoRA
 from ragplug.adapters.lora.config import GenerationConfig, LoadConfig
@@ -262,7 +263,8 @@ class LoRAModel:
             kwargs["device_map"] = load.device_map
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
         self.tokenizer.padding_side = "left"
-        model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
+        with quiet_transformers():  # no per-load weight bars; transformers' load report still warns
+            model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
         if load.device_map is None and not load.quantization:
             model = model.to(torch.device(load.device or ("cuda" if cuda else "cpu")))
         self.model: Any = model.eval()

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ragplug._extras import require
+from ragplug._progress import quiet_transformers
 from ragplug._text import check_unicode
 from ragplug.adapters.lora.engine import render_prompt_ids, resolve_local
 from ragplug.errors import ContextLengthError, InvalidInputError
@@ -337,7 +338,8 @@ def train_lora(
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(config.seed)
-            model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).to(device)
+            with quiet_transformers():
+                model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).to(device)
             model.config.use_cache = False
             lora = peft.LoraConfig(
                 r=config.r,
