@@ -75,3 +75,16 @@ def test_long_adds_end_with_a_one_line_summary(
     assert capsys.readouterr().err == ""
     index.add(["Marley was dead."] * 3, show_progress=True)
     assert "indexed 3 items" in capsys.readouterr().err
+
+
+def test_delete_none_and_save_onto_a_file_are_clear_errors(stanford_encoder: ColBERTEncoder, tmp_path: Path) -> None:
+    from ragplug.errors import StoreError
+
+    index = LateInteractionIndex(stanford_encoder)
+    index.add(["Marley was dead."], ids=["m"])
+    with pytest.raises(InvalidInputError, match="ids must be a list of strings, got NoneType"):
+        index.delete(None)  # type: ignore[arg-type]
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(StoreError, match="it is an existing file, not a folder"):
+        index.save(tmp_path / "file")
+    assert (tmp_path / "file").read_text() == "mine" and len(index) == 1
