@@ -137,7 +137,7 @@ def run(
         lc.save(cache)
         print(
             f"index: encoded {len(passages)} passages in {elapsed:.1f}s ({len(passages) / elapsed:.1f} passages/s), "
-            f"{lc.index.store.n_tokens} token vectors, saved to {cache}"  # type: ignore[attr-defined]
+            f"{lc.index.store.n_tokens} token vectors, saved to {cache}"
         )
     li = LIRetriever(lc.index, similarity_top_k=k)
 

@@ -14,15 +14,16 @@ from typing import TYPE_CHECKING  # noqa: E402
 
 if TYPE_CHECKING:
     from ragplug.plugins.langchain.chat_models import ChatLoRA
-    from ragplug.plugins.langchain.retrievers import ColBERTReranker, ColBERTRetriever
+    from ragplug.plugins.langchain.retrievers import ColBERTReranker, ColBERTRetriever, RagplugRetriever
     from ragplug.plugins.langchain.vectorstores import ColBERTVectorStore
 
-__all__ = ["ChatLoRA", "ColBERTReranker", "ColBERTRetriever", "ColBERTVectorStore"]
+__all__ = ["ChatLoRA", "ColBERTReranker", "ColBERTRetriever", "ColBERTVectorStore", "RagplugRetriever"]
 
 _WHERE = {
     "ChatLoRA": "ragplug.plugins.langchain.chat_models",
     "ColBERTReranker": "ragplug.plugins.langchain.retrievers",
     "ColBERTRetriever": "ragplug.plugins.langchain.retrievers",
+    "RagplugRetriever": "ragplug.plugins.langchain.retrievers",
     "ColBERTVectorStore": "ragplug.plugins.langchain.vectorstores",
 }
 

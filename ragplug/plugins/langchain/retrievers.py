@@ -1,7 +1,11 @@
-"""LangChain retriever and reranker over ragplug's late-interaction engine.
+"""LangChain retriever and reranker over ragplug's engines.
 
-Thin glue only: retrieval happens in :class:`~ragplug.retrievers.late_interaction.LateInteractionIndex`;
-this module converts hits into ``Document`` objects: ``id``, metadata, the raw MaxSim score in
+Thin glue only. :class:`RagplugRetriever` is one retriever class for every engine: it wraps any
+:class:`~ragplug.retrievers.protocol.Retriever` (ColBERT over text, ColPali over pages: a
+:class:`~ragplug.retrievers.late_interaction.LateInteractionIndex`; later the Graph retrievers), and its
+builders make the common ones. ``ColBERTRetriever`` is the same class under the name most users look for.
+It converts hits into ``Document`` objects: ``id``, the text as ``page_content`` (for a page without a
+text layer, a line naming the page, never an empty string), metadata, the raw MaxSim score in
 ``metadata["ragplug_score"]`` and the relevance in [0, 1] (MaxSim divided by the query's length, see
 :func:`~ragplug.retrievers.late_interaction.base.relevance_of`) in ``metadata["relevance_score"]`` — keys
 reserved so that they never overwrite a field of the user's own. The reranker writes the same two keys, so
@@ -26,23 +30,25 @@ from langchain_core.tools import BaseTool, ToolException, create_retriever_tool
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from ragplug.errors import InvalidInputError, RagplugError
-from ragplug.plugins._build import build_index, make_encoder, open_index
-from ragplug.plugins._search import SearchRequest, SearchType, arun_search, resolve_search, run_search
+from ragplug.retrievers.build import build_index, make_encoder, open_index
 from ragplug.retrievers.colbert.encoder import DEFAULT_MODEL
-from ragplug.retrievers.late_interaction import Encoder, Hit, LateInteractionIndex, MultiVectorStore, rerank
+from ragplug.retrievers.late_interaction import Encoder, Hit, MultiVectorStore, rerank
 from ragplug.retrievers.late_interaction.base import RELEVANCE_KEY, SCORE_KEY
 from ragplug.retrievers.late_interaction.filters import Filter
+from ragplug.retrievers.protocol import Retriever, WritableRetriever, display_text
+from ragplug.retrievers.search import SearchRequest, SearchType, arun_search, resolve_search, run_search
 
-__all__ = ["ColBERTReranker", "ColBERTRetriever"]
+__all__ = ["ColBERTReranker", "ColBERTRetriever", "RagplugRetriever"]
 
 
 def _to_document(hit: Hit) -> Document:
     scores = {SCORE_KEY: hit.score, RELEVANCE_KEY: hit.relevance}
-    return Document(page_content=hit.text or "", id=hit.id, metadata={**hit.metadata, **scores})
+    return Document(page_content=display_text(hit), id=hit.id, metadata={**hit.metadata, **scores})
 
 
-class ColBERTRetriever(BaseRetriever):
-    """ColBERT (late interaction, MaxSim) retrieval as a LangChain retriever.
+class RagplugRetriever(BaseRetriever):
+    """Any ragplug engine as a LangChain retriever (``index``: a :class:`~ragplug.retrievers.protocol.Retriever`,
+    e.g. a ColBERT or ColPali :class:`~ragplug.retrievers.late_interaction.LateInteractionIndex`).
 
     Settings come in three layers, a later one winning key by key: the retriever's ``k`` / ``filter``
     fields (defaults 4 and none), then ``search_kwargs`` (as ``vectorstore.as_retriever(search_kwargs=...)``
@@ -58,7 +64,7 @@ class ColBERTRetriever(BaseRetriever):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    index: LateInteractionIndex
+    index: Any  # a Retriever (checked in __init__)
     k: int | None = None
     filter: dict[str, Any] | None = None
     search_type: SearchType = "similarity"
@@ -72,8 +78,8 @@ class ColBERTRetriever(BaseRetriever):
                 msg = f"{key} is given both as {key}= and in search_kwargs; give it once"
                 raise InvalidInputError(msg)
         index = kwargs.get("index")
-        if not isinstance(index, LateInteractionIndex):
-            msg = f"index must be a LateInteractionIndex, got {type(index).__name__}"
+        if not isinstance(index, Retriever):
+            msg = f"index must be a ragplug Retriever (e.g. a LateInteractionIndex), got {type(index).__name__}"
             raise InvalidInputError(msg)
         # Checked before pydantic runs, so bad values raise ragplug errors rather than a ValidationError.
         defaults = resolve_search(
@@ -111,7 +117,7 @@ class ColBERTRetriever(BaseRetriever):
         encoder_kwargs: dict[str, Any] | None = None,
         show_progress: bool = False,
         **kwargs: Any,
-    ) -> ColBERTRetriever:
+    ) -> RagplugRetriever:
         """Encode ``texts`` with ``model`` (hub id, folder or :class:`Encoder`) into ``store`` (default: in memory).
 
         Long texts are split into overlapping token windows when ``chunk`` is true; their chunks carry
@@ -135,7 +141,7 @@ class ColBERTRetriever(BaseRetriever):
         documents: Sequence[Document],
         ids: Sequence[str] | None = None,
         **kwargs: Any,
-    ) -> ColBERTRetriever:
+    ) -> RagplugRetriever:
         """Like :meth:`from_texts`; ids come from ``ids`` or else from each ``Document.id`` when all have one."""
         texts, metadatas, doc_ids = _unpack(documents, ids)
         return cls.from_texts(texts, metadatas=metadatas, ids=doc_ids, **kwargs)
@@ -148,7 +154,7 @@ class ColBERTRetriever(BaseRetriever):
         *,
         encoder_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
-    ) -> ColBERTRetriever:
+    ) -> RagplugRetriever:
         """Reopen an index: a folder saved with :meth:`save`, or a store that already holds one (a Postgres
         collection written by another process). The encoder is the one the index records, rebuilt from its
         manifest (``encoder_kwargs`` such as ``device`` go to it); an explicit ``model`` is checked against
@@ -163,7 +169,7 @@ class ColBERTRetriever(BaseRetriever):
         *,
         encoder_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
-    ) -> ColBERTRetriever:
+    ) -> RagplugRetriever:
         """:meth:`from_index` over a store."""
         return cls.from_index(store, model, encoder_kwargs=encoder_kwargs, **kwargs)
 
@@ -175,13 +181,17 @@ class ColBERTRetriever(BaseRetriever):
         *,
         encoder_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
-    ) -> ColBERTRetriever:
+    ) -> RagplugRetriever:
         """:meth:`from_index` over a saved folder."""
         return cls.from_index(path, model, encoder_kwargs=encoder_kwargs, **kwargs)
 
     def save(self, path: str | Path) -> None:
         """Persist the in-memory index to the folder ``path`` (atomically)."""
-        self.index.save(path)
+        save = getattr(self.index, "save", None)
+        if save is None:
+            msg = f"{type(self.index).__name__} cannot be saved to a folder"
+            raise InvalidInputError(msg)
+        save(path)
 
     # -- writes ---------------------------------------------------------------------------------------
     def add_documents(
@@ -189,7 +199,7 @@ class ColBERTRetriever(BaseRetriever):
     ) -> list[str]:
         """Add documents (``upsert=True`` replaces existing ids); returns their ids."""
         texts, metadatas, doc_ids = _unpack(documents, ids)
-        return self.index.add(texts, ids=doc_ids, metadatas=metadatas, **kwargs)
+        return self._writable().add(texts, ids=doc_ids, metadatas=metadatas, **kwargs)
 
     async def aadd_documents(
         self, documents: Sequence[Document], ids: Sequence[str] | None = None, **kwargs: Any
@@ -203,18 +213,27 @@ class ColBERTRetriever(BaseRetriever):
         ids: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> list[str]:
-        return self.index.add(list(texts), ids=ids, metadatas=metadatas, **kwargs)
+        return self._writable().add(list(texts), ids=ids, metadatas=metadatas, **kwargs)
 
     def delete(self, ids: Sequence[str]) -> None:
         """Delete documents (all their chunks) or single chunks by id."""
-        self.index.delete(ids)
+        self._writable().delete(ids)
 
     async def adelete(self, ids: Sequence[str]) -> None:
-        await self.index.adelete(ids)
+        await self._writable().adelete(ids)
 
     def get_by_ids(self, ids: Sequence[str]) -> list[Document]:
         """Stored documents by id (a parent id returns its chunks)."""
-        return [Document(page_content=r.text or "", id=r.id, metadata=dict(r.metadata)) for r in self.index.get(ids)]
+        return [
+            Document(page_content=display_text(r), id=r.id, metadata=dict(r.metadata))
+            for r in self._writable().get(ids)
+        ]
+
+    def _writable(self) -> WritableRetriever:
+        if not isinstance(self.index, WritableRetriever):
+            msg = f"{type(self.index).__name__} is read-only: it cannot add, get or delete documents"
+            raise InvalidInputError(msg)
+        return self.index
 
     # -- retrieval ------------------------------------------------------------------------------------
     def _get_relevant_documents(
@@ -268,6 +287,10 @@ class ColBERTRetriever(BaseRetriever):
         tool.coroutine = _areporting(tool.coroutine)
         tool.handle_tool_error = True
         return tool
+
+
+#: The name most users look for: the same class.
+ColBERTRetriever = RagplugRetriever
 
 
 class _QueryInput(BaseModel):

@@ -36,13 +36,13 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 
 from ragplug.errors import InvalidInputError, UnknownIdError
-from ragplug.plugins._build import build_index, open_index
-from ragplug.plugins._search import arun_search, resolve_search, run_search
 from ragplug.plugins.langchain.retrievers import ColBERTRetriever
+from ragplug.retrievers.build import build_index, open_index
 from ragplug.retrievers.colbert.encoder import DEFAULT_MODEL
 from ragplug.retrievers.late_interaction import Encoder, Hit, LateInteractionIndex, MultiVectorStore
 from ragplug.retrievers.late_interaction.base import Record
 from ragplug.retrievers.late_interaction.filters import Filter
+from ragplug.retrievers.search import arun_search, resolve_search, run_search
 
 __all__ = ["ColBERTVectorStore"]
 

@@ -15,14 +15,28 @@ from typing import TYPE_CHECKING  # noqa: E402
 if TYPE_CHECKING:
     from ragplug.plugins.llamaindex.index import ColBERTIndex, TokenWindowSplitter
     from ragplug.plugins.llamaindex.llms import LoRALLM
-    from ragplug.plugins.llamaindex.retrievers import ColBERTRerank, ColBERTRetriever, to_ragplug_filter
+    from ragplug.plugins.llamaindex.retrievers import (
+        ColBERTRerank,
+        ColBERTRetriever,
+        RagplugRetriever,
+        to_ragplug_filter,
+    )
 
-__all__ = ["ColBERTIndex", "ColBERTRerank", "ColBERTRetriever", "LoRALLM", "TokenWindowSplitter", "to_ragplug_filter"]
+__all__ = [
+    "ColBERTIndex",
+    "ColBERTRerank",
+    "ColBERTRetriever",
+    "LoRALLM",
+    "RagplugRetriever",
+    "TokenWindowSplitter",
+    "to_ragplug_filter",
+]
 
 _WHERE = {
     "ColBERTIndex": "ragplug.plugins.llamaindex.index",
     "ColBERTRerank": "ragplug.plugins.llamaindex.retrievers",
     "ColBERTRetriever": "ragplug.plugins.llamaindex.retrievers",
+    "RagplugRetriever": "ragplug.plugins.llamaindex.retrievers",
     "LoRALLM": "ragplug.plugins.llamaindex.llms",
     "TokenWindowSplitter": "ragplug.plugins.llamaindex.index",
     "to_ragplug_filter": "ragplug.plugins.llamaindex.retrievers",

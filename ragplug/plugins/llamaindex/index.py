@@ -71,8 +71,8 @@ from llama_index.core.vector_stores.types import (
 )
 
 from ragplug.errors import InvalidInputError
-from ragplug.plugins._build import make_encoder
 from ragplug.plugins.llamaindex.retrievers import ColBERTRetriever, to_ragplug_filter
+from ragplug.retrievers.build import make_encoder
 from ragplug.retrievers.colbert.encoder import DEFAULT_MODEL
 from ragplug.retrievers.late_interaction import Encoder, LateInteractionIndex, MultiVectorStore
 

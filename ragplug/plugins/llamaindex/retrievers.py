@@ -31,14 +31,15 @@ from llama_index.core.schema import (
 from llama_index.core.vector_stores.types import FilterCondition, FilterOperator, MetadataFilter, MetadataFilters
 
 from ragplug.errors import FilterError, InvalidInputError
-from ragplug.plugins._build import build_index, make_encoder, open_index
-from ragplug.plugins._search import arun_search, resolve_search, run_search
+from ragplug.retrievers.build import build_index, make_encoder, open_index
 from ragplug.retrievers.colbert.encoder import DEFAULT_MODEL
-from ragplug.retrievers.late_interaction import Encoder, Hit, LateInteractionIndex, MultiVectorStore, rerank
+from ragplug.retrievers.late_interaction import Encoder, Hit, MultiVectorStore, rerank
 from ragplug.retrievers.late_interaction.base import SCORE_KEY
 from ragplug.retrievers.late_interaction.filters import Filter
+from ragplug.retrievers.protocol import Retriever, WritableRetriever, display_text
+from ragplug.retrievers.search import arun_search, resolve_search, run_search
 
-__all__ = ["ColBERTRerank", "ColBERTRetriever", "to_ragplug_filter"]
+__all__ = ["ColBERTRerank", "ColBERTRetriever", "RagplugRetriever", "to_ragplug_filter"]
 
 _OPERATORS = {
     FilterOperator.EQ: "$eq",
@@ -84,7 +85,7 @@ def to_ragplug_filter(filters: MetadataFilters | Filter | None) -> Filter | None
 def _to_node(hit: Hit) -> NodeWithScore:
     node = TextNode(
         id_=hit.id,
-        text=hit.text or "",
+        text=display_text(hit),
         metadata={**hit.metadata, SCORE_KEY: hit.score},
         excluded_llm_metadata_keys=[SCORE_KEY],  # a score is not context for the LLM
         excluded_embed_metadata_keys=[SCORE_KEY],
@@ -94,11 +95,13 @@ def _to_node(hit: Hit) -> NodeWithScore:
     return NodeWithScore(node=node, score=hit.relevance)
 
 
-class ColBERTRetriever(BaseRetriever):
-    """ColBERT (late interaction, MaxSim) retrieval as a LlamaIndex retriever.
+class RagplugRetriever(BaseRetriever):
+    """Any ragplug engine as a LlamaIndex retriever: one class for ColBERT over text, ColPali over pages and
+    the engines to come. ``ColBERTRetriever`` is the same class under the name most users look for.
 
     Args:
-        index: the engine (see :meth:`from_texts` / :meth:`from_documents` to build one).
+        index: the engine, a :class:`~ragplug.retrievers.protocol.Retriever` (see :meth:`from_texts` /
+            :meth:`from_documents` to build a ColBERT one).
         similarity_top_k: how many nodes to return.
         filters: ``MetadataFilters`` or a ragplug filter dict applied to every query.
         vector_store_query_mode: ``"default"`` (similarity) or ``"mmr"`` (diverse results), LlamaIndex's name.
@@ -109,7 +112,7 @@ class ColBERTRetriever(BaseRetriever):
 
     def __init__(
         self,
-        index: LateInteractionIndex,
+        index: Retriever,
         *,
         similarity_top_k: int = 4,
         filters: MetadataFilters | Filter | None = None,
@@ -118,6 +121,9 @@ class ColBERTRetriever(BaseRetriever):
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
     ) -> None:
+        if not isinstance(index, Retriever):
+            msg = f"index must be a ragplug Retriever (e.g. a LateInteractionIndex), got {type(index).__name__}"
+            raise InvalidInputError(msg)
         modes = {"default": "similarity", "mmr": "mmr"}
         if vector_store_query_mode not in modes:
             msg = f"vector_store_query_mode must be one of {sorted(modes)}, got {vector_store_query_mode!r}"
@@ -149,7 +155,7 @@ class ColBERTRetriever(BaseRetriever):
         encoder_kwargs: dict[str, Any] | None = None,
         show_progress: bool = False,
         **kwargs: Any,
-    ) -> ColBERTRetriever:
+    ) -> RagplugRetriever:
         index = build_index(
             texts,
             metadatas=metadatas,
@@ -163,7 +169,7 @@ class ColBERTRetriever(BaseRetriever):
         return cls(index, **kwargs)
 
     @classmethod
-    def from_documents(cls, documents: Sequence[BaseNode], **kwargs: Any) -> ColBERTRetriever:
+    def from_documents(cls, documents: Sequence[BaseNode], **kwargs: Any) -> RagplugRetriever:
         """Build from LlamaIndex ``Document``s or nodes; their ``id_`` and metadata are kept."""
         texts, metadatas, ids = _unpack(documents)
         return cls.from_texts(texts, metadatas=metadatas, ids=ids, **kwargs)
@@ -176,7 +182,7 @@ class ColBERTRetriever(BaseRetriever):
         *,
         encoder_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
-    ) -> ColBERTRetriever:
+    ) -> RagplugRetriever:
         """Reopen an index: a folder saved with :meth:`save`, or a store that already holds one (a Postgres
         collection written by another process). The encoder is the one the index records, rebuilt from its
         manifest (``encoder_kwargs`` such as ``device`` go to it); an explicit ``model`` is checked against
@@ -191,7 +197,7 @@ class ColBERTRetriever(BaseRetriever):
         *,
         encoder_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
-    ) -> ColBERTRetriever:
+    ) -> RagplugRetriever:
         """:meth:`from_index` over a store."""
         return cls.from_index(store, model, encoder_kwargs=encoder_kwargs, **kwargs)
 
@@ -203,33 +209,47 @@ class ColBERTRetriever(BaseRetriever):
         *,
         encoder_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
-    ) -> ColBERTRetriever:
+    ) -> RagplugRetriever:
         """:meth:`from_index` over a saved folder."""
         return cls.from_index(path, model, encoder_kwargs=encoder_kwargs, **kwargs)
 
     def save(self, path: str | Path) -> None:
-        self.index.save(path)
+        save = getattr(self.index, "save", None)
+        if save is None:
+            msg = f"{type(self.index).__name__} cannot be saved to a folder"
+            raise InvalidInputError(msg)
+        save(path)
 
     def insert(self, documents: Sequence[BaseNode], *, upsert: bool = False) -> list[str]:
         """Add documents or nodes (``upsert=True`` replaces existing ids); returns their ids."""
         texts, metadatas, ids = _unpack(documents)
-        return self.index.add(texts, ids=ids, metadatas=metadatas, upsert=upsert)
+        return self._writable().add(texts, ids=ids, metadatas=metadatas, upsert=upsert)
 
     async def ainsert(self, documents: Sequence[BaseNode], *, upsert: bool = False) -> list[str]:
         return await asyncio.to_thread(self.insert, documents, upsert=upsert)
 
     def delete(self, ids: Sequence[str]) -> None:
         """Delete by id (a document id removes all its chunks)."""
-        self.index.delete(ids)
+        self._writable().delete(ids)
 
     async def adelete(self, ids: Sequence[str]) -> None:
-        await self.index.adelete(ids)
+        await self._writable().adelete(ids)
+
+    def _writable(self) -> WritableRetriever:
+        if not isinstance(self.index, WritableRetriever):
+            msg = f"{type(self.index).__name__} is read-only: it cannot insert or delete nodes"
+            raise InvalidInputError(msg)
+        return self.index
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         return [_to_node(h) for h in run_search(self.index, query_bundle.query_str, self._request)]
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         return [_to_node(h) for h in await arun_search(self.index, query_bundle.query_str, self._request)]
+
+
+#: The name most users look for: the same class.
+ColBERTRetriever = RagplugRetriever
 
 
 def _unpack(documents: Sequence[BaseNode]) -> tuple[list[str], list[dict[str, Any]], list[str]]:

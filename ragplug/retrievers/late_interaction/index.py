@@ -83,6 +83,11 @@ class LateInteractionIndex:
             await self.store.abind_encoder(self.encoder.identity)
             self._bound = True
 
+    @property
+    def search_options(self) -> type[SearchOptions]:
+        """The store's typed search options (what ``search`` takes besides ``k`` and ``filter``)."""
+        return self.store.search_options
+
     def __len__(self) -> int:
         """Number of stored records (chunks count one each)."""
         return len(self.store)

@@ -1,4 +1,4 @@
-"""Shared construction helpers for the framework plugins (framework-free)."""
+"""Framework-free builders of retrieval indexes, shared by the framework faces and the CLI."""
 
 from __future__ import annotations
 

@@ -4,10 +4,10 @@ LangChain users pass ``search_type`` and ``search_kwargs`` (``k``, ``filter``, `
 ``score_threshold``) to ``as_retriever``, then per-call keywords to ``invoke``; LlamaIndex users pass
 ``similarity_top_k``, ``filters`` and a query mode. :func:`resolve_search` merges those layers — a later
 layer wins key by key: per call > ``search_kwargs`` > the face's own defaults — and validates the result
-once: unknown keys, a ``score_threshold`` outside [0, 1], MMR settings without MMR, and store search options
-the store does not take are :class:`~ragplug.errors.InvalidInputError` at once, not a ``TypeError`` at the
-first query. :func:`run_search` / :func:`arun_search` then run it on a
-:class:`~ragplug.retrievers.late_interaction.LateInteractionIndex`.
+once: unknown keys, a ``score_threshold`` outside [0, 1], MMR settings without MMR (or MMR from a retriever
+that cannot diversify), and search options the retriever does not take are
+:class:`~ragplug.errors.InvalidInputError` at once, not a ``TypeError`` at the first query.
+:func:`run_search` / :func:`arun_search` then run it on any :class:`~ragplug.retrievers.protocol.Retriever`.
 
 ``score_threshold`` applies to :attr:`Hit.relevance` (MaxSim normalised by the query's length, in [0, 1]).
 """
@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from ragplug.errors import InvalidInputError
-from ragplug.retrievers.late_interaction import Hit, LateInteractionIndex
+from ragplug.retrievers.late_interaction import Hit
 from ragplug.retrievers.late_interaction.base import check_k
 from ragplug.retrievers.late_interaction.filters import FilterNode, parse_filter
 from ragplug.retrievers.late_interaction.mmr import check_mmr
+from ragplug.retrievers.protocol import DiverseRetriever, Retriever
 
 __all__ = ["SEARCH_KEYS", "SearchRequest", "SearchType", "arun_search", "resolve_search", "run_search"]
 
@@ -44,16 +45,20 @@ class SearchRequest:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def resolve_search(index: LateInteractionIndex, search_type: str, *layers: Mapping[str, Any] | None) -> SearchRequest:
-    """Merge ``layers`` (later wins, key by key; ``None`` values are unset) and validate the result."""
+def resolve_search(index: Retriever, search_type: str, *layers: Mapping[str, Any] | None) -> SearchRequest:
+    """Merge ``layers`` (later wins, key by key; ``None`` values are unset) and validate the result for the
+    retriever ``index``."""
     if search_type not in get_args(SearchType):
         msg = f"search_type must be one of {list(get_args(SearchType))}, got {search_type!r}"
+        raise InvalidInputError(msg)
+    if search_type == "mmr" and not isinstance(index, DiverseRetriever):
+        msg = f"search_type='mmr' needs a retriever that can diversify; {type(index).__name__} cannot"
         raise InvalidInputError(msg)
     merged: dict[str, Any] = {}
     for layer in layers:
         merged.update({key: value for key, value in (layer or {}).items() if value is not None})
     options = {key: merged.pop(key) for key in list(merged) if key not in SEARCH_KEYS}
-    index.store.search_options.from_kwargs(**options)  # refuses what the store does not take, naming what it does
+    index.search_options.from_kwargs(**options)  # refuses what the store does not take, naming what it does
     k = check_k(merged.get("k", 4))
     threshold = merged.get("score_threshold")
     if threshold is not None and (
@@ -88,9 +93,10 @@ def _keep(request: SearchRequest, hits: list[Hit]) -> list[Hit]:
     return [h for h in hits if h.relevance is not None and h.relevance >= request.score_threshold]
 
 
-def run_search(index: LateInteractionIndex, query: str, request: SearchRequest) -> list[Hit]:
+def run_search(index: Retriever, query: str, request: SearchRequest) -> list[Hit]:
     """The hits of ``request`` for ``query``."""
     if request.search_type == "mmr":
+        assert isinstance(index, DiverseRetriever)  # checked by resolve_search
         hits = index.search_mmr(
             query,
             k=request.k,
@@ -104,9 +110,10 @@ def run_search(index: LateInteractionIndex, query: str, request: SearchRequest) 
     return _keep(request, hits)
 
 
-async def arun_search(index: LateInteractionIndex, query: str, request: SearchRequest) -> list[Hit]:
+async def arun_search(index: Retriever, query: str, request: SearchRequest) -> list[Hit]:
     """:func:`run_search` with the index's async search."""
     if request.search_type == "mmr":
+        assert isinstance(index, DiverseRetriever)  # checked by resolve_search
         hits = await index.asearch_mmr(
             query,
             k=request.k,
