@@ -45,3 +45,91 @@ def open_index(
     """An index over a saved folder or a store that already holds vectors, with the encoder that wrote it
     (rebuilt from the index's record when ``model`` is ``None``; checked against it otherwise)."""
     return LateInteractionIndex.open(source, model, **(encoder_kwargs or {}))
+
+
+def make_page_encoder(model: str | Path | Encoder | None, encoder_kwargs: dict[str, Any] | None) -> Encoder:
+    """A page :class:`Encoder`: a ColPali-family checkpoint (hub id / folder; default
+    ``ragplug.retrievers.colpali.DEFAULT_MODEL``) loaded by ``ColPaliEncoder``, or an encoder as is."""
+    if model is None or isinstance(model, str | Path):
+        from ragplug.retrievers.colpali import DEFAULT_MODEL, ColPaliEncoder
+
+        return ColPaliEncoder(DEFAULT_MODEL if model is None else model, **(encoder_kwargs or {}))
+    return model
+
+
+def add_pages(
+    index: LateInteractionIndex,
+    sources: Sequence[Any],
+    *,
+    upsert: bool = False,
+    show_progress: bool | None = None,
+    batch_pages: int = 16,
+) -> list[str]:
+    """Render and encode the pages of ``sources`` (PDF and image files, folders, PIL images: see
+    :func:`ragplug.retrievers.colpali.pages.load_pages`) into ``index``, ``batch_pages`` at a time so that
+    only those pages' images are in memory. Each page is stored under its page id with its text (for display
+    and citations) and metadata (source, 1-based page, page count, image reference). Returns the ids."""
+    from ragplug._progress import progress_bar, wants_progress
+    from ragplug.retrievers.colpali.pages import load_pages
+
+    pages = load_pages(*sources)
+    total = len(pages) if hasattr(pages, "__len__") else None
+    shown = wants_progress(show_progress, total if total is not None else batch_pages + 1)
+    ids: list[str] = []
+    batch: list[Any] = []
+
+    def flush(bar: Any) -> None:
+        ids.extend(
+            index.add(
+                batch,
+                ids=[p.id for p in batch],
+                metadatas=[p.metadata for p in batch],
+                texts=[p.text or None for p in batch],
+                upsert=upsert,
+                show_progress=False,
+            )
+        )
+        bar.update(len(batch))
+        batch.clear()
+
+    with progress_bar(total or 0, desc="pages", unit="page", enabled=shown) as bar:
+        for page in pages:
+            batch.append(page)
+            if len(batch) == batch_pages:
+                flush(bar)
+        if batch:
+            flush(bar)
+    if not ids:
+        from ragplug.errors import InvalidInputError
+
+        msg = f"no pages found in {list(sources)!r:.200}"
+        raise InvalidInputError(msg)
+    return ids
+
+
+def build_page_index(
+    sources: Sequence[Any],
+    *,
+    model: str | Path | Encoder | None = None,
+    store: MultiVectorStore | None = None,
+    encoder_kwargs: dict[str, Any] | None = None,
+    show_progress: bool | None = None,
+) -> LateInteractionIndex:
+    """A page index (ColPali): load the page encoder, make the index and add the pages of ``sources``."""
+    index = LateInteractionIndex(make_page_encoder(model, encoder_kwargs), store)
+    add_pages(index, sources, show_progress=show_progress)
+    return index
+
+
+def page_text_index(
+    pages: LateInteractionIndex, model: str | Path | Encoder, **encoder_kwargs: Any
+) -> LateInteractionIndex:
+    """A ColBERT index over the text of the pages already in ``pages`` (same ids; pages without text are
+    left out), for hybrid image + text page retrieval (:class:`~ragplug.retrievers.fusion.FusionRetriever`)."""
+    records = [r for r in pages.get(pages.store.ids()) if r.text and r.text.strip()]
+    encoder = make_encoder(model, encoder_kwargs)
+    chunker = encoder.chunker() if hasattr(encoder, "chunker") else None
+    text = LateInteractionIndex(encoder, chunker=chunker)
+    if records:
+        text.add([r.text for r in records], ids=[r.id for r in records], metadatas=[r.metadata for r in records])
+    return text

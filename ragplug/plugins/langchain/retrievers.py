@@ -30,8 +30,9 @@ from langchain_core.tools import BaseTool, ToolException, create_retriever_tool
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from ragplug.errors import InvalidInputError, RagplugError
-from ragplug.retrievers.build import build_index, make_encoder, open_index
+from ragplug.retrievers.build import build_index, build_page_index, make_encoder, open_index, page_text_index
 from ragplug.retrievers.colbert.encoder import DEFAULT_MODEL
+from ragplug.retrievers.fusion import FusionRetriever
 from ragplug.retrievers.late_interaction import Encoder, Hit, MultiVectorStore, rerank
 from ragplug.retrievers.late_interaction.base import RELEVANCE_KEY, SCORE_KEY
 from ragplug.retrievers.late_interaction.filters import Filter
@@ -41,9 +42,22 @@ from ragplug.retrievers.search import SearchRequest, SearchType, arun_search, re
 __all__ = ["ColBERTReranker", "ColBERTRetriever", "RagplugRetriever"]
 
 
-def _to_document(hit: Hit) -> Document:
+#: Where a page's image goes, as base64 PNG, when a retriever is asked for images (``include_images=True``).
+IMAGE_KEY = "image_base64"
+
+
+def _to_document(hit: Hit, include_images: bool = False) -> Document:
     scores = {SCORE_KEY: hit.score, RELEVANCE_KEY: hit.relevance}
-    return Document(page_content=display_text(hit), id=hit.id, metadata={**hit.metadata, **scores})
+    metadata = {**hit.metadata, **scores}
+    if include_images and isinstance(hit.metadata.get("image"), str):
+        from ragplug.retrievers.colpali.pages import page_image, to_base64_png
+
+        metadata[IMAGE_KEY] = to_base64_png(page_image(hit.metadata), max_side=IMAGE_MAX_SIDE)
+    return Document(page_content=display_text(hit), id=hit.id, metadata=metadata)
+
+
+#: The longest side of page images handed to chat models (a multimodal model resizes them anyway).
+IMAGE_MAX_SIDE = 1024
 
 
 class RagplugRetriever(BaseRetriever):
@@ -60,6 +74,10 @@ class RagplugRetriever(BaseRetriever):
     ``score_threshold``). ``score_threshold`` (any type) keeps hits whose relevance in [0, 1] reaches it.
     Other keys are the store's search options (``mode``, ``n_probe``...); unknown ones are refused here,
     at construction.
+
+    ``include_images=True``: documents of pages (ColPali) also carry the page image as base64 PNG in
+    ``metadata["image_base64"]`` (re-rendered from the page's ``image`` reference; see
+    :func:`~ragplug.plugins.langchain.multimodal.page_images_message` to hand them to a chat model).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -69,6 +87,7 @@ class RagplugRetriever(BaseRetriever):
     filter: dict[str, Any] | None = None
     search_type: SearchType = "similarity"
     search_kwargs: dict[str, Any] = Field(default_factory=dict)
+    include_images: bool = False
     _defaults: SearchRequest = PrivateAttr()
 
     def __init__(self, **kwargs: Any) -> None:
@@ -145,6 +164,31 @@ class RagplugRetriever(BaseRetriever):
         """Like :meth:`from_texts`; ids come from ``ids`` or else from each ``Document.id`` when all have one."""
         texts, metadatas, doc_ids = _unpack(documents, ids)
         return cls.from_texts(texts, metadatas=metadatas, ids=doc_ids, **kwargs)
+
+    @classmethod
+    def from_pages(
+        cls,
+        sources: Sequence[Any],
+        model: str | Path | Encoder | None = None,
+        store: MultiVectorStore | None = None,
+        *,
+        text_model: str | Path | Encoder | None = None,
+        encoder_kwargs: dict[str, Any] | None = None,
+        show_progress: bool | None = None,
+        **kwargs: Any,
+    ) -> RagplugRetriever:
+        """Page retrieval (ColPali): render and encode the pages of ``sources`` (PDFs, images, folders, PIL
+        images) with ``model`` (a ColPali-family hub id or folder, default ``vidore/colqwen2-v1.0``, or an
+        encoder) into ``store`` (default: in memory). With ``text_model`` (a ColBERT checkpoint or encoder),
+        hybrid: a text index of the pages' extracted text is fused with the image ranking by reciprocal rank
+        fusion (:class:`~ragplug.retrievers.fusion.FusionRetriever`; read-only)."""
+        index = build_page_index(
+            sources, model=model, store=store, encoder_kwargs=encoder_kwargs, show_progress=show_progress
+        )
+        engine: Retriever = index
+        if text_model is not None:
+            engine = FusionRetriever([index, page_text_index(index, text_model)])
+        return cls(index=engine, **kwargs)
 
     @classmethod
     def from_index(
@@ -246,7 +290,7 @@ class RagplugRetriever(BaseRetriever):
         **kwargs: Any,
     ) -> list[Document]:
         hits = run_search(self.index, query, self._request(k, filter, kwargs))
-        return [_to_document(h) for h in hits]
+        return [_to_document(h, self.include_images) for h in hits]
 
     async def _aget_relevant_documents(
         self,
@@ -258,7 +302,7 @@ class RagplugRetriever(BaseRetriever):
         **kwargs: Any,
     ) -> list[Document]:
         hits = await arun_search(self.index, query, self._request(k, filter, kwargs))
-        return [_to_document(h) for h in hits]
+        return [_to_document(h, self.include_images) for h in hits]
 
     def as_tool(
         self,

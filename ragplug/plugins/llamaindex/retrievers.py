@@ -21,6 +21,7 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import (
     BaseNode,
+    ImageNode,
     MetadataMode,
     NodeRelationship,
     NodeWithScore,
@@ -31,8 +32,9 @@ from llama_index.core.schema import (
 from llama_index.core.vector_stores.types import FilterCondition, FilterOperator, MetadataFilter, MetadataFilters
 
 from ragplug.errors import FilterError, InvalidInputError
-from ragplug.retrievers.build import build_index, make_encoder, open_index
+from ragplug.retrievers.build import build_index, build_page_index, make_encoder, open_index, page_text_index
 from ragplug.retrievers.colbert.encoder import DEFAULT_MODEL
+from ragplug.retrievers.fusion import FusionRetriever
 from ragplug.retrievers.late_interaction import Encoder, Hit, MultiVectorStore, rerank
 from ragplug.retrievers.late_interaction.base import SCORE_KEY
 from ragplug.retrievers.late_interaction.filters import Filter
@@ -82,14 +84,26 @@ def to_ragplug_filter(filters: MetadataFilters | Filter | None) -> Filter | None
     return parts[0] if len(parts) == 1 else {f"${condition.value}": parts}
 
 
-def _to_node(hit: Hit) -> NodeWithScore:
-    node = TextNode(
-        id_=hit.id,
-        text=display_text(hit),
-        metadata={**hit.metadata, SCORE_KEY: hit.score},
-        excluded_llm_metadata_keys=[SCORE_KEY],  # a score is not context for the LLM
-        excluded_embed_metadata_keys=[SCORE_KEY],
-    )
+def _to_node(hit: Hit, include_images: bool = False) -> NodeWithScore:
+    """A ``TextNode``, or for a page (a hit whose metadata has an ``image`` reference) an ``ImageNode`` whose
+    text is the page's text and whose image (base64 PNG) is filled when ``include_images``."""
+    common: dict[str, Any] = {
+        "id_": hit.id,
+        "text": display_text(hit),
+        "metadata": {**hit.metadata, SCORE_KEY: hit.score},
+        "excluded_llm_metadata_keys": [SCORE_KEY],  # a score is not context for the LLM
+        "excluded_embed_metadata_keys": [SCORE_KEY],
+    }
+    node: TextNode
+    if isinstance(hit.metadata.get("image"), str) and "page" in hit.metadata:
+        image = None
+        if include_images:
+            from ragplug.retrievers.colpali.pages import page_image, to_base64_png
+
+            image = to_base64_png(page_image(hit.metadata), max_side=1024)
+        node = ImageNode(**common, image=image, image_mimetype="image/png")
+    else:
+        node = TextNode(**common)
     if hit.parent_id is not None:
         node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=hit.parent_id)
     return NodeWithScore(node=node, score=hit.relevance)
@@ -108,6 +122,8 @@ class RagplugRetriever(BaseRetriever):
         search_kwargs: ``score_threshold`` (keep nodes whose score, a relevance in [0, 1], reaches it),
             ``fetch_k`` / ``lambda_mult`` for MMR, and the store's search options (``{"mode": "approximate"}``);
             unknown keys are refused here, at construction.
+        include_images: page hits (ColPali) become ``ImageNode``s in any case; with this, their ``image``
+            holds the page as base64 PNG (re-rendered from the page's ``image`` reference).
     """
 
     def __init__(
@@ -118,6 +134,7 @@ class RagplugRetriever(BaseRetriever):
         filters: MetadataFilters | Filter | None = None,
         vector_store_query_mode: str = "default",
         search_kwargs: dict[str, Any] | None = None,
+        include_images: bool = False,
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
     ) -> None:
@@ -137,6 +154,7 @@ class RagplugRetriever(BaseRetriever):
         self.similarity_top_k = similarity_top_k
         self.filters = to_ragplug_filter(filters)
         self.search_kwargs = search_kwargs
+        self.include_images = include_images
         self._request = resolve_search(
             index, modes[vector_store_query_mode], {"k": similarity_top_k, "filter": self.filters}, search_kwargs
         )
@@ -173,6 +191,31 @@ class RagplugRetriever(BaseRetriever):
         """Build from LlamaIndex ``Document``s or nodes; their ``id_`` and metadata are kept."""
         texts, metadatas, ids = _unpack(documents)
         return cls.from_texts(texts, metadatas=metadatas, ids=ids, **kwargs)
+
+    @classmethod
+    def from_pages(
+        cls,
+        sources: Sequence[Any],
+        model: str | Path | Encoder | None = None,
+        store: MultiVectorStore | None = None,
+        *,
+        text_model: str | Path | Encoder | None = None,
+        encoder_kwargs: dict[str, Any] | None = None,
+        show_progress: bool | None = None,
+        **kwargs: Any,
+    ) -> RagplugRetriever:
+        """Page retrieval (ColPali): render and encode the pages of ``sources`` (PDFs, images, folders, PIL
+        images) with ``model`` (a ColPali-family hub id or folder, default ``vidore/colqwen2-v1.0``, or an
+        encoder) into ``store`` (default: in memory). With ``text_model`` (a ColBERT checkpoint or encoder),
+        hybrid: a text index of the pages' extracted text is fused with the image ranking by reciprocal rank
+        fusion (:class:`~ragplug.retrievers.fusion.FusionRetriever`; read-only)."""
+        index = build_page_index(
+            sources, model=model, store=store, encoder_kwargs=encoder_kwargs, show_progress=show_progress
+        )
+        engine: Retriever = index
+        if text_model is not None:
+            engine = FusionRetriever([index, page_text_index(index, text_model)])
+        return cls(engine, **kwargs)
 
     @classmethod
     def from_index(
@@ -242,10 +285,12 @@ class RagplugRetriever(BaseRetriever):
         return self.index
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        return [_to_node(h) for h in run_search(self.index, query_bundle.query_str, self._request)]
+        hits = run_search(self.index, query_bundle.query_str, self._request)
+        return [_to_node(h, self.include_images) for h in hits]
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        return [_to_node(h) for h in await arun_search(self.index, query_bundle.query_str, self._request)]
+        hits = await arun_search(self.index, query_bundle.query_str, self._request)
+        return [_to_node(h, self.include_images) for h in hits]
 
 
 #: The name most users look for: the same class.
