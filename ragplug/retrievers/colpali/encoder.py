@@ -1,0 +1,517 @@
+"""ColPali-family page encoders on colpali-engine: a page image (or a query) in, one multi-vector out.
+
+:class:`ColPaliEncoder` satisfies the engine's :class:`~ragplug.retrievers.late_interaction.Encoder`
+protocol for every late-interaction family colpali-engine ships (:class:`Family`). The family is read from
+the checkpoint's ``config.json`` (``architectures``, else ``model_type``) and, for a LoRA adapter checkpoint
+(``adapter_config.json``, as ``vidore/colqwen2-v1.0`` is), from the config of the base model it names;
+never from a path or hub id, so a folder named after another family loads what it holds.
+
+Loading refuses what would silently encode with random weights: a checkpoint whose projection head (or any
+other weight) is missing from its files, and an adapter whose tensors did not all load into the model (the
+way colpali-engine once fell back to a random ``custom_text_proj``). Adapters are loaded onto their base with
+transformers' own key conversion, checked, then merged into the base weights (as fast as a full checkpoint).
+Weights are read from safetensors only.
+
+Pages are encoded with the processor's page prompt; every non-padding position is kept (the image patches
+and the few prompt tokens, as colpali-engine scores them). Queries get the processor's query prompt and
+augmentation tokens. With ``pool_factor`` (2 or more) each page's vectors are merged by colpali-engine's
+:class:`~colpali_engine.compression.token_pooling.HierarchicalTokenPooler` into about ``1/pool_factor`` as
+many; queries are never pooled. The pool factor is part of the encoder's identity and fingerprint, so an
+index built with one factor refuses query vectors from an encoder with another.
+
+No projection to fewer dimensions is offered: doing it right means a projection fitted on the page vectors
+(PCA) and stored with the index, applied to queries as well; a fixed random projection costs retrieval
+quality the benchmarks have not measured. Token pooling is the supported way to make pages smaller.
+
+The default dtype is bfloat16 where the hardware computes it natively (a CPU with ``avx512_bf16`` or AMX
+flags, a CUDA device that supports it), else float32 (:func:`default_dtype`); ``dtype=`` overrides it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ragplug._extras import require
+from ragplug._progress import progress_bar, quiet_transformers, wants_progress
+from ragplug._threads import torch_threads
+from ragplug.errors import InvalidInputError
+from ragplug.retrievers.colbert.checkpoint import (
+    _check_weights,
+    _content_digest,
+    _not_a_model,
+    _read_json,
+    looks_like_path,
+    resolve_checkpoint,
+)
+from ragplug.retrievers.colbert.encoder import SMALL_QUERY_BATCH
+from ragplug.retrievers.late_interaction.base import EncoderIdentity, FloatMatrix, check_text
+
+__all__ = ["DEFAULT_MODEL", "ColPaliEncoder", "Family", "PageCheckpoint", "default_dtype", "read_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+#: The default checkpoint: ColQwen2 v1.0, a LoRA adapter on ``vidore/colqwen2-base`` (both fetched from the hub).
+DEFAULT_MODEL = "vidore/colqwen2-v1.0"
+
+_HUB_PATTERNS = ["*.json", "*.jinja", "*.safetensors", "*.txt", "*.model"]
+_PROCESSOR_FILES = (
+    "preprocessor_config.json",
+    "processor_config.json",
+    "video_preprocessor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+)
+_ENCODING_VERSION = 1  # bump when the vectors this module makes for the same weights change
+
+
+class Family(Enum):
+    """A late-interaction model family of colpali-engine: its model and processor classes, the
+    ``model_type`` values of its configs, and the attribute holding its projection head."""
+
+    COLPALI = ("ColPali", "ColPaliProcessor", ("paligemma",), "custom_text_proj")
+    COLQWEN2 = ("ColQwen2", "ColQwen2Processor", ("qwen2_vl",), "custom_text_proj")
+    COLQWEN2_5 = ("ColQwen2_5", "ColQwen2_5_Processor", ("qwen2_5_vl",), "custom_text_proj")
+    COLQWEN2_5_OMNI = ("ColQwen2_5Omni", "ColQwen2_5OmniProcessor", ("qwen2_5_omni_thinker",), "custom_text_proj")
+    COLQWEN3 = ("ColQwen3", "ColQwen3Processor", ("qwen3_vl",), "custom_text_proj")
+    COLQWEN3_5 = ("ColQwen3_5", "ColQwen3_5Processor", ("qwen3_5",), "custom_text_proj")
+    COLIDEFICS3 = ("ColIdefics3", "ColIdefics3Processor", ("idefics3",), "linear")  # ColSmol
+    COLMODERNVBERT = ("ColModernVBert", "ColModernVBertProcessor", ("modernvbert",), "custom_text_proj")
+    COLGEMMA3 = ("ColGemma3", "ColGemmaProcessor3", ("gemma3",), "custom_text_proj")
+
+    def __init__(self, model_class: str, processor_class: str, model_types: tuple[str, ...], projection: str):
+        self.model_class = model_class
+        self.processor_class = processor_class
+        self.model_types = model_types
+        self.projection = projection
+
+    @classmethod
+    def of_config(cls, config: dict[str, Any], where: Path) -> Family:
+        """The family a ``config.json`` describes: a colpali-engine class in ``architectures``, else the
+        ``model_type`` (a plain VLM with that type loads, and is then refused for its missing head)."""
+        architectures = [str(a) for a in config.get("architectures") or []]
+        model_type = str(config.get("model_type", ""))
+        by_class = {f.model_class: f for f in cls}
+        single = [a for a in architectures if a.startswith("Bi") and f"Col{a[2:]}".split("Proj")[0] in by_class]
+        if single:
+            msg = (
+                f"{where} holds {single[0]}, a single-vector model (one embedding per page); page retrieval on "
+                "ragplug's late-interaction engine needs its multi-vector Col* counterpart"
+            )
+            raise InvalidInputError(msg)
+        family = next((by_class[a] for a in architectures if a in by_class), None)
+        if family is None:
+            family = next((f for f in cls if model_type in f.model_types), None)
+        if family is None:
+            known = ", ".join(f.model_class for f in cls)
+            msg = (
+                f"{where}: not a ColPali-family checkpoint (config.json: architectures {architectures}, model_type "
+                f"{model_type!r}); colpali-engine ships {known}"
+            )
+            raise InvalidInputError(msg)
+        if model_type and model_type not in family.model_types:
+            msg = (
+                f"{where}: config.json names {family.model_class} but model_type {model_type!r} "
+                f"(a {family.model_class} config has model_type {family.model_types[0]!r})"
+            )
+            raise InvalidInputError(msg)
+        return family
+
+
+@dataclass(frozen=True)
+class PageCheckpoint:
+    """Where a checkpoint's parts are: the model weights (``base``), an optional LoRA ``adapter`` folder on
+    top of them, and the folder whose processor files to use."""
+
+    family: Family
+    base: Path
+    adapter: Path | None
+    processor: Path
+    base_name: str
+
+    def files(self) -> list[Path]:
+        """Every file that determines the vectors: configs, weights, processor and tokenizer files."""
+        out: list[Path] = []
+        for folder in (self.base, self.adapter, self.processor):
+            if folder is None:
+                continue
+            out += [folder / n for n in ("config.json", "adapter_config.json") if (folder / n).is_file()]
+            out += sorted(folder.glob("*.safetensors"))
+            out += [folder / n for n in _PROCESSOR_FILES if (folder / n).is_file()]
+        return out
+
+
+def _resolve(name: str | Path, revision: str | None, what: str = "model") -> Path:
+    """A local folder (errors as for ColBERT checkpoints), or a hub id fetched with the files a processor
+    needs (chat templates included)."""
+    path = Path(name).expanduser()
+    if path.exists() or looks_like_path(name):
+        return resolve_checkpoint(name, revision)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(name), revision=revision, allow_patterns=_HUB_PATTERNS))
+    except Exception as err:  # huggingface_hub raises many types (offline, missing repo, network)
+        msg = (
+            f"cannot find {what} {str(name)!r}: it is not a local folder and the hub did not provide it "
+            f"({type(err).__name__}: {err}). Pass a local folder, or allow hub downloads."
+        )
+        raise InvalidInputError(msg) from err
+
+
+def _has_processor(folder: Path) -> bool:
+    has_tokenizer = any((folder / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json"))
+    has_images = any((folder / n).is_file() for n in ("preprocessor_config.json", "processor_config.json"))
+    return has_tokenizer and has_images
+
+
+def read_checkpoint(name: str | Path, revision: str | None = None) -> PageCheckpoint:
+    """Find a checkpoint's folders and its family, from its files only."""
+    folder = _resolve(name, revision)
+    adapter_file = folder / "adapter_config.json"
+    if not adapter_file.is_file():
+        if not (folder / "config.json").is_file():
+            raise InvalidInputError(_not_a_model(folder))
+        _check_weights(folder)
+        family = Family.of_config(_read_json(folder / "config.json"), folder)
+        return PageCheckpoint(family, folder, None, folder, str(name))
+    base_name = str(_read_json(adapter_file).get("base_model_name_or_path") or "")
+    if not base_name:
+        msg = f"{adapter_file} names no base model (base_model_name_or_path); the adapter cannot be loaded alone"
+        raise InvalidInputError(msg)
+    if not (folder / "adapter_model.safetensors").is_file():
+        pickled = (folder / "adapter_model.bin").is_file()
+        msg = (
+            f"the adapter in {folder} has only pickled weights (adapter_model.bin); ragplug loads safetensors only"
+            if pickled
+            else f"{folder} has adapter_config.json but no adapter_model.safetensors"
+        )
+        raise InvalidInputError(msg)
+    try:
+        base = _resolve(base_name, None, what=f"base model (of the adapter in {folder})")
+    except InvalidInputError as err:
+        msg = f"the adapter in {folder} is for the base model {base_name!r}, which cannot be loaded: {err}"
+        raise InvalidInputError(msg) from err
+    if not (base / "config.json").is_file():
+        raise InvalidInputError(_not_a_model(base))
+    _check_weights(base)
+    own_config = folder / "config.json"
+    family = Family.of_config(_read_json(own_config if own_config.is_file() else base / "config.json"), folder)
+    base_family = Family.of_config(_read_json(base / "config.json"), base)
+    if base_family is not family:
+        msg = f"the adapter in {folder} is a {family.model_class} one, but its base {base} is {base_family.model_class}"
+        raise InvalidInputError(msg)
+    processor = folder if _has_processor(folder) else base
+    return PageCheckpoint(family, base, folder, processor, base_name)
+
+
+def cpu_supports_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether the CPU computes bfloat16 natively (``avx512_bf16`` or AMX flags); ``False`` when unknown."""
+    try:
+        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def default_dtype(device: str) -> str:
+    """``"bfloat16"`` where the device computes it natively (a CUDA device that supports it; a CPU with
+    ``avx512_bf16`` or AMX), else ``"float32"`` (bfloat16 emulated on other CPUs is slower than float32)."""
+    kind = device.split(":")[0]
+    if kind == "cuda":
+        torch = require("torch", "colpali")
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    if kind == "cpu":
+        return "bfloat16" if cpu_supports_bf16() else "float32"
+    return "float32"
+
+
+def _positive(value: Any, name: str, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        msg = f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}"
+        raise InvalidInputError(msg)
+
+
+class ColPaliEncoder:
+    """Encode page images and queries into multi-vectors with a ColPali-family checkpoint.
+
+    Args:
+        model: hub id or local folder (a full checkpoint, or a LoRA adapter naming its base model).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default CUDA when available.
+        dtype: ``"bfloat16"``, ``"float32"`` or ``"float16"``; default :func:`default_dtype` for the device.
+        batch_size: pages per forward pass.
+        pool_factor: merge each page's vectors into about ``1/pool_factor`` as many (hierarchical token
+            pooling); ``None`` or 1 keeps them all. Recorded in the identity: an index remembers it.
+        revision: hub revision of ``model``.
+        query_threads: torch threads for an ``encode_queries`` call of a few queries (see
+            :class:`~ragplug.retrievers.colbert.ColBERTEncoder`); ``None`` leaves torch's setting alone.
+
+    Items of :meth:`encode_documents` are PIL images, or objects with an ``image`` attribute holding one
+    (:class:`ragplug.retrievers.colpali.pages.Page`).
+    """
+
+    def __init__(
+        self,
+        model: str | Path = DEFAULT_MODEL,
+        *,
+        device: str | None = None,
+        dtype: str | None = None,
+        batch_size: int = 4,
+        pool_factor: int | None = None,
+        revision: str | None = None,
+        query_threads: int | None = 1,
+    ) -> None:
+        torch = require("torch", "colpali")
+        engine = require("colpali_engine.models", "colpali")
+        _positive(batch_size, "batch_size")
+        _positive(query_threads, "query_threads", allow_none=True)
+        _positive(pool_factor, "pool_factor", allow_none=True)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype_name = dtype if dtype is not None else default_dtype(str(self.device))
+        torch_dtype = getattr(torch, dtype_name, None) if isinstance(dtype_name, str) else None
+        if not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point:
+            msg = f"unknown dtype {dtype!r}; use bfloat16, float32 or float16"
+            raise InvalidInputError(msg)
+        self.name = str(model)
+        self.batch_size = batch_size
+        self.query_threads = query_threads
+        self.pool_factor = pool_factor if pool_factor and pool_factor > 1 else None
+        self.dtype = torch_dtype
+        self.checkpoint = checkpoint = read_checkpoint(model, revision)
+        family = checkpoint.family
+        with quiet_transformers(load_report=False):  # the load report is judged here, below
+            self.processor = getattr(engine, family.processor_class).from_pretrained(str(checkpoint.processor))
+            loaded, info = getattr(engine, family.model_class).from_pretrained(
+                str(checkpoint.base), dtype=torch_dtype, use_safetensors=True, output_loading_info=True
+            )
+            _refuse_missing(loaded, info, checkpoint.base, family)
+            if checkpoint.adapter is not None:
+                self._load_adapter(loaded, checkpoint.adapter, family)
+        self.model = loaded.to(self.device).eval().requires_grad_(False)
+        self._dim = int(getattr(loaded, family.projection).out_features)
+        self._pooler = require("colpali_engine.compression.token_pooling", "colpali").HierarchicalTokenPooler()
+        local = Path(model).expanduser()
+        settings: dict[str, Any] = {  # how to rebuild this encoder (LateInteractionIndex.open), what differs
+            "encoder": "colpali",
+            "model": str(local.resolve()) if local.is_dir() else str(model),
+            **({"revision": revision} if revision else {}),
+            "family": family.model_class,
+            **({"base_model": checkpoint.base_name} if checkpoint.adapter is not None else {}),
+            "pool_factor": self.pool_factor,
+        }
+        self._identity = EncoderIdentity(self.name, self._dim, self._fingerprint(settings), settings)
+        logger.info(
+            "loaded %s (%s, dim %d, %s) on %s", self.name, family.model_class, self._dim, dtype_name, self.device
+        )
+
+    @staticmethod
+    def _load_adapter(model: Any, adapter: Path, family: Family) -> None:
+        """Load a LoRA adapter onto ``model`` (transformers' key conversion, so old checkpoints' names map),
+        refuse it unless every adapter tensor loaded into a module and every adapter module got its tensors,
+        then merge it into the base weights."""
+        require("peft", "colpali")
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        info = model.load_adapter(str(adapter), adapter_name="default")
+        missing = sorted(info.missing_keys | {k[0] for k in info.mismatched_keys})
+        unused = sorted(info.unexpected_keys)
+        if missing or unused:
+            head = [k for k in missing + unused if family.projection in k]
+            what = f"its projection head ({family.projection}) and " if head else ""
+            msg = (
+                f"the adapter in {adapter} did not load into the {family.model_class} model: {what}"
+                f"{len(missing) + len(unused)} tensors would be random or ignored (adapter weights not in the file: "
+                f"{missing[:5]}; file tensors the model has no place for: {unused[:5]})"
+            )
+            raise InvalidInputError(msg)
+        for module in model.modules():
+            if isinstance(module, BaseTunerLayer):
+                module.merge()
+
+    def _fingerprint(self, settings: dict[str, Any]) -> str:
+        """Hash of the family, pool factor and encoding version, and of the whole content of every config,
+        weights, processor and tokenizer file (not of the model's name or folder: a moved copy matches)."""
+        import hashlib
+
+        recorded = {k: v for k, v in settings.items() if k not in ("model", "revision", "base_model")}
+        digest = hashlib.sha256(json.dumps({**recorded, "v": _ENCODING_VERSION}, sort_keys=True).encode())
+        seen: set[Path] = set()
+        for file in self.checkpoint.files():
+            resolved = file.resolve()
+            if resolved in seen:
+                continue
+            seen.add(resolved)
+            stat = resolved.stat()
+            digest.update(f"{file.name}:{stat.st_size}:".encode())
+            digest.update(_content_digest(str(resolved), stat.st_size, stat.st_mtime_ns, stat.st_ino))
+        return digest.hexdigest()[:16]
+
+    # -- Encoder protocol -----------------------------------------------------------------------------
+    @property
+    def identity(self) -> EncoderIdentity:
+        return self._identity
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def family(self) -> Family:
+        return self.checkpoint.family
+
+    def encode_queries(self, queries: Sequence[str]) -> list[FloatMatrix]:
+        """One ``(n_tokens, dim)`` matrix per query: its tokens and the query augmentation tokens."""
+        if isinstance(queries, str):
+            msg = "pass a list of query strings, not one string"
+            raise InvalidInputError(msg)
+        texts = list(queries)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not check_text(text, f"query {i}").strip():
+                msg = f"query {i} must be a non-empty string, got {text!r}"
+                raise InvalidInputError(msg)
+        threads = self.query_threads if len(texts) <= SMALL_QUERY_BATCH else None
+        out: list[FloatMatrix] = []
+        with torch_threads(threads):
+            for lo in range(0, len(texts), self.batch_size):
+                batch = self.processor.process_queries(texts[lo : lo + self.batch_size])
+                out += self._forward(batch, range(lo, lo + len(batch["input_ids"])), "query")
+        return out
+
+    def encode_documents(self, documents: Iterable[Any], *, show_progress: bool | None = None) -> list[FloatMatrix]:
+        """One ``(n_vectors, dim)`` matrix per page (pooled when ``pool_factor`` is set), in input order.
+
+        ``show_progress``: ``None`` (default) shows a bar (pages done, pages/s, time left) for more than
+        :data:`~ragplug._progress.PROGRESS_THRESHOLD` pages; ``True`` / ``False`` force it."""
+        images = _images(documents)
+        enabled = wants_progress(show_progress, len(images))
+        out: list[FloatMatrix | None] = [None] * len(images)
+        with progress_bar(len(images), desc="encoding pages", unit="page", enabled=enabled) as bar:
+            for index in self._batch_order(images):
+                batch = self.processor.process_images([_rgb(images[i], i) for i in index])
+                vectors = self._forward(batch, index, "page")
+                if self.pool_factor is not None:
+                    vectors = self._pool(vectors, self.pool_factor)
+                for i, matrix in zip(index, vectors, strict=True):
+                    out[i] = matrix
+                bar.update(len(index))
+        return [m for m in out if m is not None]
+
+    # -- encoding -------------------------------------------------------------------------------------
+    def _forward(self, batch: Any, index: Sequence[int], what: str) -> list[FloatMatrix]:
+        """Run the model on a processed batch; one float32 matrix of the non-padding positions per item,
+        refused (naming the item) when it holds NaN or infinity."""
+        torch = require("torch", "colpali")
+        inputs = {}
+        for key, value in batch.items():
+            if isinstance(value, torch.Tensor):
+                value = value.to(self.device, self.dtype) if value.is_floating_point() else value.to(self.device)
+            inputs[key] = value
+        with torch.inference_mode():
+            output = self.model(**inputs)
+        keep = inputs["attention_mask"].bool().cpu().numpy()
+        vectors = output.float().cpu().numpy()
+        out = []
+        for row, i in enumerate(index):
+            matrix = np.ascontiguousarray(vectors[row][keep[row]], dtype=np.float32)
+            if not np.isfinite(matrix).all():
+                msg = (
+                    f"{what} {i} encoded to NaN or infinite values ({self.family.model_class} in {self.dtype}); "
+                    "try dtype='float32', or check the model's weights"
+                )
+                raise InvalidInputError(msg)
+            out.append(matrix)
+        return out
+
+    def _pool(self, vectors: list[FloatMatrix], factor: int) -> list[FloatMatrix]:
+        torch = require("torch", "colpali")
+        out = []
+        for matrix in vectors:
+            if len(matrix) < 2:  # nothing to merge (the pooler refuses a single vector)
+                out.append(matrix)
+                continue
+            pooled = self._pooler.pool_embeddings([torch.from_numpy(matrix)], pool_factor=factor)[0]
+            out.append(np.ascontiguousarray(pooled.float().numpy(), dtype=np.float32))
+        return out
+
+    def _batch_order(self, images: list[Any]) -> list[list[int]]:
+        """Batches of page indices: pages sorted by pixel count into batches (little padding), the largest
+        batch first (one too large for the device fails at once), the others in a seeded shuffle (so the
+        progress bar's rate is representative)."""
+        order = sorted(range(len(images)), key=lambda i: images[i].width * images[i].height, reverse=True)
+        batches = [order[lo : lo + self.batch_size] for lo in range(0, len(order), self.batch_size)]
+        rest = batches[1:]
+        random.Random(0).shuffle(rest)
+        return batches[:1] + rest
+
+
+def _refuse_missing(model: Any, info: dict[str, Any], folder: Path, family: Family) -> None:
+    """Refuse a checkpoint some of whose weights are not in its files (transformers would leave them random)."""
+    missing = [str(k) for k in info.get("missing_keys", [])]
+    missing += [str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys", [])]
+    missing = sorted(k for k in missing if "lm_head" not in k)  # a generation head the encoder never runs
+    head = [k for k in missing if family.projection in k]
+    if head:
+        msg = (
+            f"{folder}: the projection head of this {family.model_class} checkpoint is missing from its weights "
+            f"({head}); colpali-engine would use a random one. Is this a base VLM rather than a trained "
+            "ColPali-family checkpoint (or a base meant for an adapter)?"
+        )
+        raise InvalidInputError(msg)
+    if missing:
+        msg = f"{folder}: weights missing from the checkpoint (they would be random): {missing[:5]}"
+        raise InvalidInputError(msg)
+    unused = sorted(str(k) for k in info.get("unexpected_keys", []))
+    if unused:
+        logger.info("%s: %d checkpoint weights not used by the encoder: %s", folder, len(unused), unused[:5])
+
+
+def _images(documents: Iterable[Any]) -> list[Any]:
+    """The PIL image of each page (a PIL image, or an object with an ``image`` attribute holding one)."""
+    image_module = require("PIL.Image", "colpali")
+    if isinstance(documents, str | bytes | image_module.Image) or not isinstance(documents, Iterable):
+        msg = f"pass a list of pages (PIL images or Page objects), got {type(documents).__name__}"
+        raise InvalidInputError(msg)
+    out = []
+    for i, item in enumerate(documents):
+        image = item if isinstance(item, image_module.Image) else getattr(item, "image", None)
+        if not isinstance(image, image_module.Image):
+            hint = " (a file name: open it, or load pages with ragplug.retrievers.colpali.pages)"
+            msg = (
+                f"page {i} must be a PIL image or a page with an .image, got {type(item).__name__}"
+                f"{hint if isinstance(item, str | Path) else ''}"
+            )
+            raise InvalidInputError(msg)
+        if image.width < 1 or image.height < 1:
+            msg = f"page {i} is an empty image ({image.width}x{image.height})"
+            raise InvalidInputError(msg)
+        out.append(image)
+    return out
+
+
+def _rgb(image: Any, i: int) -> Any:
+    try:
+        return image.convert("RGB")
+    except (OSError, ValueError) as err:  # a truncated or unreadable file behind a lazily loaded image
+        msg = f"page {i} cannot be read as an image: {err}"
+        raise InvalidInputError(msg) from err
