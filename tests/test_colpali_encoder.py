@@ -1,0 +1,308 @@
+"""ColPali-family page encoders: tiny ColQwen2 and ColIdefics3 checkpoints (and a LoRA adapter) built locally
+load through the same ``ColPaliEncoder(path)`` call a hub id takes, and encode pages and queries as
+colpali-engine does. Not relevance: the weights are random."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ragplug.errors import EncoderMismatchError, InvalidInputError
+from ragplug.retrievers.colpali import ColPaliEncoder, Family, default_dtype
+from ragplug.retrievers.colpali.encoder import cpu_supports_bf16
+from ragplug.retrievers.late_interaction import LateInteractionIndex
+from tests.fixtures.tiny_colpali import drop_tensor, tiny_colpali_paths
+
+FAMILIES = {"colqwen2": Family.COLQWEN2, "colidefics3": Family.COLIDEFICS3}
+
+
+@dataclass
+class _Page:  # the shape of ragplug.retrievers.colpali.pages.Page: an image, its text, its metadata
+    image: Image.Image
+    text: str = ""
+    metadata: dict[str, Any] | None = None
+
+
+@pytest.fixture(scope="session")
+def tiny_colpali() -> dict[str, Path]:
+    return tiny_colpali_paths()
+
+
+@pytest.fixture(scope="session")
+def encoders(tiny_colpali: dict[str, Path]) -> dict[str, ColPaliEncoder]:
+    return {name: ColPaliEncoder(tiny_colpali[name], device="cpu", dtype="float32") for name in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def pages() -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    sizes = [(120, 90), (60, 140), (200, 150)]  # (height, width): different sizes and aspect ratios
+    return [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in sizes]
+
+
+def _reference(encoder: ColPaliEncoder, batch: Any) -> list[np.ndarray]:
+    """colpali-engine's own forward pass on a processed batch, padding rows dropped."""
+    with torch.inference_mode():
+        out = encoder.model(**batch).float()
+    mask = batch["attention_mask"].bool()
+    return [out[i][mask[i]].numpy() for i in range(len(out))]
+
+
+def test_import_stays_light() -> None:
+    code = "import sys, ragplug.retrievers.colpali; print(' '.join(sorted(sys.modules)))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(run.stdout.split())
+    assert not loaded & {"torch", "transformers", "colpali_engine", "PIL", "peft"}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_pages_and_queries_encode_as_colpali_engine_does(
+    name: str, encoders: dict[str, ColPaliEncoder], pages: list[Image.Image]
+) -> None:
+    enc = encoders[name]
+    assert enc.family is FAMILIES[name] and enc.dim == 128
+    docs = enc.encode_documents(pages)
+    expected = _reference(enc, enc.processor.process_images(pages))
+    assert len(docs) == len(pages)
+    for got, want in zip(docs, expected, strict=True):
+        assert got.dtype == np.float32 and got.shape == want.shape and got.shape[1] == 128
+        np.testing.assert_allclose(got, want, atol=1e-4)
+        np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-4)
+    queries = enc.encode_queries(["where is marley", "the ghost of christmas yet to come"])
+    for got, want in zip(queries, _reference(enc, enc.processor.process_queries(["where is marley"])), strict=False):
+        np.testing.assert_allclose(got, want, atol=1e-4)  # prompt + query + augmentation tokens, padding dropped
+    assert [q.shape[1] for q in queries] == [128, 128] and queries[1].shape[0] > queries[0].shape[0]
+    assert all(np.isfinite(m).all() for m in docs + queries)
+
+
+def test_page_objects_and_input_order(encoders: dict[str, ColPaliEncoder], pages: list[Image.Image]) -> None:
+    enc = encoders["colidefics3"]
+    plain = enc.encode_documents(pages)
+    wrapped = enc.encode_documents([_Page(p, text="page text") for p in reversed(pages)])
+    for a, b in zip(plain, reversed(wrapped), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    assert enc.encode_documents([]) == [] and enc.encode_queries([]) == []
+    gray = enc.encode_documents([pages[0].convert("L")])[0]  # any mode is converted to RGB first
+    assert gray.shape[1] == 128 and np.isfinite(gray).all()
+
+
+def test_pages_of_the_pages_module_encode(encoders: dict[str, ColPaliEncoder], pages: list[Image.Image]) -> None:
+    pages_module = pytest.importorskip("ragplug.retrievers.colpali.pages")
+    enc = encoders["colqwen2"]
+    wrapped = [pages_module.Page(id=f"p{i}", image=p, text="", metadata={"page": i}) for i, p in enumerate(pages)]
+    for a, b in zip(enc.encode_documents(pages), enc.encode_documents(iter(wrapped)), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    with pytest.raises(InvalidInputError, match="pass a list of pages"):
+        enc.encode_documents(pages[0])
+
+
+def test_pooling_reduces_pages_by_about_the_factor(
+    tiny_colpali: dict[str, Path], encoders: dict[str, ColPaliEncoder], pages: list[Image.Image]
+) -> None:
+    plain = encoders["colidefics3"]
+    pooled_enc = ColPaliEncoder(tiny_colpali["colidefics3"], device="cpu", dtype="float32", pool_factor=3)
+    full, pooled = plain.encode_documents(pages), pooled_enc.encode_documents(pages)
+    for f, p in zip(full, pooled, strict=True):
+        assert 0.6 * (len(f) // 3) <= len(p) <= len(f) // 3
+        np.testing.assert_allclose(np.linalg.norm(p, axis=1), 1.0, atol=1e-4)
+    query = "marley was dead"  # queries are never pooled
+    np.testing.assert_allclose(pooled_enc.encode_queries([query])[0], plain.encode_queries([query])[0], atol=1e-5)
+    assert pooled_enc.identity.settings["pool_factor"] == 3 and plain.identity.settings["pool_factor"] is None
+    assert pooled_enc.identity.dim == plain.identity.dim
+    assert pooled_enc.identity.fingerprint != plain.identity.fingerprint
+    assert ColPaliEncoder(tiny_colpali["colidefics3"], dtype="float32", pool_factor=1).identity == plain.identity
+
+
+def test_identity_and_family_come_from_the_files(
+    tiny_colpali: dict[str, Path], encoders: dict[str, ColPaliEncoder], tmp_path: Path
+) -> None:
+    enc = encoders["colqwen2"]
+    settings = dict(enc.identity.settings)
+    assert settings == {
+        "encoder": "colpali",
+        "model": str(tiny_colpali["colqwen2"].resolve()),
+        "family": "ColQwen2",
+        "pool_factor": None,
+    }
+    assert len(enc.identity.fingerprint) == 16 and enc.identity.name == str(tiny_colpali["colqwen2"])
+    assert enc.identity.fingerprint != encoders["colidefics3"].identity.fingerprint
+    liar = shutil.copytree(tiny_colpali["colqwen2"], tmp_path / "colidefics3")  # a folder named for another family
+    moved = ColPaliEncoder(liar, dtype="float32")
+    assert moved.family is Family.COLQWEN2
+    assert moved.identity.fingerprint == enc.identity.fingerprint  # the same files, wherever they are
+    config = json.loads((liar / "config.json").read_text())
+    config["text_config"]["rms_norm_eps"] = 1e-5  # another config: another model
+    (liar / "config.json").write_text(json.dumps(config))
+    assert ColPaliEncoder(liar, dtype="float32").identity.fingerprint != enc.identity.fingerprint
+
+
+ALL_FAMILIES = [
+    ({"architectures": ["ColPali"], "model_type": "paligemma"}, Family.COLPALI),
+    ({"architectures": ["ColQwen2"], "model_type": "qwen2_vl"}, Family.COLQWEN2),
+    ({"architectures": ["ColQwen2_5"], "model_type": "qwen2_5_vl"}, Family.COLQWEN2_5),
+    ({"architectures": ["ColQwen2_5Omni"], "model_type": "qwen2_5_omni_thinker"}, Family.COLQWEN2_5_OMNI),
+    ({"architectures": ["ColQwen3"], "model_type": "qwen3_vl"}, Family.COLQWEN3),
+    ({"architectures": ["ColQwen3_5"], "model_type": "qwen3_5"}, Family.COLQWEN3_5),
+    ({"architectures": ["ColIdefics3"], "model_type": "idefics3"}, Family.COLIDEFICS3),
+    ({"architectures": ["ColModernVBert"], "model_type": "modernvbert"}, Family.COLMODERNVBERT),
+    ({"architectures": ["ColGemma3"], "model_type": "gemma3"}, Family.COLGEMMA3),
+    ({"model_type": "qwen2_5_vl"}, Family.COLQWEN2_5),  # no architectures: the model type decides
+    ({"architectures": ["Qwen2VLForConditionalGeneration"], "model_type": "qwen2_vl"}, Family.COLQWEN2),
+]
+
+
+@pytest.mark.parametrize(("config", "family"), ALL_FAMILIES)
+def test_every_colpali_engine_family_is_read_from_its_config(config: dict[str, Any], family: Family) -> None:
+    import colpali_engine.models as engine
+
+    assert Family.of_config(config, Path("ckpt")) is family
+    assert hasattr(engine, family.model_class) and hasattr(engine, family.processor_class)
+
+
+@pytest.mark.parametrize(
+    ("config", "match"),
+    [
+        ({"architectures": ["BiQwen2"], "model_type": "qwen2_vl"}, "single-vector"),
+        ({"architectures": ["BiPaliProj"], "model_type": "paligemma"}, "single-vector"),
+        ({"architectures": ["BertModel"], "model_type": "bert"}, "not a ColPali-family checkpoint"),
+        ({"architectures": ["ColQwen2"], "model_type": "idefics3"}, "model_type 'idefics3'"),
+    ],
+)
+def test_configs_that_are_not_page_encoders_are_refused(config: dict[str, Any], match: str) -> None:
+    with pytest.raises(InvalidInputError, match=match):
+        Family.of_config(config, Path("ckpt"))
+
+
+@pytest.mark.parametrize(("name", "head"), [("colqwen2", "custom_text_proj"), ("colidefics3", "linear")])
+def test_a_checkpoint_without_its_projection_is_refused(
+    name: str, head: str, tiny_colpali: dict[str, Path], tmp_path: Path
+) -> None:
+    broken = shutil.copytree(tiny_colpali[name], tmp_path / name)
+    assert drop_tensor(broken, f"{head}.weight")
+    with pytest.raises(InvalidInputError, match=rf"projection head .*{head}\.weight.*random"):
+        ColPaliEncoder(broken, dtype="float32")
+
+
+def test_missing_folders_and_other_files_are_refused(tiny_colpali: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError, match="no such folder"):
+        ColPaliEncoder(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InvalidInputError, match="holds no model"):
+        ColPaliEncoder(tmp_path / "empty")
+    pickled = shutil.copytree(tiny_colpali["colqwen2"], tmp_path / "pickled")
+    (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
+    with pytest.raises(InvalidInputError, match="pickled"):
+        ColPaliEncoder(pickled)
+
+
+def test_an_adapter_loads_onto_its_base_and_is_checked(
+    tiny_colpali: dict[str, Path], encoders: dict[str, ColPaliEncoder], pages: list[Image.Image], tmp_path: Path
+) -> None:
+    adapter = ColPaliEncoder(tiny_colpali["adapter"], dtype="float32")
+    assert adapter.family is Family.COLQWEN2
+    assert adapter.identity.settings["base_model"] == str(tiny_colpali["colqwen2"])
+    assert adapter.identity.fingerprint != encoders["colqwen2"].identity.fingerprint
+    tuned, base = adapter.encode_documents(pages[:1])[0], encoders["colqwen2"].encode_documents(pages[:1])[0]
+    assert tuned.shape == base.shape and np.abs(tuned - base).max() > 1e-2  # the adapter changes the vectors
+
+    broken = shutil.copytree(tiny_colpali["adapter"], tmp_path / "adapter")
+    assert drop_tensor(broken, "custom_text_proj", "adapter_model.safetensors")
+    with pytest.raises(InvalidInputError, match=r"projection head \(custom_text_proj\)"):
+        ColPaliEncoder(broken, dtype="float32")
+    config = json.loads((broken / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(tmp_path / "gone")
+    (broken / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(InvalidInputError, match=r"is for the base model .*gone.*no such folder"):
+        ColPaliEncoder(broken)
+
+
+def test_nan_and_inf_embeddings_are_refused_naming_the_item(
+    encoders: dict[str, ColPaliEncoder], pages: list[Image.Image], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    enc = encoders["colqwen2"]
+    row_of_page_1 = enc._batch_order(pages)[0].index(1)
+    forward = enc.model.forward
+
+    def poisoned(*args: Any, **kwargs: Any) -> torch.Tensor:
+        out = forward(*args, **kwargs).clone()
+        is_page = "pixel_values" in kwargs
+        out[row_of_page_1 if is_page else 0, -1, 0] = float("nan" if is_page else "inf")
+        return out
+
+    monkeypatch.setattr(enc.model, "forward", poisoned)
+    with pytest.raises(InvalidInputError, match="page 1 encoded to NaN or infinite"):
+        enc.encode_documents(pages)
+    with pytest.raises(InvalidInputError, match="query 0 encoded to NaN or infinite"):
+        enc.encode_queries(["marley", "scrooge"])
+
+
+def test_bad_arguments_are_refused(tiny_colpali: dict[str, Path], encoders: dict[str, ColPaliEncoder]) -> None:
+    folder = tiny_colpali["colidefics3"]
+    for kwargs, match in [
+        ({"batch_size": 0}, "batch_size"),
+        ({"pool_factor": -2}, "pool_factor"),
+        ({"pool_factor": 2.5}, "pool_factor"),
+        ({"query_threads": True}, "query_threads"),
+        ({"dtype": "int8"}, "dtype"),
+        ({"dtype": "float64x"}, "dtype"),
+    ]:
+        with pytest.raises(InvalidInputError, match=match):
+            ColPaliEncoder(folder, **kwargs)
+    enc = encoders["colidefics3"]
+    with pytest.raises(InvalidInputError, match="not one string"):
+        enc.encode_queries("marley")
+    with pytest.raises(InvalidInputError, match="query 1 must be a non-empty string"):
+        enc.encode_queries(["marley", "  "])
+    with pytest.raises(InvalidInputError, match=r"page 0 must be a PIL image .*a file name"):
+        enc.encode_documents(["page.png"])
+    with pytest.raises(InvalidInputError, match="page 1 must be a PIL image"):
+        enc.encode_documents([Image.new("RGB", (8, 8)), _Page(image=None)])  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="empty image"):
+        enc.encode_documents([Image.new("RGB", (0, 5))])
+
+
+def test_dtype_is_bfloat16_where_the_cpu_computes_it(tmp_path: Path, tiny_colpali: dict[str, Path]) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    for flags, native in [("fpu avx2 avx512f", False), ("fpu avx512f avx512_bf16", True), ("amx_bf16 amx_tile", True)]:
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+        assert cpu_supports_bf16(cpuinfo) is native
+    assert cpu_supports_bf16(tmp_path / "missing") is False
+    assert default_dtype("cpu") == ("bfloat16" if cpu_supports_bf16() else "float32")
+    assert default_dtype("mps") == "float32"
+    enc = ColPaliEncoder(tiny_colpali["colidefics3"], device="cpu")
+    assert enc.dtype == getattr(torch, default_dtype("cpu"))
+    assert np.isfinite(enc.encode_queries(["marley"])[0]).all()
+
+
+def test_index_adds_searches_and_reopens_with_the_colpali_encoder(
+    tiny_colpali: dict[str, Path], pages: list[Image.Image], tmp_path: Path
+) -> None:
+    enc = ColPaliEncoder(tiny_colpali["colqwen2"], dtype="float32", pool_factor=2)
+    index = LateInteractionIndex(enc)
+    ids = index.add(pages, ids=["p1", "p2", "p3"], metadatas=[{"page": n} for n in (1, 2, 3)])
+    assert ids == ["p1", "p2", "p3"] and len(index) == 3
+    hits = index.search("where is marley", k=2)
+    assert len(hits) == 2 and {h.id for h in hits} <= set(ids) and hits[0].score >= hits[1].score
+    assert hits[0].metadata["page"] in (1, 2, 3) and hits[0].text is None
+    index.save(tmp_path / "pages")
+
+    reopened = LateInteractionIndex.open(tmp_path / "pages", dtype="float32")
+    assert isinstance(reopened.encoder, ColPaliEncoder) and reopened.encoder.pool_factor == 2
+    assert reopened.encoder.identity.fingerprint == enc.identity.fingerprint
+    again = reopened.search("where is marley", k=2)
+    assert [h.id for h in again] == [h.id for h in hits]
+    np.testing.assert_allclose([h.score for h in again], [h.score for h in hits], atol=1e-4)
+
+    unpooled = ColPaliEncoder(tiny_colpali["colqwen2"], dtype="float32")
+    with pytest.raises(EncoderMismatchError, match="pool_factor: 2 != None"):
+        LateInteractionIndex.load(tmp_path / "pages", unpooled)
