@@ -381,6 +381,12 @@ def test_pil_images_in_memory(images: Path) -> None:
         assert page.id == (images / "a.png").as_posix() == page.metadata["image"]
     with pytest.raises(InvalidInputError, match="expected a file path or a PIL image, got int"):
         image_pages([3])  # type: ignore[list-item]
+    (floats,) = image_pages(Image.fromarray(np.array([[0.0, 1.0]], dtype=np.float32)))
+    assert floats.image.getpixel((0, 0)) == (0, 0, 0) and floats.image.getpixel((1, 0)) == (255, 255, 255)
+    lenient = load_pages(rgb, Image.new("RGB", (100, 100)), max_pixels=1000, on_error="skip")
+    assert [page.image for page in lenient] == [rgb]
+    assert lenient.failed[0][0].startswith("image:") and "100 × 100 px" in lenient.failed[0][1]
+    assert lenient.summary().startswith("2 PIL images; failed 1: image:")
 
 
 def test_files_that_are_not_images(tmp_path: Path, report: Path) -> None:

@@ -63,6 +63,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
+
 from ragplug._extras import require
 from ragplug.errors import InvalidInputError
 
@@ -338,14 +340,12 @@ def _to_rgb(image: PILImage) -> PILImage:
     if image.mode == "RGB":
         return image.copy()
     if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
-        import numpy as np
-
-        values = np.asarray(image, dtype=np.float64)
+        values = np.array(image, dtype=np.float32)  # a writable copy
         top = float(values.max()) if values.size else 0.0
         if image.mode == "F" and top <= 1.0:
-            values = values * 255
+            values *= 255
         elif top > 255:
-            values = values / 257  # 16-bit range onto 8 bits
+            values /= 257  # 16-bit range onto 8 bits
         grey = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
         return grey.convert("RGB")
     has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info)
@@ -388,8 +388,8 @@ def _decode_frame(image: Any, index: int, here: str, max_pixels: int | None) -> 
             image.seek(index)
         _check_image_size(image.width, image.height, here, max_pixels)
         image.load()
-        upright = ImageOps.exif_transpose(image)
-        return _to_rgb(upright)
+        upright = ImageOps.exif_transpose(image)  # a new image, detached from the file
+        return upright if upright.mode == "RGB" else _to_rgb(upright)
     except InvalidInputError:
         raise
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as err:
@@ -417,16 +417,20 @@ def _image_file_pages(path: Path, source: str, max_pixels: int | None) -> Iterat
             yield Page(page_id, image, "", metadata)
 
 
-def _memory_image_page(image: PILImage, max_pixels: int | None) -> Page:
+def _memory_source(image: PILImage) -> tuple[str, str | None]:
+    """The ``source`` and image reference of an in-memory image: the file Pillow opened it from, else a
+    digest of its pixels (stable across runs) and no reference."""
     filename = str(getattr(image, "filename", "") or "")
     if filename:
-        source = Path(filename).as_posix()
-        reference: str | None = source
-    else:
-        digest = hashlib.blake2b(digest_size=8)
-        digest.update(f"{image.mode} {image.width}x{image.height}\n".encode())
-        digest.update(image.tobytes())
-        source, reference = f"image:{digest.hexdigest()}", None
+        return Path(filename).as_posix(), Path(filename).as_posix()
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(f"{image.mode} {image.width}x{image.height}\n".encode())
+    digest.update(image.tobytes())
+    return f"image:{digest.hexdigest()}", None
+
+
+def _memory_image_page(image: PILImage, max_pixels: int | None, named: tuple[str, str | None] | None = None) -> Page:
+    source, reference = named if named is not None else _memory_source(image)
     _check_image_size(image.width, image.height, source, max_pixels)
     rgb = image if image.mode == "RGB" else _to_rgb(image)
     metadata = {
@@ -500,6 +504,7 @@ class _Entry:
     kind: Literal["pdf", "image", "memory"]
     source: str
     item: Any  # a Path, or a PIL image for "memory"
+    reference: str | None = None  # a "memory" image's file, if Pillow opened it from one
 
 
 @dataclass
@@ -530,11 +535,11 @@ class PageSet:
                 elif entry.kind == "image":
                     yield from _image_file_pages(entry.item, entry.source, self.max_pixels)
                 else:
-                    yield _memory_image_page(entry.item, self.max_pixels)
+                    yield _memory_image_page(entry.item, self.max_pixels, (entry.source, entry.reference))
             except InvalidInputError as err:
                 if self.on_error == "raise":
                     raise
-                logger.warning("skipped %s: %s", entry.source, err)
+                logger.warning("left out: %s", err)
                 self.failed.append((entry.source, str(err)))
 
     def count(self) -> int:
@@ -635,7 +640,8 @@ def load_pages(
     accepted = PDF_EXTENSIONS | IMAGE_EXTENSIONS
     for given in sources:
         if _image_source_kind(given) == "image":
-            pages._entries.append(_Entry("memory", "", given))
+            source, reference = _memory_source(given)  # type: ignore[arg-type]
+            pages._entries.append(_Entry("memory", source, given, reference))
             continue
         path = Path(given)  # type: ignore[arg-type]
         if path.is_dir():
