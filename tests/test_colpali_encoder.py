@@ -21,7 +21,7 @@ from ragplug.errors import EncoderMismatchError, InvalidInputError
 from ragplug.retrievers.colpali import ColPaliEncoder, Family, default_dtype
 from ragplug.retrievers.colpali.encoder import cpu_supports_bf16
 from ragplug.retrievers.late_interaction import LateInteractionIndex
-from tests.fixtures.tiny_colpali import drop_tensor, tiny_colpali_paths
+from tests.fixtures.tiny_colpali import drop_tensor, legacy_adapter, tiny_colpali_paths
 
 FAMILIES = {"colqwen2": Family.COLQWEN2, "colidefics3": Family.COLIDEFICS3}
 
@@ -214,6 +214,9 @@ def test_an_adapter_loads_onto_its_base_and_is_checked(
     assert adapter.identity.fingerprint != encoders["colqwen2"].identity.fingerprint
     tuned, base = adapter.encode_documents(pages[:1])[0], encoders["colqwen2"].encode_documents(pages[:1])[0]
     assert tuned.shape == base.shape and np.abs(tuned - base).max() > 1e-2  # the adapter changes the vectors
+
+    legacy = ColPaliEncoder(legacy_adapter(tiny_colpali["adapter"], tmp_path / "legacy"), dtype="float32")
+    np.testing.assert_allclose(legacy.encode_documents(pages[:1])[0], tuned, atol=1e-5)  # old names map
 
     broken = shutil.copytree(tiny_colpali["adapter"], tmp_path / "adapter")
     assert drop_tensor(broken, "custom_text_proj", "adapter_model.safetensors")

@@ -47,6 +47,7 @@ from ragplug.errors import InvalidInputError
 from ragplug.retrievers.colbert.checkpoint import (
     _check_weights,
     _content_digest,
+    _no_such_folder,
     _not_a_model,
     _read_json,
     looks_like_path,
@@ -171,6 +172,8 @@ def _resolve(name: str | Path, revision: str | None, what: str = "model") -> Pat
             f"cannot find {what} {str(name)!r}: it is not a local folder and the hub did not provide it "
             f"({type(err).__name__}: {err}). Pass a local folder, or allow hub downloads."
         )
+        if path.parent != Path() and path.parent.is_dir():  # "models/colqwn" with a local models/ folder
+            msg += f" If you meant a local folder: {_no_such_folder(name)}."
         raise InvalidInputError(msg) from err
 
 
@@ -302,12 +305,18 @@ class ColPaliEncoder:
         family = checkpoint.family
         with quiet_transformers(load_report=False):  # the load report is judged here, below
             self.processor = getattr(engine, family.processor_class).from_pretrained(str(checkpoint.processor))
-            loaded, info = getattr(engine, family.model_class).from_pretrained(
-                str(checkpoint.base), dtype=torch_dtype, use_safetensors=True, output_loading_info=True
+            model_class = getattr(engine, family.model_class)
+            key_mapping = _key_mapping(model_class)
+            loaded, info = model_class.from_pretrained(
+                str(checkpoint.base),
+                dtype=torch_dtype,
+                use_safetensors=True,
+                output_loading_info=True,
+                key_mapping=key_mapping,
             )
             _refuse_missing(loaded, info, checkpoint.base, family)
             if checkpoint.adapter is not None:
-                self._load_adapter(loaded, checkpoint.adapter, family)
+                self._load_adapter(loaded, checkpoint.adapter, family, key_mapping)
         self.model = loaded.to(self.device).eval().requires_grad_(False)
         self._dim = int(getattr(loaded, family.projection).out_features)
         self._pooler = require("colpali_engine.compression.token_pooling", "colpali").HierarchicalTokenPooler()
@@ -326,14 +335,17 @@ class ColPaliEncoder:
         )
 
     @staticmethod
-    def _load_adapter(model: Any, adapter: Path, family: Family) -> None:
-        """Load a LoRA adapter onto ``model`` (transformers' key conversion, so old checkpoints' names map),
-        refuse it unless every adapter tensor loaded into a module and every adapter module got its tensors,
-        then merge it into the base weights."""
+    def _load_adapter(model: Any, adapter: Path, family: Family, key_mapping: dict[str, str] | None) -> None:
+        """Load a LoRA adapter onto ``model`` with the key conversions its base was loaded with (so the old
+        names in vidore's adapters, ``model.layers...``, map as colpali-engine maps them), refuse it unless
+        every adapter tensor loaded into a module and every adapter module got its tensors, then merge it
+        into the base weights."""
         require("peft", "colpali")
         from peft.tuners.tuners_utils import BaseTunerLayer
+        from transformers.conversion_mapping import get_model_conversion_mapping
 
-        info = model.load_adapter(str(adapter), adapter_name="default")
+        conversions = get_model_conversion_mapping(model, key_mapping)
+        info = model.load_adapter(str(adapter), adapter_name="default", weight_mapping=conversions)
         missing = sorted(info.missing_keys | {k[0] for k in info.mismatched_keys})
         unused = sorted(info.unexpected_keys)
         if missing or unused:
@@ -463,6 +475,14 @@ class ColPaliEncoder:
         rest = batches[1:]
         random.Random(0).shuffle(rest)
         return batches[:1] + rest
+
+
+def _key_mapping(model_class: Any) -> dict[str, str] | None:
+    """The checkpoint key renames colpali-engine's ``from_pretrained`` applies for ``model_class`` (its own
+    over its parent's), computed once so that the base and its adapter are loaded with the same ones."""
+    mapping = dict(getattr(super(model_class, model_class), "_checkpoint_conversion_mapping", None) or {})
+    mapping.update(vars(model_class).get("_checkpoint_conversion_mapping") or {})
+    return mapping or None
 
 
 def _refuse_missing(model: Any, info: dict[str, Any], folder: Path, family: Family) -> None:
