@@ -73,8 +73,8 @@ def add_pages(
     from ragplug.retrievers.colpali.pages import load_pages
 
     pages = load_pages(*sources)
-    total = len(pages) if hasattr(pages, "__len__") else None
-    shown = wants_progress(show_progress, total if total is not None else batch_pages + 1)
+    total = pages.count() if show_progress is not False else 0  # opens the PDFs, renders nothing
+    shown = wants_progress(show_progress, total)
     ids: list[str] = []
     batch: list[Any] = []
 

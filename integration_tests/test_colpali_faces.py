@@ -1,0 +1,120 @@
+"""ColPali page retrieval through both frameworks, on the memory and Postgres stores (tiny random models:
+shapes, ordering, persistence and plumbing are asserted, not relevance)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import uuid
+from pathlib import Path
+
+import pytest
+from langchain_core.language_models import FakeListChatModel
+from llama_index.core.schema import ImageNode, QueryBundle
+
+from ragplug.errors import EncoderMismatchError, InvalidInputError
+from ragplug.plugins.langchain import RagplugRetriever
+from ragplug.plugins.langchain.multimodal import page_images_message
+from ragplug.plugins.llamaindex import RagplugRetriever as LIRetriever
+from ragplug.retrievers.colpali import ColPaliEncoder
+from ragplug.retrievers.fusion import FusionRetriever
+from ragplug.retrievers.late_interaction import LateInteractionIndex
+from tests.fixtures.tiny_colpali import tiny_colpali_paths
+from tests.test_files import minimal_pdf
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def encoder() -> ColPaliEncoder:
+    return ColPaliEncoder(tiny_colpali_paths()["colqwen2"], device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def docs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("pages")
+    (folder / "report.pdf").write_bytes(minimal_pdf(["Revenue grew to 12 million", "", "Outlook for next year"]))
+    from PIL import Image
+
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(folder / "chart.png")
+    return folder
+
+
+def test_pages_from_pdfs_and_images_in_langchain(encoder: ColPaliEncoder, docs: Path) -> None:
+    retriever = RagplugRetriever.from_pages([docs], model=encoder, k=4)
+    assert len(retriever.index) == 4
+    found = retriever.invoke("revenue")
+    assert len(found) == 4 and all(0 <= d.metadata["relevance_score"] <= 1 for d in found)
+    by_id = {d.id: d for d in found}
+    page2 = next(d for d in found if d.metadata.get("page") == 2)
+    assert page2.page_content.startswith("[page 2 of 3 of ") and "without extractable text" in page2.page_content
+    first = next(d for d in found if d.metadata.get("page") == 1 and d.metadata["source"].endswith(".pdf"))
+    assert first.page_content == "Revenue grew to 12 million" and first.metadata["page_count"] == 3
+    assert any(i.endswith("chart.png") for i in by_id)
+    pdf_only = retriever.invoke("revenue", filter={"page": {"$gte": 2}})
+    assert sorted(d.metadata["page"] for d in pdf_only) == [2, 3]
+    retriever.delete([first.id])
+    assert len(retriever.index) == 3
+
+
+def test_images_on_request_and_a_multimodal_message(encoder: ColPaliEncoder, docs: Path) -> None:
+    retriever = RagplugRetriever.from_pages([docs / "report.pdf"], model=encoder, k=2, include_images=True)
+    found = retriever.invoke("outlook")
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(base64.b64decode(found[0].metadata["image_base64"])))
+    assert image.format == "PNG" and image.size[0] > 100
+    message = page_images_message("What was the revenue?", found)
+    kinds = [block["type"] for block in message.content_blocks]
+    assert kinds == ["text", "text", "image", "text", "image"]
+    assert message.content_blocks[2]["mime_type"] == "image/png"
+    llm = FakeListChatModel(responses=["12 million."])  # a multimodal chat model in a real app
+    assert llm.invoke([message]).content == "12 million."
+    plain = RagplugRetriever(index=retriever.index, k=1).invoke("outlook")
+    assert "image_base64" not in plain[0].metadata  # only on request
+    assert page_images_message("Again?", plain).content_blocks[2]["type"] == "image"  # re-rendered
+    with pytest.raises(InvalidInputError, match="has no page image"):
+        page_images_message("?", [type(plain[0])(page_content="x", metadata={})])
+
+
+def test_pages_in_llamaindex_are_image_nodes(encoder: ColPaliEncoder, docs: Path) -> None:
+    retriever = LIRetriever.from_pages([docs / "report.pdf"], model=encoder, similarity_top_k=3, include_images=True)
+    nodes = retriever.retrieve(QueryBundle("revenue"))
+    assert len(nodes) == 3 and all(isinstance(n.node, ImageNode) for n in nodes)
+    assert all(n.node.image and n.node.image_mimetype == "image/png" for n in nodes)
+    assert {n.node.get_content() for n in nodes} >= {"Revenue grew to 12 million", "Outlook for next year"}
+
+
+def test_hybrid_fuses_page_images_and_page_text(encoder: ColPaliEncoder, docs: Path, minilm_encoder) -> None:
+    retriever = RagplugRetriever.from_pages([docs / "report.pdf"], model=encoder, text_model=minilm_encoder, k=3)
+    assert isinstance(retriever.index, FusionRetriever)
+    found = retriever.invoke("What is the outlook for next year?")
+    # pages 1 and 3 are ranked by both the image and the text index; page 2 (no text) by the images only
+    assert len({d.id for d in found}) == 3 and found[2].metadata["page"] == 2
+    with pytest.raises(InvalidInputError, match="read-only"):
+        retriever.delete([found[0].id])
+
+
+def test_page_indexes_persist_in_memory_and_postgres(
+    encoder: ColPaliEncoder, docs: Path, tmp_path: Path, postgres_dsn: str
+) -> None:
+    from ragplug.retrievers.late_interaction.stores.postgres import PgVectorStore
+
+    memory = RagplugRetriever.from_pages([docs], model=encoder, k=2)
+    memory.save(tmp_path / "pages")
+    reopened = LateInteractionIndex.open(tmp_path / "pages", dtype="float32")  # encoder rebuilt from the manifest
+    assert isinstance(reopened.encoder, ColPaliEncoder) and len(reopened) == 4
+    query = "outlook"
+    expected = [(h.id, round(h.score, 3)) for h in memory.index.search(query, k=4)]
+    assert [(h.id, round(h.score, 3)) for h in reopened.search(query, k=4)] == expected
+    store = PgVectorStore(postgres_dsn, collection=f"pages-{uuid.uuid4().hex[:8]}")
+    try:
+        pg = RagplugRetriever.from_pages([docs], model=encoder, store=store, k=4)
+        got = pg.invoke(query)  # the Postgres store keeps fp16 vectors by default
+        assert [d.id for d in got] == [i for i, _ in expected]
+        assert [d.metadata["ragplug_score"] for d in got] == pytest.approx([s for _, s in expected], abs=0.02)
+        pooled = ColPaliEncoder(tiny_colpali_paths()["colqwen2"], device="cpu", dtype="float32", pool_factor=2)
+        with pytest.raises(EncoderMismatchError, match="pool_factor"):
+            LateInteractionIndex(pooled, store)
+    finally:
+        store.close()
