@@ -42,13 +42,21 @@ def test_readme_has_its_examples() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("number", range(len(README_BLOCKS)))
-def test_readme_block_runs_alone(number: int, tiny_llm: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    """Every README example runs on its own, in a fresh namespace. The LoRA examples name a real hub model;
-    here (no hub) their first line is pointed at the locally built tiny model and adapter instead, and the
-    rest runs unchanged."""
+def test_readme_block_runs_alone(number: int, tiny_llm: dict[str, Path], tmp_path: Path) -> None:
+    """Every README example runs on its own, in a fresh namespace. The LoRA and page examples name real hub
+    models; here (no hub) those lines point at locally built tiny models (and a PDF written here) instead,
+    and the rest runs unchanged."""
     block = README_BLOCKS[number]
     for line in block.splitlines():
         if line.startswith("base, adapters = "):
             local = f"base, adapters = {str(tiny_llm['base'])!r}, {{'carol': {str(tiny_llm['alpha'])!r}}}"
             block = block.replace(line, local)
+        if line.startswith("page_model = "):  # a tiny random ColQwen2 and a PDF written here
+            from tests.fixtures.tiny_colpali import tiny_colpali_paths
+            from tests.test_files import minimal_pdf
+
+            pdf = tmp_path / "annual-report.pdf"
+            pdf.write_bytes(minimal_pdf(["Operating margin 2022: 14 percent", "Outlook"]))
+            block = block.replace(line, f"page_model = {str(tiny_colpali_paths()['colqwen2'])!r}")
+            block = block.replace('pdfs = ["annual-report.pdf", "slides/"]', f"pdfs = [{str(pdf)!r}]")
     exec(compile(block, f"{README}, python block {number + 1}", "exec"), {"__name__": "readme"})
