@@ -23,7 +23,12 @@ from ragplug.retrievers.colpali.encoder import cpu_supports_bf16
 from ragplug.retrievers.late_interaction import LateInteractionIndex
 from tests.fixtures.tiny_colpali import drop_tensor, legacy_adapter, tiny_colpali_paths
 
-FAMILIES = {"colqwen2": Family.COLQWEN2, "colidefics3": Family.COLIDEFICS3}
+FAMILIES = {
+    "colqwen2": Family.COLQWEN2,
+    "colidefics3": Family.COLIDEFICS3,
+    "colqwen2_5": Family.COLQWEN2_5,
+    "colpali": Family.COLPALI,  # saved without its tied generation head, which loading ties again
+}
 
 
 @dataclass
@@ -80,7 +85,7 @@ def test_pages_and_queries_encode_as_colpali_engine_does(
         np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-4)
     queries = enc.encode_queries(["where is marley", "the ghost of christmas yet to come"])
     for got, want in zip(queries, _reference(enc, enc.processor.process_queries(["where is marley"])), strict=False):
-        np.testing.assert_allclose(got, want, atol=1e-4)  # prompt + query + augmentation tokens, padding dropped
+        np.testing.assert_allclose(got, want, atol=1e-4)  # prompt + query + augmentation tokens; batched as alone
     assert [q.shape[1] for q in queries] == [128, 128] and queries[1].shape[0] > queries[0].shape[0]
     assert all(np.isfinite(m).all() for m in docs + queries)
 

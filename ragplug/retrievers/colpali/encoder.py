@@ -83,9 +83,13 @@ _ENCODING_VERSION = 1  # bump when the vectors this module makes for the same we
 
 class Family(Enum):
     """A late-interaction model family of colpali-engine: its model and processor classes, the
-    ``model_type`` values of its configs, and the attribute holding its projection head."""
+    ``model_type`` values of its configs, the attribute holding its projection head, and two quirks:
+    whether its forward pass also runs a language-model head the encoder does not use (its logits are then
+    limited to one position: PaliGemma's vocabulary is 257k words), and whether padding changes the vectors
+    of the other queries in a batch (PaliGemma's bidirectional prefix under SDPA attention in transformers
+    5.24: up to 0.05 per coordinate, none with eager attention), so that queries are encoded one at a time."""
 
-    COLPALI = ("ColPali", "ColPaliProcessor", ("paligemma",), "custom_text_proj")
+    COLPALI = ("ColPali", "ColPaliProcessor", ("paligemma",), "custom_text_proj", True, False)
     COLQWEN2 = ("ColQwen2", "ColQwen2Processor", ("qwen2_vl",), "custom_text_proj")
     COLQWEN2_5 = ("ColQwen2_5", "ColQwen2_5_Processor", ("qwen2_5_vl",), "custom_text_proj")
     COLQWEN2_5_OMNI = ("ColQwen2_5Omni", "ColQwen2_5OmniProcessor", ("qwen2_5_omni_thinker",), "custom_text_proj")
@@ -95,11 +99,21 @@ class Family(Enum):
     COLMODERNVBERT = ("ColModernVBert", "ColModernVBertProcessor", ("modernvbert",), "custom_text_proj")
     COLGEMMA3 = ("ColGemma3", "ColGemmaProcessor3", ("gemma3",), "custom_text_proj")
 
-    def __init__(self, model_class: str, processor_class: str, model_types: tuple[str, ...], projection: str):
+    def __init__(
+        self,
+        model_class: str,
+        processor_class: str,
+        model_types: tuple[str, ...],
+        projection: str,
+        runs_lm_head: bool = False,
+        pads_queries: bool = True,
+    ):
         self.model_class = model_class
         self.processor_class = processor_class
         self.model_types = model_types
         self.projection = projection
+        self.runs_lm_head = runs_lm_head
+        self.pads_queries = pads_queries
 
     @classmethod
     def of_config(cls, config: dict[str, Any], where: Path) -> Family:
@@ -315,6 +329,7 @@ class ColPaliEncoder:
                 key_mapping=key_mapping,
             )
             _refuse_missing(loaded, info, checkpoint.base, family)
+            _tie_unloaded_lm_head(loaded, checkpoint.base)
             if checkpoint.adapter is not None:
                 self._load_adapter(loaded, checkpoint.adapter, family, key_mapping)
         self.model = loaded.to(self.device).eval().requires_grad_(False)
@@ -403,10 +418,11 @@ class ColPaliEncoder:
                 msg = f"query {i} must be a non-empty string, got {text!r}"
                 raise InvalidInputError(msg)
         threads = self.query_threads if len(texts) <= SMALL_QUERY_BATCH else None
+        size = self.batch_size if self.family.pads_queries else 1
         out: list[FloatMatrix] = []
         with torch_threads(threads):
-            for lo in range(0, len(texts), self.batch_size):
-                batch = self.processor.process_queries(texts[lo : lo + self.batch_size])
+            for lo in range(0, len(texts), size):
+                batch = self.processor.process_queries(texts[lo : lo + size])
                 out += self._forward(batch, range(lo, lo + len(batch["input_ids"])), "query")
         return out
 
@@ -436,9 +452,13 @@ class ColPaliEncoder:
         torch = require("torch", "colpali")
         inputs = {}
         for key, value in batch.items():
+            if key == "labels":  # PaliGemma's processor makes training labels; they only feed a loss
+                continue
             if isinstance(value, torch.Tensor):
                 value = value.to(self.device, self.dtype) if value.is_floating_point() else value.to(self.device)
             inputs[key] = value
+        if self.family.runs_lm_head:
+            inputs["logits_to_keep"] = 1  # the vectors come from the hidden states; skip the vocabulary logits
         with torch.inference_mode():
             output = self.model(**inputs)
         keep = inputs["attention_mask"].bool().cpu().numpy()
@@ -504,6 +524,22 @@ def _refuse_missing(model: Any, info: dict[str, Any], folder: Path, family: Fami
     unused = sorted(str(k) for k in info.get("unexpected_keys", []))
     if unused:
         logger.info("%s: %d checkpoint weights not used by the encoder: %s", folder, len(unused), unused[:5])
+
+
+def _tie_unloaded_lm_head(model: Any, folder: Path) -> None:
+    """Give a generation head that no file holds the input embeddings as weights, as a tied head has (a
+    ColPali checkpoint saves none, and transformers 5 leaves it empty: the model could not even be moved to a
+    device); refuse any other weight left empty."""
+    embeddings = model.get_input_embeddings()
+    for name, param in list(model.named_parameters()):
+        if not param.is_meta:
+            continue
+        owner, _, attr = name.rpartition(".")
+        if "lm_head" in name and embeddings is not None and param.shape == embeddings.weight.shape:
+            setattr(model.get_submodule(owner), attr, embeddings.weight)
+            continue
+        msg = f"{folder}: weight {name!r} is in no file of the checkpoint (it would be random)"
+        raise InvalidInputError(msg)
 
 
 def _images(documents: Iterable[Any]) -> list[Any]:
