@@ -29,6 +29,7 @@ flags, a CUDA device that supports it), else float32 (:func:`default_dtype`); ``
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -379,8 +380,6 @@ class ColPaliEncoder:
     def _fingerprint(self, settings: dict[str, Any]) -> str:
         """Hash of the family, pool factor and encoding version, and of the whole content of every config,
         weights, processor and tokenizer file (not of the model's name or folder: a moved copy matches)."""
-        import hashlib
-
         recorded = {k: v for k, v in settings.items() if k not in ("model", "revision", "base_model")}
         digest = hashlib.sha256(json.dumps({**recorded, "v": _ENCODING_VERSION}, sort_keys=True).encode())
         seen: set[Path] = set()
