@@ -118,3 +118,34 @@ def test_page_indexes_persist_in_memory_and_postgres(
             LateInteractionIndex(pooled, store)
     finally:
         store.close()
+
+
+def test_a_document_is_its_pages(encoder: ColPaliEncoder, docs: Path) -> None:
+    """Delete, get and upsert by document: a PDF's pages have the PDF as their parent."""
+    from ragplug.retrievers.build import add_pages
+
+    index = LateInteractionIndex(encoder)
+    pdf = str(docs / "report.pdf")
+    ids = add_pages(index, [docs], batch_pages=2)
+    assert len(ids) == 4 and {r.parent_id for r in index.get([pdf])} == {pdf}
+    assert len(index.get([pdf])) == 3
+    (docs / "short.pdf").write_bytes(minimal_pdf(["one page"]))
+    add_pages(index, [docs], upsert=True, batch_pages=2)  # documents replaced across batches, none lost
+    assert len(index) == 5
+    RagplugRetriever(index=index).delete([pdf])
+    assert len(index) == 2 and pdf + "#p1" not in index.store
+    (docs / "short.pdf").unlink()
+
+
+def test_a_page_index_reopens_with_an_explicit_colpali_model(
+    encoder: ColPaliEncoder, docs: Path, tmp_path: Path
+) -> None:
+    index = LateInteractionIndex(encoder)
+    from ragplug.retrievers.build import add_pages
+
+    add_pages(index, [docs / "report.pdf"])
+    index.save(tmp_path / "p")
+    reopened = LateInteractionIndex.open(tmp_path / "p", tiny_colpali_paths()["colqwen2"], dtype="float32")
+    assert isinstance(reopened.encoder, ColPaliEncoder) and len(reopened) == 3
+    with pytest.raises(EncoderMismatchError, match="family"):
+        LateInteractionIndex.open(tmp_path / "p", tiny_colpali_paths()["colidefics3"])

@@ -19,7 +19,12 @@ def _hits(*ids: str, relevance: float = 0.5) -> list[Hit]:
 
 def test_rrf_counts_items_not_chunks_and_keeps_the_best_relevance() -> None:
     images = _hits("p1", "p2", "p3", relevance=0.4)
-    text = [Hit("p3#0", 5.0, {}, "t", "p3", 0.9), Hit("p3#1", 4.0, {}, "t", "p3", 0.8), *_hits("p1", relevance=0.2)]
+    chunk = {"chunk_index": 0}
+    text = [
+        Hit("p3#0", 5.0, chunk, "t", "p3", 0.9),
+        Hit("p3#1", 4.0, chunk, "t", "p3", 0.8),
+        *_hits("p1", relevance=0.2),
+    ]
     fused = reciprocal_rank_fusion([images, text], [1.0, 1.0], k=3)
     # p1: 1/61 + 1/62; p3: 1/63 + 1/61 (its two chunks are one item, ranked first in the text list); p2: 1/62
     assert [h.id for h in fused] == ["p1", "p3", "p2"]

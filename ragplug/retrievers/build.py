@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ragplug.retrievers.late_interaction import Encoder, LateInteractionIndex, MultiVectorStore
+from ragplug.retrievers.late_interaction.base import Record
 
 
 def make_encoder(model: str | Path | Encoder, encoder_kwargs: dict[str, Any] | None) -> Encoder:
@@ -67,8 +68,11 @@ def add_pages(
 ) -> list[str]:
     """Render and encode the pages of ``sources`` (PDF and image files, folders, PIL images: see
     :func:`ragplug.retrievers.colpali.pages.load_pages`) into ``index``, ``batch_pages`` at a time so that
-    only those pages' images are in memory. Each page is stored under its page id with its text (for display
-    and citations) and metadata (source, 1-based page, page count, image reference). Returns the ids."""
+    only those pages' images are in memory. Each page is stored under its page id (``<source>#p<n>``) with
+    its text (for display and citations) and metadata (source, 1-based page, page count, image reference);
+    a PDF's pages have the PDF as their parent, so deleting ``<source>`` deletes its pages. A document's
+    pages are encoded a batch at a time and stored in one write (only its vectors wait in memory, not its
+    images), so ``upsert`` replaces whole documents atomically. Returns the ids."""
     from ragplug._progress import progress_bar, wants_progress
     from ragplug.retrievers.colpali.pages import load_pages
 
@@ -77,34 +81,54 @@ def add_pages(
     shown = wants_progress(show_progress, total)
     ids: list[str] = []
     batch: list[Any] = []
+    pending: list[Record] = []  # the current document's encoded pages, written together
+    document: str | None = None
 
-    def flush(bar: Any) -> None:
-        ids.extend(
-            index.add(
-                batch,
-                ids=[p.id for p in batch],
-                metadatas=[p.metadata for p in batch],
-                texts=[p.text or None for p in batch],
-                upsert=upsert,
-                show_progress=False,
-            )
+    def encode(bar: Any) -> None:
+        _, records = index.prepare(
+            batch,
+            [p.id for p in batch],
+            [p.metadata for p in batch],
+            [p.text or None for p in batch],
+            False,
+            [_document_of(p) for p in batch],
         )
+        pending.extend(records)
         bar.update(len(batch))
         batch.clear()
 
-    with progress_bar(total or 0, desc="pages", unit="page", enabled=shown) as bar:
+    def write() -> None:
+        if pending:
+            index.write(pending, upsert=upsert)
+            ids.extend(r.id for r in pending)
+            pending.clear()
+
+    with progress_bar(total, desc="pages", unit="page", enabled=shown) as bar:
         for page in pages:
+            owner = _document_of(page) or page.id
+            if owner != document:  # a new document: the previous one's pages go in, in one write
+                if batch:
+                    encode(bar)
+                write()
+                document = owner
             batch.append(page)
             if len(batch) == batch_pages:
-                flush(bar)
+                encode(bar)
         if batch:
-            flush(bar)
+            encode(bar)
+        write()
     if not ids:
         from ragplug.errors import InvalidInputError
 
         msg = f"no pages found in {list(sources)!r:.200}"
         raise InvalidInputError(msg)
     return ids
+
+
+def _document_of(page: Any) -> str | None:
+    """The document a page belongs to (its PDF, or its multi-page image), ``None`` for a lone image."""
+    source = page.metadata.get("source")
+    return source if isinstance(source, str) and page.id.startswith(f"{source}#p") else None
 
 
 def build_page_index(

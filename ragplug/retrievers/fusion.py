@@ -5,9 +5,9 @@ different evidence: a chart's values, or a sentence the image model reads poorly
 asks each retriever for ``fetch_k`` hits and ranks items by reciprocal rank fusion (Cormack, Clarke and
 Büttcher, 2009): ``sum(weight / (rank_constant + rank))`` over the lists an item appears in. RRF needs no
 score calibration between engines, which raw MaxSim sums of different encoders lack. Hits are matched by
-item (a chunk counts for the item it belongs to, through ``parent_id``), so a page indexed whole by one
-retriever and as text chunks by another is one result. The formula is two lines; a ranking library
-(ranx) would bring numba for it, so it is written here.
+item (a text chunk, which carries ``chunk_index``, counts for the item it was cut from), so a page indexed
+whole by one retriever and as text chunks by another is one result; pages of one PDF stay separate. The
+formula is two lines; a ranking library (ranx) would bring numba for it, so it is written here.
 
 It satisfies :class:`~ragplug.retrievers.protocol.Retriever`, so both framework faces take it.
 """
@@ -53,7 +53,7 @@ def reciprocal_rank_fusion(
     for ranking, weight in zip(rankings, weights, strict=True):
         seen: set[str] = set()
         for hit in ranking:
-            item = hit.parent_id if hit.parent_id is not None else hit.id
+            item = hit.parent_id if hit.parent_id is not None and "chunk_index" in hit.metadata else hit.id
             if item in seen:  # another chunk of an item already ranked in this list
                 continue
             seen.add(item)  # ranks count items, not chunks

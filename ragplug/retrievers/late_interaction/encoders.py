@@ -17,7 +17,7 @@ from typing import Any
 from ragplug.errors import InvalidInputError
 from ragplug.retrievers.late_interaction.base import Encoder, EncoderIdentity
 
-__all__ = ["encoder_from_identity", "register_encoder"]
+__all__ = ["encoder_from_identity", "encoder_of_kind", "register_encoder"]
 
 # kind -> (target "module:factory", the recorded settings the factory takes as keyword arguments)
 _ENCODERS: dict[str, tuple[str, tuple[str, ...]]] = {}
@@ -33,6 +33,14 @@ def _resolve(target: str) -> Callable[..., Encoder]:
     module, _, attr = target.partition(":")
     factory: Callable[..., Encoder] = getattr(importlib.import_module(module), attr)
     return factory
+
+
+def encoder_of_kind(kind: str, model: str, **kwargs: Any) -> Encoder:
+    """An encoder of the registered ``kind`` (``"colbert"``, ``"colpali"``...) for ``model``."""
+    if kind not in _ENCODERS:
+        msg = f"no registered encoder of kind {kind!r}; registered: {sorted(_ENCODERS)}"
+        raise InvalidInputError(msg)
+    return _resolve(_ENCODERS[kind][0])(model, **kwargs)
 
 
 def encoder_from_identity(identity: EncoderIdentity | None, where: str, **overrides: Any) -> Encoder:

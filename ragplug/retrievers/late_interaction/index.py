@@ -93,15 +93,18 @@ class LateInteractionIndex:
         return len(self.store)
 
     # -- writes ---------------------------------------------------------------------------------------
-    def _records(
+    def prepare(
         self,
         items: Sequence[Any],
-        ids: Sequence[str] | None,
-        metadatas: Sequence[dict[str, Any] | None] | None,
-        texts: Sequence[str | None] | None,
-        show_progress: bool | None,
+        ids: Sequence[str] | None = None,
+        metadatas: Sequence[dict[str, Any] | None] | None = None,
+        texts: Sequence[str | None] | None = None,
+        show_progress: bool | None = None,
+        parents: Sequence[str | None] | None = None,
     ) -> tuple[list[str], list[Record]]:
-        """Validate the arguments of :meth:`add`, chunk and encode the items."""
+        """The records :meth:`add` would store, without storing them: the arguments validated, the items
+        chunked and encoded. With :meth:`write`, a caller can encode a large document part by part (a PDF's
+        pages, a batch at a time) and store it in one write."""
         if isinstance(items, str | bytes):
             msg = "add takes a list of items, not a single string"
             raise InvalidInputError(msg)
@@ -114,7 +117,8 @@ class LateInteractionIndex:
         if texts is None:
             texts = [item if isinstance(item, str) else None for item in items]
         texts = list(texts)
-        for name, values in (("ids", ids), ("metadatas", metadatas), ("texts", texts)):
+        parents = list(parents) if parents is not None else [None] * len(items)
+        for name, values in (("ids", ids), ("metadatas", metadatas), ("texts", texts), ("parents", parents)):
             if len(values) != len(items):
                 msg = f"{len(items)} items but {len(values)} {name}"
                 raise InvalidInputError(msg)
@@ -136,8 +140,18 @@ class LateInteractionIndex:
                 raise InvalidInputError(msg)
             metas.append(dict(meta or {}))
 
+        for id_, parent in zip(ids, parents, strict=True):
+            if parent is not None:
+                check_ids([parent], f"the parent of {id_!r}")
+                if parent == id_ or parent in ids:
+                    msg = f"the parent of {id_!r} is {parent!r}, which is an item of this call, not a document"
+                    raise InvalidInputError(msg)
+
         pieces: list[tuple[str, str | None, Chunk, dict[str, Any]]] = []
-        for id_, item, text, meta in zip(ids, items, texts, metas, strict=True):
+        for id_, item, text, meta, parent in zip(ids, items, texts, metas, parents, strict=True):
+            if parent is not None:  # a part of a document (a page): stored whole, under its document
+                pieces.append((id_, parent, Chunk(item, text), meta))
+                continue
             chunks = self.chunker(item) if self.chunker is not None else [Chunk(item, text)]
             if len(chunks) == 1:
                 pieces.append((id_, None, Chunk(chunks[0].item, text), meta))
@@ -159,12 +173,15 @@ class LateInteractionIndex:
         ids: Sequence[str] | None = None,
         metadatas: Sequence[dict[str, Any] | None] | None = None,
         texts: Sequence[str | None] | None = None,
+        parents: Sequence[str | None] | None = None,
         upsert: bool = False,
         show_progress: bool | None = None,
     ) -> list[str]:
         """Encode and store ``items``; returns their ids (generated when not given).
 
         ``texts`` are the stored payloads (defaults to the items themselves when they are strings).
+        ``parents`` name the document each item is part of (a page's PDF): such an item is stored whole
+        (not chunked) with that ``parent_id``, so getting or deleting the document acts on all its parts.
         With ``upsert=True`` existing ids (and all their chunks) are replaced; otherwise an existing id
         raises :class:`~ragplug.errors.DuplicateIdError` and nothing is stored.
         """
@@ -172,8 +189,8 @@ class LateInteractionIndex:
             self._refuse_existing(check_ids(ids))  # before the (slow) encoding; the store checks again
         self._bind()
         started = time.perf_counter()
-        stored_ids, records = self._records(items, ids, metadatas, texts, show_progress)
-        (self.store.upsert if upsert else self.store.add)(records)
+        stored_ids, records = self.prepare(items, ids, metadatas, texts, show_progress, parents)
+        self.write(records, upsert=upsert)
         self._report(stored_ids, records, show_progress, started)
         return stored_ids
 
@@ -184,16 +201,25 @@ class LateInteractionIndex:
         ids: Sequence[str] | None = None,
         metadatas: Sequence[dict[str, Any] | None] | None = None,
         texts: Sequence[str | None] | None = None,
+        parents: Sequence[str | None] | None = None,
         upsert: bool = False,
         show_progress: bool | None = None,
     ) -> list[str]:
         """:meth:`add`, with the encoding in a worker thread and the store's own async write."""
         await self._abind()
         started = time.perf_counter()
-        stored_ids, records = await asyncio.to_thread(self._records, items, ids, metadatas, texts, show_progress)
+        stored_ids, records = await asyncio.to_thread(
+            self.prepare, items, ids, metadatas, texts, show_progress, parents
+        )
         await (self.store.aupsert if upsert else self.store.aadd)(records)
         self._report(stored_ids, records, show_progress, started)
         return stored_ids
+
+    def write(self, records: Sequence[Record], *, upsert: bool = False) -> None:
+        """Store records made by :meth:`prepare` in one write (``upsert``: replacing every stored record of
+        their items)."""
+        self._bind()
+        (self.store.upsert if upsert else self.store.add)(records)
 
     def _report(self, ids: list[str], records: list[Record], show_progress: bool | None, started: float) -> None:
         """After work long enough to show a bar (see :func:`ragplug._progress.wants_progress`), one line on
@@ -353,7 +379,7 @@ class LateInteractionIndex:
         ``device`` go to it); with ``model`` (an encoder, hub id or folder) that encoder is checked against
         the record and refused, naming the setting that differs, when it is another. Long items added later
         are chunked when ``chunk`` is true and the encoder can chunk."""
-        from ragplug.retrievers.late_interaction.encoders import encoder_from_identity
+        from ragplug.retrievers.late_interaction.encoders import encoder_from_identity, encoder_of_kind
 
         if isinstance(source, str | os.PathLike):
             where = os.fspath(source)
@@ -362,10 +388,9 @@ class LateInteractionIndex:
             where, store = f"the {type(source).__name__}", source
         if isinstance(model, Encoder):
             encoder = model
-        elif model is not None:
-            from ragplug.retrievers.colbert import ColBERTEncoder
-
-            encoder = ColBERTEncoder(os.fspath(model), **encoder_kwargs)
+        elif model is not None:  # of the kind the index records (a ColPali index takes a ColPali model)
+            recorded = store.encoder.settings if store.encoder is not None else {}
+            encoder = encoder_of_kind(str(recorded.get("encoder", "colbert")), os.fspath(model), **encoder_kwargs)
         else:
             encoder = encoder_from_identity(store.encoder, where, **encoder_kwargs)
         make_chunker = getattr(encoder, "chunker", None)
