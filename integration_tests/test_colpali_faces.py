@@ -149,3 +149,16 @@ def test_a_page_index_reopens_with_an_explicit_colpali_model(
     assert isinstance(reopened.encoder, ColPaliEncoder) and len(reopened) == 3
     with pytest.raises(EncoderMismatchError, match="family"):
         LateInteractionIndex.open(tmp_path / "p", tiny_colpali_paths()["colidefics3"])
+
+
+def test_pages_projected_to_fewer_dims_by_the_store_codec(encoder: ColPaliEncoder, docs: Path) -> None:
+    """The optional projection to fewer dimensions is the codec layer's PCA (recorded in the index, applied to
+    queries too), the same for pages as for text."""
+    from ragplug.retrievers.late_interaction import CodecConfig, InMemoryMultiVectorStore
+
+    store = InMemoryMultiVectorStore(codec=CodecConfig(kind="float16", dim=16, train_tokens=64))
+    retriever = RagplugRetriever.from_pages([docs], model=encoder, store=store, k=4)
+    assert store.codec.config.dim == 16 and encoder.dim > 16
+    assert store.codec.bytes_per_token == 16 * 2
+    found = retriever.invoke("revenue")
+    assert len(found) == 4 and all(d.metadata["relevance_score"] <= 1 for d in found)
