@@ -162,3 +162,19 @@ def test_pages_projected_to_fewer_dims_by_the_store_codec(encoder: ColPaliEncode
     assert store.codec.bytes_per_token == 16 * 2
     found = retriever.invoke("revenue")
     assert len(found) == 4 and all(d.metadata["relevance_score"] <= 1 for d in found)
+
+
+def test_a_byaldi_index_in_both_frameworks_uses_its_stored_images() -> None:
+    """Opened without re-encoding; its stored page images go to the chat model and into ImageNodes as they
+    are (the source files need not exist here)."""
+    from tests.test_byaldi import FIXTURES, MODEL
+
+    index = LateInteractionIndex.from_byaldi(FIXTURES / "pages-images", MODEL, device="cpu", dtype="float32")
+    docs = RagplugRetriever(index=index, k=2, include_images=True).invoke("a chart")
+    assert len(docs) == 2 and all(d.metadata["image_base64"] for d in docs)
+    assert page_images_message("What does it show?", docs).content_blocks[2]["type"] == "image"
+    nodes = LIRetriever(index, similarity_top_k=2, include_images=True).retrieve(QueryBundle("a chart"))
+    assert all(isinstance(n.node, ImageNode) and n.node.image for n in nodes)
+    assert "image_base64" not in nodes[0].node.get_content(metadata_mode="llm")
+    bare = LIRetriever(index, similarity_top_k=1).retrieve(QueryBundle("a chart"))
+    assert isinstance(bare[0].node, ImageNode) and bare[0].node.image is None  # images only on request

@@ -49,7 +49,7 @@ IMAGE_KEY = "image_base64"
 def _to_document(hit: Hit, include_images: bool = False) -> Document:
     scores = {SCORE_KEY: hit.score, RELEVANCE_KEY: hit.relevance}
     metadata = {**hit.metadata, **scores}
-    if include_images and isinstance(hit.metadata.get("image"), str):
+    if include_images and IMAGE_KEY not in metadata and isinstance(hit.metadata.get("image"), str):
         from ragplug.retrievers.colpali.pages import page_image, to_base64_png
 
         metadata[IMAGE_KEY] = to_base64_png(page_image(hit.metadata), max_side=IMAGE_MAX_SIDE)

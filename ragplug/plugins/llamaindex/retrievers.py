@@ -91,17 +91,17 @@ def _to_node(hit: Hit, include_images: bool = False) -> NodeWithScore:
         "id_": hit.id,
         "text": display_text(hit),
         "metadata": {**hit.metadata, SCORE_KEY: hit.score},
-        "excluded_llm_metadata_keys": [SCORE_KEY],  # a score is not context for the LLM
-        "excluded_embed_metadata_keys": [SCORE_KEY],
+        "excluded_llm_metadata_keys": [SCORE_KEY, "image_base64"],  # a score, an image: not text for the LLM
+        "excluded_embed_metadata_keys": [SCORE_KEY, "image_base64"],
     }
     node: TextNode
-    if isinstance(hit.metadata.get("image"), str) and "page" in hit.metadata:
-        image = None
-        if include_images:
+    if "page" in hit.metadata and ("image" in hit.metadata or "image_base64" in hit.metadata):
+        image = hit.metadata.get("image_base64")  # kept with the index (byaldi's stored pages)
+        if include_images and image is None and isinstance(hit.metadata.get("image"), str):
             from ragplug.retrievers.colpali.pages import page_image, to_base64_png
 
             image = to_base64_png(page_image(hit.metadata), max_side=1024)
-        node = ImageNode(**common, image=image, image_mimetype="image/png")
+        node = ImageNode(**common, image=image if include_images else None, image_mimetype="image/png")
     else:
         node = TextNode(**common)
     if hit.parent_id is not None:

@@ -397,6 +397,20 @@ class LateInteractionIndex:
         return cls(encoder, store, chunker=make_chunker() if chunk and make_chunker is not None else None)
 
     @classmethod
+    def from_byaldi(
+        cls,
+        path: str | os.PathLike[str],
+        model: str | os.PathLike[str] | Encoder | None = None,
+        **kwargs: Any,
+    ) -> LateInteractionIndex:
+        """Open a byaldi index folder without re-encoding (:func:`ragplug.retrievers.colpali.byaldi.open_byaldi_index`:
+        pages with their documents as parents, byaldi's metadata and stored images, a ColPali encoder for
+        queries and new pages)."""
+        from ragplug.retrievers.colpali.byaldi import open_byaldi_index
+
+        return open_byaldi_index(path, model, **kwargs)
+
+    @classmethod
     def from_plaid(
         cls,
         path: str | os.PathLike[str],
