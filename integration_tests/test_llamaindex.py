@@ -118,9 +118,7 @@ def test_scores_are_relevances_and_thresholds_and_mmr_apply(retriever: ColBERTRe
     assert all(0 <= n.score <= 1 for n in nodes) and nodes[0].score > 0.5
     assert nodes[0].node.metadata["ragplug_score"] > nodes[1].node.metadata["ragplug_score"]
     cut = ColBERTRetriever(retriever.index, similarity_top_k=6, search_kwargs={"score_threshold": nodes[1].score})
-    assert [n.node.node_id for n in cut.retrieve("Which child used a crutch?")] == [
-        n.node.node_id for n in nodes[:2]
-    ]
+    assert [n.node.node_id for n in cut.retrieve("Which child used a crutch?")] == [n.node.node_id for n in nodes[:2]]
     mmr = ColBERTRetriever(
         retriever.index, similarity_top_k=3, vector_store_query_mode="mmr", search_kwargs={"lambda_mult": 0.0}
     )
