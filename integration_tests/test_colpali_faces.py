@@ -178,3 +178,18 @@ def test_a_byaldi_index_in_both_frameworks_uses_its_stored_images() -> None:
     assert "image_base64" not in nodes[0].node.get_content(metadata_mode="llm")
     bare = LIRetriever(index, similarity_top_k=1).retrieve(QueryBundle("a chart"))
     assert isinstance(bare[0].node, ImageNode) and bare[0].node.image is None  # images only on request
+
+
+async def test_pages_added_later_async_and_as_a_tool(encoder: ColPaliEncoder, docs: Path, tmp_path: Path) -> None:
+    retriever = RagplugRetriever.from_pages([docs / "chart.png"], model=encoder, k=3)
+    more = tmp_path / "more.pdf"
+    more.write_bytes(minimal_pdf(["Dividends of 2 dollars", "Risks"]))
+    assert retriever.add_pages([more]) == [f"{more}#p1", f"{more}#p2"]
+    assert len(retriever.index) == 3
+    found = await retriever.ainvoke("dividends")
+    assert len(found) == 3
+    tool = retriever.as_tool(name="page_search", description="Search the filings' pages.")
+    assert "Dividends of 2 dollars" in tool.invoke({"query": "dividends"})
+    li = LIRetriever(retriever.index, similarity_top_k=2)
+    assert len(li.add_pages([more], upsert=True)) == 2 and len(retriever.index) == 3
+    assert len(await li.aretrieve("dividends")) == 2

@@ -32,10 +32,10 @@ from llama_index.core.schema import (
 from llama_index.core.vector_stores.types import FilterCondition, FilterOperator, MetadataFilter, MetadataFilters
 
 from ragplug.errors import FilterError, InvalidInputError
-from ragplug.retrievers.build import build_index, build_page_index, make_encoder, open_index, page_text_index
+from ragplug.retrievers.build import add_pages, build_index, build_page_index, make_encoder, open_index, page_text_index
 from ragplug.retrievers.colbert.encoder import DEFAULT_MODEL
 from ragplug.retrievers.fusion import FusionRetriever
-from ragplug.retrievers.late_interaction import Encoder, Hit, MultiVectorStore, rerank
+from ragplug.retrievers.late_interaction import Encoder, Hit, LateInteractionIndex, MultiVectorStore, rerank
 from ragplug.retrievers.late_interaction.base import SCORE_KEY
 from ragplug.retrievers.late_interaction.filters import Filter
 from ragplug.retrievers.protocol import Retriever, WritableRetriever, display_text
@@ -277,6 +277,17 @@ class RagplugRetriever(BaseRetriever):
 
     async def adelete(self, ids: Sequence[str]) -> None:
         await self._writable().adelete(ids)
+
+    def add_pages(
+        self, sources: Sequence[Any], *, upsert: bool = False, show_progress: bool | None = None
+    ) -> list[str]:
+        """Add the pages of more PDFs, images or folders to a page index (see :meth:`from_pages`); a PDF is
+        one document: ``upsert=True`` replaces its stored pages, and deleting its path deletes them."""
+        index = self._writable()
+        if not isinstance(index, LateInteractionIndex):
+            msg = f"pages are added to a LateInteractionIndex, not to a {type(index).__name__}"
+            raise InvalidInputError(msg)
+        return add_pages(index, sources, upsert=upsert, show_progress=show_progress)
 
     def _writable(self) -> WritableRetriever:
         if not isinstance(self.index, WritableRetriever):
