@@ -26,6 +26,7 @@ import json
 import os
 import re
 import string
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -125,8 +126,15 @@ def _no_such_folder(name: str | Path) -> str:
     return msg
 
 
-def resolve_checkpoint(name_or_path: str | Path, revision: str | None = None) -> Path:
-    """A local folder as is; otherwise a hub id fetched (or found in the cache) by huggingface_hub.
+def resolve_checkpoint(
+    name_or_path: str | Path,
+    revision: str | None = None,
+    *,
+    patterns: Sequence[str] = _HUB_PATTERNS,
+    what: str = "model",
+) -> Path:
+    """A local folder as is; otherwise a hub id fetched (or found in the cache) by huggingface_hub, the
+    files matching ``patterns`` only (ColBERT's by default; the page encoders add chat templates).
 
     A name that can only be a path (:func:`looks_like_path`) and is not a folder is reported as a missing
     folder, with the closest existing name, never sent to the hub."""
@@ -141,10 +149,10 @@ def resolve_checkpoint(name_or_path: str | Path, revision: str | None = None) ->
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(str(name_or_path), revision=revision, allow_patterns=_HUB_PATTERNS))
+        return Path(snapshot_download(str(name_or_path), revision=revision, allow_patterns=list(patterns)))
     except Exception as err:  # huggingface_hub raises many types (offline, missing repo, network)
         msg = (
-            f"cannot find model {str(name_or_path)!r}: it is not a local folder and the hub did not provide it "
+            f"cannot find {what} {str(name_or_path)!r}: it is not a local folder and the hub did not provide it "
             f"({type(err).__name__}: {err}). Pass a local folder, or allow hub downloads."
         )
         if path.parent != Path() and path.parent.is_dir():  # "models/colbrt" with a local models/ folder

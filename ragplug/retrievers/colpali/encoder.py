@@ -48,10 +48,8 @@ from ragplug.errors import InvalidInputError
 from ragplug.retrievers.colbert.checkpoint import (
     _check_weights,
     _content_digest,
-    _no_such_folder,
     _not_a_model,
     _read_json,
-    looks_like_path,
     resolve_checkpoint,
 )
 from ragplug.retrievers.colbert.encoder import SMALL_QUERY_BATCH
@@ -175,21 +173,7 @@ class PageCheckpoint:
 def _resolve(name: str | Path, revision: str | None, what: str = "model") -> Path:
     """A local folder (errors as for ColBERT checkpoints), or a hub id fetched with the files a processor
     needs (chat templates included)."""
-    path = Path(name).expanduser()
-    if path.exists() or looks_like_path(name):
-        return resolve_checkpoint(name, revision)
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(str(name), revision=revision, allow_patterns=_HUB_PATTERNS))
-    except Exception as err:  # huggingface_hub raises many types (offline, missing repo, network)
-        msg = (
-            f"cannot find {what} {str(name)!r}: it is not a local folder and the hub did not provide it "
-            f"({type(err).__name__}: {err}). Pass a local folder, or allow hub downloads."
-        )
-        if path.parent != Path() and path.parent.is_dir():  # "models/colqwn" with a local models/ folder
-            msg += f" If you meant a local folder: {_no_such_folder(name)}."
-        raise InvalidInputError(msg) from err
+    return resolve_checkpoint(name, revision, patterns=_HUB_PATTERNS, what=what)
 
 
 def _has_processor(folder: Path) -> bool:
