@@ -62,3 +62,12 @@ def test_fusion_retriever_is_a_retriever_and_checks_its_arguments() -> None:
         fusion.search("q", mode="exact")
     with pytest.raises(InvalidInputError, match="fetch_k must be a positive integer"):
         fusion.search("q", fetch_k=0)
+
+
+def test_an_item_found_only_as_a_chunk_is_named_after_the_item() -> None:
+    chunk = Hit("p9#1", 3.0, {"page": 9, "parent_id": "p9", "chunk_index": 1, "start_index": 40}, "tail", "p9", 0.7)
+    fused = reciprocal_rank_fusion([_hits("p1"), [chunk]], [1.0, 1.0], k=2)
+    assert [h.id for h in fused] == ["p1", "p9"]
+    assert fused[1].metadata == {"page": 9} and fused[1].parent_id is None and fused[1].text == "tail"
+    both = reciprocal_rank_fusion([[chunk], _hits("p9")], [1.0, 1.0], k=1)
+    assert both[0].id == "p9" and both[0].metadata == {"n": 0}  # the page's own hit, though ranked second

@@ -44,9 +44,9 @@ class FusionOptions(SearchOptions):
 def reciprocal_rank_fusion(
     rankings: Sequence[Sequence[Hit]], weights: Sequence[float], k: int, rank_constant: int = 60
 ) -> list[Hit]:
-    """The ``k`` best items over ``rankings`` by weighted RRF. Each fused hit is the item's hit from the
-    first list that has it, with ``score`` the fused score and ``relevance`` the best relevance any list
-    gave it (on the [0, 1] scale every ragplug engine reports)."""
+    """The ``k`` best items over ``rankings`` by weighted RRF. Each fused hit is the item's own hit from the
+    first list that has one (else its best chunk's, renamed to the item), with ``score`` the fused score and
+    ``relevance`` the best relevance any list gave it (on the [0, 1] scale every ragplug engine reports)."""
     fused: dict[str, float] = {}
     first: dict[str, Hit] = {}
     best: dict[str, float] = {}
@@ -58,11 +58,21 @@ def reciprocal_rank_fusion(
                 continue
             seen.add(item)  # ranks count items, not chunks
             fused[item] = fused.get(item, 0.0) + weight / (rank_constant + len(seen))
-            first.setdefault(item, hit)
+            if item not in first or (first[item].id != item and hit.id == item):  # the item's own hit wins
+                first[item] = hit
             if hit.relevance is not None:
                 best[item] = max(best.get(item, 0.0), hit.relevance)
     order = sorted(fused, key=lambda item: (-fused[item], item))[:k]
-    return [replace(first[item], score=fused[item], relevance=best.get(item)) for item in order]
+    return [_as_item(first[item], item, fused[item], best.get(item)) for item in order]
+
+
+def _as_item(hit: Hit, item: str, score: float, relevance: float | None) -> Hit:
+    """The fused hit of ``item``: its own hit, or a chunk's (only a text index found it) named after the
+    item, without the chunk's keys, its text the chunk's."""
+    if hit.id == item:
+        return replace(hit, score=score, relevance=relevance)
+    metadata = {k: v for k, v in hit.metadata.items() if k not in ("parent_id", "chunk_index", "start_index")}
+    return replace(hit, id=item, parent_id=None, metadata=metadata, score=score, relevance=relevance)
 
 
 class FusionRetriever:
