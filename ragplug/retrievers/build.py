@@ -157,3 +157,25 @@ def page_text_index(
     if records:
         text.add([r.text for r in records], ids=[r.id for r in records], metadatas=[r.metadata for r in records])
     return text
+
+
+def page_retriever(
+    sources: Sequence[Any],
+    *,
+    model: str | Path | Encoder | None,
+    store: MultiVectorStore | None,
+    text_model: str | Path | Encoder | None,
+    encoder_kwargs: dict[str, Any] | None,
+    show_progress: bool | None,
+) -> Any:
+    """The engine behind both faces' ``from_pages``: a page index of ``sources``, fused with a ColBERT index
+    of the pages' text when ``text_model`` is given (a read-only
+    :class:`~ragplug.retrievers.fusion.FusionRetriever`)."""
+    from ragplug.retrievers.fusion import FusionRetriever
+
+    index = build_page_index(
+        sources, model=model, store=store, encoder_kwargs=encoder_kwargs, show_progress=show_progress
+    )
+    if text_model is None:
+        return index
+    return FusionRetriever([index, page_text_index(index, text_model)])

@@ -30,9 +30,8 @@ from langchain_core.tools import BaseTool, ToolException, create_retriever_tool
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from ragplug.errors import InvalidInputError, RagplugError
-from ragplug.retrievers.build import add_pages, build_index, build_page_index, make_encoder, open_index, page_text_index
+from ragplug.retrievers.build import add_pages, build_index, make_encoder, open_index, page_retriever
 from ragplug.retrievers.colbert.encoder import DEFAULT_MODEL
-from ragplug.retrievers.fusion import FusionRetriever
 from ragplug.retrievers.late_interaction import Encoder, Hit, LateInteractionIndex, MultiVectorStore, rerank
 from ragplug.retrievers.late_interaction.base import RELEVANCE_KEY, SCORE_KEY
 from ragplug.retrievers.late_interaction.filters import Filter
@@ -182,12 +181,14 @@ class RagplugRetriever(BaseRetriever):
         encoder) into ``store`` (default: in memory). With ``text_model`` (a ColBERT checkpoint or encoder),
         hybrid: a text index of the pages' extracted text is fused with the image ranking by reciprocal rank
         fusion (:class:`~ragplug.retrievers.fusion.FusionRetriever`; read-only)."""
-        index = build_page_index(
-            sources, model=model, store=store, encoder_kwargs=encoder_kwargs, show_progress=show_progress
+        engine = page_retriever(
+            sources,
+            model=model,
+            store=store,
+            text_model=text_model,
+            encoder_kwargs=encoder_kwargs,
+            show_progress=show_progress,
         )
-        engine: Retriever = index
-        if text_model is not None:
-            engine = FusionRetriever([index, page_text_index(index, text_model)])
         return cls(index=engine, **kwargs)
 
     @classmethod

@@ -318,6 +318,12 @@ def fingerprint_files(settings: ColBERTSettings) -> str:
     root = settings.transformer_path
     files = [root / "config.json", *sorted(root.glob("*.safetensors")), *(d.weights for d in settings.dense)]
     files += [root / name for name in _TOKENIZER_FILES if (root / name).is_file()]
+    return digest_files(digest, files)
+
+
+def digest_files(digest: Any, files: Sequence[Path]) -> str:
+    """``digest`` (a hashlib object, already fed the settings) updated with each file's name, size and full
+    content, once per real file (links followed); its first 16 hex digits."""
     seen: set[Path] = set()
     for file in files:
         resolved = file.resolve()
@@ -327,7 +333,7 @@ def fingerprint_files(settings: ColBERTSettings) -> str:
         stat = resolved.stat()
         digest.update(f"{file.name}:{stat.st_size}:".encode())
         digest.update(_content_digest(str(resolved), stat.st_size, stat.st_mtime_ns, stat.st_ino))
-    return digest.hexdigest()[:16]
+    return str(digest.hexdigest()[:16])
 
 
 @functools.lru_cache(maxsize=256)

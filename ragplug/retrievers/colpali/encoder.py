@@ -47,9 +47,9 @@ from ragplug._threads import torch_threads
 from ragplug.errors import InvalidInputError
 from ragplug.retrievers.colbert.checkpoint import (
     _check_weights,
-    _content_digest,
     _not_a_model,
     _read_json,
+    digest_files,
     resolve_checkpoint,
 )
 from ragplug.retrievers.colbert.encoder import SMALL_QUERY_BATCH
@@ -366,16 +366,7 @@ class ColPaliEncoder:
         weights, processor and tokenizer file (not of the model's name or folder: a moved copy matches)."""
         recorded = {k: v for k, v in settings.items() if k not in ("model", "revision", "base_model")}
         digest = hashlib.sha256(json.dumps({**recorded, "v": _ENCODING_VERSION}, sort_keys=True).encode())
-        seen: set[Path] = set()
-        for file in self.checkpoint.files():
-            resolved = file.resolve()
-            if resolved in seen:
-                continue
-            seen.add(resolved)
-            stat = resolved.stat()
-            digest.update(f"{file.name}:{stat.st_size}:".encode())
-            digest.update(_content_digest(str(resolved), stat.st_size, stat.st_mtime_ns, stat.st_ino))
-        return digest.hexdigest()[:16]
+        return digest_files(digest, self.checkpoint.files())
 
     # -- Encoder protocol -----------------------------------------------------------------------------
     @property
