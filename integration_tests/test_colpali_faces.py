@@ -102,7 +102,7 @@ def test_page_indexes_persist_in_memory_and_postgres(
 
     memory = RagplugRetriever.from_pages([docs], model=encoder, k=2)
     memory.save(tmp_path / "pages")
-    reopened = LateInteractionIndex.open(tmp_path / "pages", dtype="float32")  # encoder rebuilt from the manifest
+    reopened = LateInteractionIndex.open(tmp_path / "pages")  # encoder rebuilt from the manifest, dtype included
     assert isinstance(reopened.encoder, ColPaliEncoder) and len(reopened) == 4
     query = "outlook"
     expected = [(h.id, round(h.score, 3)) for h in memory.index.search(query, k=4)]

@@ -138,7 +138,9 @@ def test_identity_and_family_come_from_the_files(
         "model": str(tiny_colpali["colqwen2"].resolve()),
         "family": "ColQwen2",
         "pool_factor": None,
+        "dtype": "float32",  # recorded to reopen as built, not fingerprinted: a bf16 twin matches
     }
+    assert ColPaliEncoder(tiny_colpali["colqwen2"], dtype="bfloat16").identity.fingerprint == enc.identity.fingerprint
     assert len(enc.identity.fingerprint) == 16 and enc.identity.name == str(tiny_colpali["colqwen2"])
     assert enc.identity.fingerprint != encoders["colidefics3"].identity.fingerprint
     liar = shutil.copytree(tiny_colpali["colqwen2"], tmp_path / "colidefics3")  # a folder named for another family

@@ -328,6 +328,7 @@ class ColPaliEncoder:
             "family": family.model_class,
             **({"base_model": checkpoint.base_name} if checkpoint.adapter is not None else {}),
             "pool_factor": self.pool_factor,
+            "dtype": dtype_name,  # for reopening as built; not in the fingerprint (bf16 and fp32 vectors mix)
         }
         self._identity = EncoderIdentity(self.name, self._dim, self._fingerprint(settings), settings)
         logger.info(
@@ -364,7 +365,7 @@ class ColPaliEncoder:
     def _fingerprint(self, settings: dict[str, Any]) -> str:
         """Hash of the family, pool factor and encoding version, and of the whole content of every config,
         weights, processor and tokenizer file (not of the model's name or folder: a moved copy matches)."""
-        recorded = {k: v for k, v in settings.items() if k not in ("model", "revision", "base_model")}
+        recorded = {k: v for k, v in settings.items() if k not in ("model", "revision", "base_model", "dtype")}
         digest = hashlib.sha256(json.dumps({**recorded, "v": _ENCODING_VERSION}, sort_keys=True).encode())
         return digest_files(digest, self.checkpoint.files())
 

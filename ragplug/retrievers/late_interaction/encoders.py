@@ -70,4 +70,6 @@ def encoder_from_identity(identity: EncoderIdentity | None, where: str, **overri
 register_encoder(
     "colbert", "ragplug.retrievers.colbert:ColBERTEncoder", rebuild_keys=("query_maxlen", "doc_maxlen", "revision")
 )
-register_encoder("colpali", "ragplug.retrievers.colpali:ColPaliEncoder", rebuild_keys=("pool_factor", "revision"))
+register_encoder(
+    "colpali", "ragplug.retrievers.colpali:ColPaliEncoder", rebuild_keys=("pool_factor", "revision", "dtype")
+)
