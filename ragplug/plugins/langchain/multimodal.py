@@ -15,13 +15,13 @@ from langchain_core.messages import HumanMessage
 from langchain_core.messages.content import ContentBlock, create_image_block, create_text_block
 
 from ragplug.errors import InvalidInputError
-from ragplug.plugins.langchain.retrievers import IMAGE_KEY, IMAGE_MAX_SIDE
+from ragplug.retrievers.colpali.pages import CHAT_IMAGE_SIDE, IMAGE_KEY, page_image_base64
 
 __all__ = ["page_images_message"]
 
 
 def page_images_message(
-    question: str, documents: Sequence[Document], *, max_side: int = IMAGE_MAX_SIDE
+    question: str, documents: Sequence[Document], *, max_side: int = CHAT_IMAGE_SIDE
 ) -> HumanMessage:
     """A message asking ``question`` about the retrieved pages: their images (from ``metadata["image_base64"]``
     when the retriever included them, else re-rendered from the page's ``image`` reference) and a line
@@ -32,14 +32,10 @@ def page_images_message(
     blocks: list[ContentBlock] = [create_text_block(question)]
     for doc in documents:
         meta = doc.metadata
-        data = meta.get(IMAGE_KEY)
+        data = page_image_base64(meta, max_side=max_side)
         if data is None:
-            if not isinstance(meta.get("image"), str):
-                msg = f"document {doc.id!r} has no page image (metadata 'image' or '{IMAGE_KEY}')"
-                raise InvalidInputError(msg)
-            from ragplug.retrievers.colpali.pages import page_image, to_base64_png
-
-            data = to_base64_png(page_image(meta), max_side=max_side)
+            msg = f"document {doc.id!r} has no page image (metadata 'image' or '{IMAGE_KEY}')"
+            raise InvalidInputError(msg)
         where = f"page {meta.get('page', '?')} of {meta.get('source', doc.id)}"
         blocks.append(create_text_block(f"[{where}]"))
         blocks.append(create_image_block(base64=data, mime_type="image/png"))

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from ragplug.errors import InvalidInputError, RagplugError
 from ragplug.retrievers.build import add_pages, build_index, make_encoder, open_index, page_retriever
 from ragplug.retrievers.colbert.encoder import DEFAULT_MODEL
+from ragplug.retrievers.colpali.pages import IMAGE_KEY, page_image_base64
 from ragplug.retrievers.late_interaction import Encoder, Hit, LateInteractionIndex, MultiVectorStore, rerank
 from ragplug.retrievers.late_interaction.base import RELEVANCE_KEY, SCORE_KEY
 from ragplug.retrievers.late_interaction.filters import Filter
@@ -41,22 +42,14 @@ from ragplug.retrievers.search import SearchRequest, SearchType, arun_search, re
 __all__ = ["ColBERTReranker", "ColBERTRetriever", "RagplugRetriever"]
 
 
-#: Where a page's image goes, as base64 PNG, when a retriever is asked for images (``include_images=True``).
-IMAGE_KEY = "image_base64"
-
-
 def _to_document(hit: Hit, include_images: bool = False) -> Document:
     scores = {SCORE_KEY: hit.score, RELEVANCE_KEY: hit.relevance}
     metadata = {**hit.metadata, **scores}
-    if include_images and IMAGE_KEY not in metadata and isinstance(hit.metadata.get("image"), str):
-        from ragplug.retrievers.colpali.pages import page_image, to_base64_png
-
-        metadata[IMAGE_KEY] = to_base64_png(page_image(hit.metadata), max_side=IMAGE_MAX_SIDE)
+    if include_images and "image" in hit.metadata:
+        image = page_image_base64(hit.metadata)
+        if image is not None:
+            metadata[IMAGE_KEY] = image
     return Document(page_content=display_text(hit), id=hit.id, metadata=metadata)
-
-
-#: The longest side of page images handed to chat models (a multimodal model resizes them anyway).
-IMAGE_MAX_SIDE = 1024
 
 
 class RagplugRetriever(BaseRetriever):

@@ -34,6 +34,7 @@ from llama_index.core.vector_stores.types import FilterCondition, FilterOperator
 from ragplug.errors import FilterError, InvalidInputError
 from ragplug.retrievers.build import add_pages, build_index, make_encoder, open_index, page_retriever
 from ragplug.retrievers.colbert.encoder import DEFAULT_MODEL
+from ragplug.retrievers.colpali.pages import IMAGE_KEY, page_image_base64
 from ragplug.retrievers.late_interaction import Encoder, Hit, LateInteractionIndex, MultiVectorStore, rerank
 from ragplug.retrievers.late_interaction.base import SCORE_KEY
 from ragplug.retrievers.late_interaction.filters import Filter
@@ -90,17 +91,13 @@ def _to_node(hit: Hit, include_images: bool = False) -> NodeWithScore:
         "id_": hit.id,
         "text": display_text(hit),
         "metadata": {**hit.metadata, SCORE_KEY: hit.score},
-        "excluded_llm_metadata_keys": [SCORE_KEY, "image_base64"],  # a score, an image: not text for the LLM
-        "excluded_embed_metadata_keys": [SCORE_KEY, "image_base64"],
+        "excluded_llm_metadata_keys": [SCORE_KEY, IMAGE_KEY],  # a score, an image: not text for the LLM
+        "excluded_embed_metadata_keys": [SCORE_KEY, IMAGE_KEY],
     }
     node: TextNode
-    if "page" in hit.metadata and ("image" in hit.metadata or "image_base64" in hit.metadata):
-        image = hit.metadata.get("image_base64")  # kept with the index (byaldi's stored pages)
-        if include_images and image is None and isinstance(hit.metadata.get("image"), str):
-            from ragplug.retrievers.colpali.pages import page_image, to_base64_png
-
-            image = to_base64_png(page_image(hit.metadata), max_side=1024)
-        node = ImageNode(**common, image=image if include_images else None, image_mimetype="image/png")
+    if "page" in hit.metadata and ("image" in hit.metadata or IMAGE_KEY in hit.metadata):
+        image = page_image_base64(hit.metadata) if include_images else None
+        node = ImageNode(**common, image=image, image_mimetype="image/png")
     else:
         node = TextNode(**common)
     if hit.parent_id is not None:

@@ -70,6 +70,7 @@ import numpy as np
 
 from ragplug._extras import require
 from ragplug.errors import InvalidInputError, StoreCorruptedError
+from ragplug.retrievers.colpali.pages import IMAGE_KEY
 from ragplug.retrievers.late_interaction.base import RELEVANCE_KEY, SCORE_KEY, Encoder, EncoderIdentity, Record
 from ragplug.retrievers.late_interaction.codecs import Codec, codec_config
 from ragplug.retrievers.late_interaction.stores.memory import InMemoryMultiVectorStore
@@ -100,7 +101,7 @@ NEWEST_KNOWN_VERSION = (0, 0, 7)
 #: what byaldi writes for a document given as a PIL image instead of a file
 IN_MEMORY = "In-memory Image"
 #: metadata keys of page records (a byaldi metadata key among these is kept as ``byaldi_<key>``)
-PAGE_KEYS = ("doc_id", "page", "page_count", "source", "image", "image_base64")
+PAGE_KEYS = ("doc_id", "page", "page_count", "source", "image", IMAGE_KEY)
 _RESERVED = (*PAGE_KEYS, "parent_id", "chunk_index", "start_index", SCORE_KEY, RELEVANCE_KEY)
 _EMBEDDINGS = re.compile(r"^embeddings_(\d+)\.pt$")
 _COLLECTION = re.compile(r"^(\d+)\.json\.gz$")
@@ -213,7 +214,7 @@ def read_byaldi_index(
             meta["source"] = source
         meta["image"] = _reference(source, page) if source is not None and source != IN_MEMORY else None
         if embed_id in kept:
-            meta["image_base64"] = kept[embed_id]
+            meta[IMAGE_KEY] = kept[embed_id]
         metadatas.append(meta)
     try:
         store = _store(matrices, ids, parents, metadatas, encoder, store_options)

@@ -72,8 +72,10 @@ if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
 __all__ = [
+    "CHAT_IMAGE_SIDE",
     "DEFAULT_DPI",
     "IMAGE_EXTENSIONS",
+    "IMAGE_KEY",
     "MAX_PIXELS",
     "PDF_EXTENSIONS",
     "Page",
@@ -81,6 +83,7 @@ __all__ = [
     "image_pages",
     "load_pages",
     "page_image",
+    "page_image_base64",
     "pdf_pages",
     "thumbnail",
     "to_base64_png",
@@ -91,6 +94,11 @@ logger = logging.getLogger(__name__)
 
 #: Rendering resolution of PDF pages, in dots per inch (see the module docstring).
 DEFAULT_DPI = 144
+#: The metadata key of a page's image as base64 PNG: kept with an index (byaldi's stored pages) or added to
+#: results on request (``include_images=True``).
+IMAGE_KEY = "image_base64"
+#: The longest side of page images handed to chat models (a multimodal model resizes them anyway).
+CHAT_IMAGE_SIDE = 1024
 #: The most pixels a page may have once rendered or decoded (``max_pixels=None`` lifts the limit).
 MAX_PIXELS = 64_000_000
 PDF_EXTENSIONS = frozenset({".pdf"})
@@ -777,3 +785,14 @@ def to_data_url(image: PILImage, *, max_side: int | None = None) -> str:
     """``"data:image/png;base64,..."``: the image as LangChain's multimodal messages take it,
     ``{"type": "image_url", "image_url": {"url": to_data_url(page.image)}}``."""
     return "data:image/png;base64," + to_base64_png(image, max_side=max_side)
+
+
+def page_image_base64(metadata: Mapping[str, Any], *, max_side: int | None = CHAT_IMAGE_SIDE) -> str | None:
+    """A page's image as base64 PNG: the one kept in ``metadata`` (:data:`IMAGE_KEY`), else rendered again
+    from its ``image`` reference; ``None`` for metadata that is not a page's."""
+    kept = metadata.get(IMAGE_KEY)
+    if isinstance(kept, str):
+        return kept
+    if isinstance(metadata.get("image"), str):
+        return to_base64_png(page_image(metadata), max_side=max_side)
+    return None
