@@ -88,3 +88,14 @@ def test_delete_none_and_save_onto_a_file_are_clear_errors(stanford_encoder: Col
     with pytest.raises(StoreError, match="it is an existing file, not a folder"):
         index.save(tmp_path / "file")
     assert (tmp_path / "file").read_text() == "mine" and len(index) == 1
+
+
+def test_parts_of_a_document_are_stored_whole_under_it(stanford_encoder: ColBERTEncoder) -> None:
+    index = LateInteractionIndex(stanford_encoder, chunker=stanford_encoder.chunker(chunk_tokens=4, overlap=0))
+    long = "Marley was dead to begin with and there is no doubt whatever about that."
+    index.add([long, "Scrooge signed it."], ids=["doc#p1", "doc#p2"], parents=["doc", "doc"])
+    assert len(index) == 2 and {r.parent_id for r in index.get(["doc"])} == {"doc"}  # not chunked
+    with pytest.raises(InvalidInputError, match="which is an item of this call"):
+        index.add(["x", "y"], ids=["a", "b"], parents=["b", None])
+    index.delete(["doc"])
+    assert len(index) == 0

@@ -140,10 +140,11 @@ class LateInteractionIndex:
                 raise InvalidInputError(msg)
             metas.append(dict(meta or {}))
 
+        items_here = set(ids)
         for id_, parent in zip(ids, parents, strict=True):
             if parent is not None:
                 check_ids([parent], f"the parent of {id_!r}")
-                if parent == id_ or parent in ids:
+                if parent in items_here:  # itself, or another item of this call
                     msg = f"the parent of {id_!r} is {parent!r}, which is an item of this call, not a document"
                     raise InvalidInputError(msg)
 
