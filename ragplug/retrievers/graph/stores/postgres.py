@@ -281,8 +281,12 @@ class PgGraphStore:
 
     def create_schema(self) -> None:
         """Create the graph tables (idempotent) and check pgvector; done on first use by default."""
-        self._run(self._prepare(create=True))
-        self._ready = True
+        ready, self._ready = self._ready, True  # this call prepares: _run must not check for the tables first
+        try:
+            self._run(self._prepare(create=True))
+        except BaseException:
+            self._ready = ready
+            raise
 
     def close(self) -> None:
         """Close the connection pools ragplug opened (never the caller's)."""
