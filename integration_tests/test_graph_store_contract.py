@@ -596,6 +596,11 @@ def test_a_folder_keeps_one_generation_of_files(tmp_path: Path) -> None:
     manifest = json.loads((folder / "manifest.json").read_text())
     assert names == sorted(["manifest.json", *manifest["files"].values()])
     assert MemoryGraphStore.open(folder).version == 3
+    copy = tmp_path / "copy"
+    store.save(copy)
+    assert content(MemoryGraphStore.load(copy).snapshot()) == content(store.snapshot())
+    store.add(d1())
+    assert MemoryGraphStore.load(copy).version == 3 and MemoryGraphStore.load(folder).version == 4
     with pytest.raises(StoreError, match="no graph"):
         MemoryGraphStore.open(tmp_path / "empty")
 

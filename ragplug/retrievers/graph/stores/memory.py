@@ -107,8 +107,8 @@ class _State:
 
 class MemoryGraphStore(ThreadedGraphAsync):
     """A :class:`~ragplug.retrievers.graph.model.GraphStore` in process; with ``folder``, loaded from and
-    saved to that folder at every write (see the module docstring). :meth:`open` opens a folder that must
-    already hold a graph."""
+    saved to that folder at every write (see the module docstring). :meth:`open` (or :meth:`load`) opens a
+    folder that must already hold a graph; :meth:`save` writes a copy to another folder."""
 
     kind: ClassVar[str] = "memory"
 
@@ -126,6 +126,17 @@ class MemoryGraphStore(ThreadedGraphAsync):
             msg = f"{folder} holds no graph ({MANIFEST} not found)"
             raise StoreError(msg)
         return cls(folder)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str]) -> MemoryGraphStore:
+        """The same as :meth:`open`."""
+        return cls.open(folder)
+
+    def save(self, folder: str | os.PathLike[str]) -> None:
+        """Write the graph as it is now to ``folder`` (atomically, as every write to a store's own folder).
+        The store keeps the folder it was made with (or none): later writes do not go to ``folder``."""
+        with self._lock:
+            _save(Path(folder), self._state)
 
     @property
     def folder(self) -> Path | None:
