@@ -230,6 +230,10 @@ class PhraseExtractor:
         extra_stopwords: words added to :data:`STOPWORDS` (case-insensitive), e.g. a corpus' boilerplate.
 
     Every setting that changes the output is in :attr:`settings`, with the algorithm's version.
+
+    >>> [x] = PhraseExtractor(phrases=False).extract([Passage("p", "Scrooge's clerk was Bob Cratchit.", "doc")])
+    >>> [e.name for e in x.entities], [(r.source, r.target, r.weight) for r in x.relations]
+    (['Scrooge', 'Bob Cratchit'], [('bob cratchit', 'scrooge', 1.0)])
     """
 
     name = "phrase"
