@@ -1,6 +1,6 @@
 """LlamaIndex components: ``ColBERTIndex`` (a ``BaseIndex``), ``ColBERTRetriever`` (a ``BaseRetriever``),
 ``ColBERTRerank`` (a node postprocessor) and ``LoRALLM`` (a ``FunctionCallingLLM`` over a local model with LoRA
-adapters).
+adapters), and ``llamaindex_chat_function`` (an LLM as Graph RAG's chat function).
 
 Needs ``pip install "ragplug[colbert,llamaindex]"`` (and ``[lora]`` for ``LoRALLM``). Each class is
 imported when first used, so the retrievers work without the LoRA extra and vice versa.
@@ -13,6 +13,7 @@ require("llama_index.core", "llamaindex")
 from typing import TYPE_CHECKING  # noqa: E402
 
 if TYPE_CHECKING:
+    from ragplug.plugins.llamaindex.chat_function import llamaindex_chat_function
     from ragplug.plugins.llamaindex.index import ColBERTIndex, TokenWindowSplitter
     from ragplug.plugins.llamaindex.llms import LoRALLM
     from ragplug.plugins.llamaindex.retrievers import (
@@ -29,6 +30,7 @@ __all__ = [
     "LoRALLM",
     "RagplugRetriever",
     "TokenWindowSplitter",
+    "llamaindex_chat_function",
     "to_ragplug_filter",
 ]
 
@@ -39,6 +41,7 @@ _WHERE = {
     "RagplugRetriever": "ragplug.plugins.llamaindex.retrievers",
     "LoRALLM": "ragplug.plugins.llamaindex.llms",
     "TokenWindowSplitter": "ragplug.plugins.llamaindex.index",
+    "llamaindex_chat_function": "ragplug.plugins.llamaindex.chat_function",
     "to_ragplug_filter": "ragplug.plugins.llamaindex.retrievers",
 }
 
