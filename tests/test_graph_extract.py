@@ -242,3 +242,17 @@ def test_speed_smoke_on_a_thousand_passages() -> None:
     out = PhraseExtractor().extract(passages, show_progress=False)
     assert [x.passage_id for x in out] == [p.id for p in passages]
     assert sum(1 for x in out if x.entities) > 900
+
+
+def test_a_short_heading_line_ends_a_name() -> None:
+    """A title line ("Ludwig Elsbett\\nLudwig Elsbett was ...") is not one name run across the line break,
+    while a name wrapped inside a long line of prose stays whole."""
+    extractor = PhraseExtractor(phrases=False)
+    heading = extractor.extract_one(Passage("p", "Ludwig Elsbett\nLudwig Elsbett was a German engineer.", "d"))
+    assert {e.key for e in heading.entities} == {"ludwig elsbett", "german"}
+    wrapped = (
+        "In the evening the old clerk walked slowly home to see his good friend Ebenezer\n"
+        "Scrooge, who lived alone."
+    )
+    keys = {e.key for e in extractor.extract_one(Passage("q", wrapped, "d")).entities}
+    assert "ebenezer scrooge" in keys

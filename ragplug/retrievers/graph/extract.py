@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 #: The version of the extraction algorithm, part of :attr:`PhraseExtractor.settings`: raise it whenever a
 #: change makes the same passage give other entities or relations.
-ALGORITHM_VERSION = 1
+ALGORITHM_VERSION = 2
 
 
 def _words(text: str) -> frozenset[str]:
@@ -117,6 +117,8 @@ _CONTRACTION = re.compile(r"['’](?:ll|d|ve|re|m|t|em)$")
 _ADVERB = re.compile(r"^.{4,}(?<![ipbfo])ly$")
 
 _WINDOWS = ("sentence", "passage")
+# A line shorter than this that ends without punctuation is a heading: its line break ends a sentence.
+_HEADING_CHARS = 48
 
 
 @dataclass
@@ -147,7 +149,7 @@ def _tokens(text: str) -> list[_Token]:
         if not out:
             adjacent, initial = False, True
         elif not gap.strip():
-            blank = _BLANK_LINE.search(gap) is not None
+            blank = _BLANK_LINE.search(gap) is not None or _after_heading(text, prev_end, gap)
             adjacent, initial = not blank, blank
             sentence += blank
         elif (prev_lower in _ABBREVIATIONS or (len(prev_word) == 1 and prev_word.isupper())) and (
@@ -169,6 +171,16 @@ def _tokens(text: str) -> list[_Token]:
         out.append(_Token(word, lower, start, end, cap, possessive, contraction, adjacent, initial, sentence))
         prev_end, prev_lower, prev_word = end, lower, word
     return out
+
+
+def _after_heading(text: str, prev_end: int, gap: str) -> bool:
+    """Whether ``gap`` (whitespace) ends a short line: a title or heading ("Ludwig Elsbett\nLudwig Elsbett
+    was ...") rather than a line wrapped inside a sentence, whose lines are long."""
+    newline = gap.find("\n")
+    if newline < 0:
+        return False
+    line_start = text.rfind("\n", 0, prev_end) + 1
+    return prev_end + newline - line_start < _HEADING_CHARS
 
 
 def _spans(tokens: list[_Token]) -> list[list[int]]:
