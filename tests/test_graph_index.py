@@ -1,0 +1,258 @@
+"""The Graph RAG engine end to end on small corpora whose answers are certain: two-hop local search by
+personalized PageRank, the ColBERT fallback, hybrid fusion, insert/delete/upsert consistency, global search
+over known communities (with and without a recorded LLM), persistence and bad input."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytest
+
+from ragplug.errors import DuplicateIdError, EncoderMismatchError, InvalidInputError, UnknownIdError
+from ragplug.retrievers.graph.extract import PhraseExtractor
+from ragplug.retrievers.graph.index import GraphIndex
+from ragplug.retrievers.graph.stores import MemoryGraphStore
+from ragplug.retrievers.late_interaction import LateInteractionIndex
+from ragplug.retrievers.protocol import Retriever, WritableRetriever
+
+pytest.importorskip("igraph")
+
+FILMS = {
+    "harbor": "Quiet Harbor is a 1961 drama film directed by Mira Talbot.",
+    "talbot": "Mira Talbot was born in Lisbon and trained as a painter before she made films.",
+    "meadow": "Green Meadow is a 1975 comedy film directed by Oskar Brandt.",
+    "brandt": "Oskar Brandt was born in Hamburg and worked as a journalist.",
+    "lisbon": "Lisbon is the capital of Portugal, on the river Tagus.",
+    "ferry": "The Tagus Ferry carries commuters across the river every morning.",
+}
+
+
+def graph_index(encoder: Any, **kwargs: Any) -> GraphIndex:
+    return GraphIndex(MemoryGraphStore(), LateInteractionIndex(encoder), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def films(minilm_encoder: Any) -> GraphIndex:
+    index = graph_index(minilm_encoder)
+    index.add(list(FILMS.values()), ids=list(FILMS), metadatas=[{"topic": k} for k in FILMS], show_progress=False)
+    return index
+
+
+def test_graph_index_is_a_writable_retriever(films: GraphIndex) -> None:
+    assert isinstance(films, Retriever) and isinstance(films, WritableRetriever)
+
+
+def test_local_search_walks_two_hops_to_the_answer(films: GraphIndex) -> None:
+    """The question names the film; the director's page is reached through the director's name."""
+    hits = films.search("Where was the director of Quiet Harbor born?", k=2)
+    assert [h.id for h in hits] == ["harbor", "talbot"]
+    first, second = hits
+    assert first.relevance == 1.0 and 0 < second.relevance < 1
+    assert second.metadata["graph_mode"] == "local"
+    assert "Quiet Harbor" in second.metadata["graph_seeds"]
+    assert "Mira Talbot" in second.metadata["graph_entities"]
+    assert ["Quiet Harbor", "co-occurs", "Mira Talbot"] in second.metadata["graph_edges"]
+    assert second.metadata["topic"] == "talbot"  # the passage's own metadata is kept
+
+
+def test_the_walk_ranks_the_connected_passage_above_unconnected_ones(films: GraphIndex) -> None:
+    hits = films.search("Where was the director of Green Meadow born?", k=6)
+    assert [h.id for h in hits[:2]] == ["meadow", "brandt"]
+    relevance = {h.id: h.relevance for h in hits}
+    assert relevance.get("talbot", 0) < relevance["brandt"] / 2  # linked only through common words
+
+
+def test_a_query_without_seed_entities_falls_back_to_colbert_and_says_so(films: GraphIndex) -> None:
+    hits = films.search("which boat crosses the water each day", k=2)
+    assert hits and all("no seed entity" in h.metadata["graph_fallback"] for h in hits)
+    assert hits[0].id == "ferry"  # MiniLM: the ferry passage is the unambiguous match
+    colbert = films.passages.search("which boat crosses the water each day", k=2)
+    assert [h.id for h in hits] == [h.id for h in colbert]
+
+
+def test_hybrid_fuses_the_walk_with_colbert(films: GraphIndex) -> None:
+    hits = films.search("Where was the director of Quiet Harbor born?", k=3, mode="hybrid")
+    assert {h.id for h in hits[:2]} == {"harbor", "talbot"}
+    assert all(h.metadata["graph_mode"] == "hybrid" for h in hits)
+    assert all(0 <= h.relevance <= 1 for h in hits)
+    assert hits[0].relevance == 1.0
+
+
+def test_filters_apply_to_passages(films: GraphIndex) -> None:
+    hits = films.search("Where was the director of Quiet Harbor born?", k=3, filter={"topic": {"$ne": "harbor"}})
+    assert hits[0].id == "talbot"
+    assert all(h.id != "harbor" for h in hits)
+
+
+async def test_async_search_matches_sync(films: GraphIndex) -> None:
+    query = "Where was the director of Green Meadow born?"
+    assert [h.id for h in await films.asearch(query, k=2)] == [h.id for h in films.search(query, k=2)]
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"mode": "sideways"}, "mode"),
+        ({"damping": 1.0}, "damping"),
+        ({"dense_weight": -1}, "dense_weight"),
+        ({"fetch_k": 0}, "fetch_k"),
+        ({"max_llm_calls": -1}, "max_llm_calls"),
+        ({"colour": "red"}, "unknown search options"),
+        ({"k": 0}, "k"),
+    ],
+)
+def test_bad_search_options_are_refused(films: GraphIndex, options: dict[str, Any], match: str) -> None:
+    with pytest.raises(InvalidInputError, match=match):
+        films.search("Quiet Harbor", **options)
+
+
+def test_an_empty_query_is_refused(films: GraphIndex) -> None:
+    with pytest.raises(InvalidInputError, match="non-empty"):
+        films.search("   ")
+
+
+def test_delete_removes_what_only_that_document_supported(minilm_encoder: Any) -> None:
+    index = graph_index(minilm_encoder)
+    index.add(list(FILMS.values()), ids=list(FILMS), show_progress=False)
+    before = index.stats()
+    index.delete(["meadow"])
+    snapshot = index.store.snapshot()
+    assert "green meadow" not in snapshot.entity_keys  # only "meadow" mentioned it
+    assert "oskar brandt" in snapshot.entity_keys  # "brandt" still does
+    assert index.stats().passages == before.passages - 1
+    with pytest.raises(UnknownIdError):
+        index.get(["meadow"])
+    ranked = [h.id for h in index.search("Where was Oskar Brandt born?", k=3)]
+    assert ranked[0] == "brandt" and "meadow" not in ranked
+    with pytest.raises(UnknownIdError, match="meadow"):
+        index.delete(["meadow"])
+
+
+def test_add_refuses_stored_documents_and_upsert_replaces_them(minilm_encoder: Any) -> None:
+    index = graph_index(minilm_encoder)
+    index.add([FILMS["harbor"], FILMS["talbot"]], ids=["harbor", "talbot"], show_progress=False)
+    with pytest.raises(DuplicateIdError, match="harbor"):
+        index.add(["Quiet Harbor was remade in 1990."], ids=["harbor"])
+    assert index.get(["harbor"])[0].text == FILMS["harbor"]
+    index.add(["Quiet Harbor is a 1961 film directed by Rosa Vidal."], ids=["harbor"], upsert=True)
+    keys = index.store.snapshot().entity_keys
+    assert "rosa vidal" in keys
+    assert "mira talbot" in keys  # still mentioned by the "talbot" passage
+    assert index.get(["harbor"])[0].text.endswith("Rosa Vidal.")
+    assert [p.text for p in index.store.passages(["harbor"])] == [index.get(["harbor"])[0].text]
+
+
+def test_long_documents_are_cut_and_deleted_whole(minilm_encoder: Any) -> None:
+    from ragplug.retrievers.graph.chunking import PassageSplitter
+
+    index = graph_index(minilm_encoder, splitter=PassageSplitter(max_words=12))
+    text = " ".join(f"Chapter {n} tells how Anna Berg met Tomas Ek in Uppsala." for n in range(4))
+    index.add([text, FILMS["lisbon"]], ids=["book", "lisbon"], show_progress=False)
+    passages = index.store.document_passages(["book"])
+    assert len(passages) == 4 and all(p.startswith("book#") for p in passages)
+    assert {r.id for r in index.get(["book"])} == set(passages)
+    index.delete(["book"])
+    assert index.store.documents() == ["lisbon"]
+    assert "anna berg" not in index.store.snapshot().entity_keys
+
+
+def test_blank_documents_and_passages_without_entities_are_reported(
+    minilm_encoder: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    index = graph_index(minilm_encoder, extractor=PhraseExtractor(phrases=False))
+    with caplog.at_level("WARNING", logger="ragplug.retrievers.graph.index"):
+        index.add(["", "it was cold and dark.", FILMS["lisbon"]], ids=["blank", "plain", "lisbon"])
+    report = index.last_report
+    assert report.blank_documents == ["blank"]
+    assert report.empty_passages == ["plain"]
+    assert "blank" in caplog.text and "plain" in caplog.text
+    assert index.get(["plain"])[0].text == "it was cold and dark."  # still searchable as a passage
+    assert index.stats().empty_passages == 1
+
+
+def test_a_store_built_by_another_extractor_is_refused(minilm_encoder: Any) -> None:
+    index = graph_index(minilm_encoder)
+    index.add([FILMS["lisbon"]], ids=["lisbon"], show_progress=False)
+    with pytest.raises(EncoderMismatchError, match="extractor setting"):
+        GraphIndex(index.store, LateInteractionIndex(minilm_encoder), extractor=PhraseExtractor(phrases=False))
+
+
+def test_save_and_open_round_trip(films: GraphIndex, tmp_path: Any) -> None:
+    films.save(tmp_path / "g")
+    reopened = GraphIndex.open(tmp_path / "g")
+    query = "Where was the director of Quiet Harbor born?"
+    assert [h.id for h in reopened.search(query, k=2)] == [h.id for h in films.search(query, k=2)]
+    assert reopened.stats() == films.stats()
+
+
+# ---------------------------------------------------------------------------------------------- global
+TOPICS = [
+    # astronomy: one community of linked names
+    "Vera Rubin studied the Andromeda Galaxy at the Kitt Peak Observatory.",
+    "At Kitt Peak Observatory, Vera Rubin and Kent Ford measured the Andromeda Galaxy.",
+    "Kent Ford built the spectrograph used at Kitt Peak Observatory on the Andromeda Galaxy.",
+    # cooking: another
+    "Julia Child taught French cooking with Simone Beck in Paris.",
+    "Simone Beck and Louisette Bertholle wrote a cookbook with Julia Child in Paris.",
+    "Louisette Bertholle tested recipes with Simone Beck and Julia Child.",
+]
+
+
+class RecordedChat:
+    """A chat function that replays answers and records the prompts it saw."""
+
+    def __init__(self, answers: Sequence[Any]) -> None:
+        self.answers, self.prompts = list(answers), []
+
+    def __call__(self, messages: Sequence[Mapping[str, str]], schema: Mapping[str, Any]) -> Any:
+        self.prompts.append(messages[-1]["content"])
+        answer = self.answers.pop(0) if self.answers else {"score": 0, "answer": ""}
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+@pytest.fixture(scope="module")
+def topics(minilm_encoder: Any) -> GraphIndex:
+    index = graph_index(minilm_encoder, extractor=PhraseExtractor(phrases=False))
+    index.add(TOPICS, ids=[f"t{i}" for i in range(len(TOPICS))], show_progress=False)
+    return index
+
+
+def test_global_search_ranks_the_community_of_the_topic(topics: GraphIndex) -> None:
+    hits = topics.search("galaxy observations by astronomers", k=2, mode="global", max_llm_calls=0)
+    assert hits[0].metadata["graph_mode"] == "global"
+    assert set(hits[0].metadata["graph_passages"]) == {"t0", "t1", "t2"}
+    assert "vera rubin" in hits[0].metadata["graph_entities"]
+    assert "Vera Rubin" in hits[0].text or "Kent Ford" in hits[0].text
+    cooking = topics.search("French recipes and cookbooks", k=1, mode="global", max_llm_calls=0)[0]
+    assert set(cooking.metadata["graph_passages"]) == {"t3", "t4", "t5"}
+    communities, version = topics.store.communities()
+    assert version == topics.store.version and len(communities) >= 2
+
+
+def test_global_search_with_an_llm_follows_its_scores_within_the_budget(topics: GraphIndex) -> None:
+    chat = RecordedChat([{"score": 10, "answer": "not much"}, {"score": 90, "answer": "Julia Child, in Paris."}])
+    topics.chat = chat
+    try:
+        hits = topics.search("galaxy observations by astronomers", k=2, mode="global", max_llm_calls=2)
+    finally:
+        topics.chat = None
+    assert len(chat.prompts) == 2
+    assert hits[0].metadata["graph_answer"] == "Julia Child, in Paris."
+    assert hits[0].relevance == pytest.approx(0.9)
+    assert "For this question: Julia Child, in Paris." in hits[0].text
+    assert all(h.metadata["graph_llm_calls"] == 2 for h in hits)
+
+
+def test_global_search_survives_an_llm_that_returns_garbage(topics: GraphIndex) -> None:
+    chat = RecordedChat(["not json", RuntimeError("server down")])
+    topics.chat = chat
+    try:
+        hits = topics.search("galaxy observations by astronomers", k=1, mode="global", max_llm_calls=1)
+    finally:
+        topics.chat = None
+    assert len(chat.prompts) == 2  # one retry, then ranked by similarity
+    assert "did not validate" in hits[0].metadata["graph_llm_error"]
+    assert set(hits[0].metadata["graph_passages"]) == {"t0", "t1", "t2"}
