@@ -256,3 +256,28 @@ def test_global_search_survives_an_llm_that_returns_garbage(topics: GraphIndex) 
     assert len(chat.prompts) == 2  # one retry, then ranked by similarity
     assert "did not validate" in hits[0].metadata["graph_llm_error"]
     assert set(hits[0].metadata["graph_passages"]) == {"t0", "t1", "t2"}
+
+
+def test_a_graph_over_an_existing_colbert_index_needs_no_encoding_of_passages(
+    films: GraphIndex, minilm_encoder: Any
+) -> None:
+    colbert = LateInteractionIndex(minilm_encoder)
+    colbert.add(list(FILMS.values()), ids=list(FILMS), metadatas=[{"topic": k} for k in FILMS], show_progress=False)
+    calls = []
+    original = minilm_encoder.encode_documents
+
+    def counting(items: Any, **kwargs: Any) -> Any:
+        calls.append(list(items))
+        return original(items, **kwargs)
+
+    minilm_encoder.encode_documents = counting
+    try:
+        graph = GraphIndex.from_index(colbert)
+    finally:
+        del minilm_encoder.encode_documents
+    assert all(FILMS["harbor"] not in batch for batch in calls)  # only entity names were encoded
+    assert graph.passages is colbert and graph.store.documents() == sorted(FILMS)
+    query = "Where was the director of Quiet Harbor born?"
+    assert [h.id for h in graph.search(query, k=2)] == [h.id for h in films.search(query, k=2)]
+    graph.add(["Ines Duarte was born in Porto."], ids=["duarte"])  # the two grow together
+    assert "duarte" in colbert.store and "duarte" in graph.store.documents()

@@ -174,11 +174,24 @@ class GraphIndex:
             if taken:
                 msg = f"documents already stored: {taken[:5]}; use upsert=True to replace them"
                 raise DuplicateIdError(msg)
-        report.passages = len(passages)
         report.seconds["split"] = time.perf_counter() - clock
+        self._graph_and_write(passages, report, upsert, show_progress, doc_ids)
+        return doc_ids
+
+    def _graph_and_write(
+        self,
+        passages: list[Passage],
+        report: IndexReport,
+        upsert: bool,
+        show_progress: bool | None,
+        doc_ids: list[str] | None,
+    ) -> None:
+        """Extract, embed and write ``passages`` (to the passage index too unless ``doc_ids`` is ``None``:
+        they are in it already), filling ``report``."""
+        report.passages = len(passages)
         if not passages:
             self.last_report = report
-            return doc_ids
+            return
         clock = time.perf_counter()
         extractions = self.extractor.extract(passages, show_progress=show_progress)
         report.seconds["extract"] = time.perf_counter() - clock
@@ -194,9 +207,49 @@ class GraphIndex:
         batch = self._batch(passages, extractions, show_progress)
         report.new_entities, report.synonyms = len(batch.entity_vectors), len(batch.synonyms)
         report.seconds["embed"] = time.perf_counter() - clock
-        report.seconds.update(self._write(batch, upsert, show_progress, doc_ids))
+        if doc_ids is None:
+            clock = time.perf_counter()
+            if self.store.identity is None:
+                self.store.bind(self.identity)
+            self.store.add(batch)
+            report.seconds["graph_store"] = time.perf_counter() - clock
+        else:
+            report.seconds.update(self._write(batch, upsert, show_progress, doc_ids))
         self.last_report = report
-        return doc_ids
+
+    @classmethod
+    def from_index(
+        cls,
+        passages: LateInteractionIndex,
+        *,
+        store: GraphStore | None = None,
+        show_progress: bool | None = None,
+        **kwargs: Any,
+    ) -> GraphIndex:
+        """A graph over the records of an existing ColBERT index, without encoding them again: each record
+        with text is a passage (a chunk's document is its parent item), extracted, embedded and linked. The
+        graph and the index then grow together through :meth:`add` and :meth:`delete`. Records without
+        text cannot be read by an extractor; they are counted in the log and stay searchable by ColBERT."""
+        from ragplug.retrievers.graph.stores import MemoryGraphStore
+
+        index = cls(store if store is not None else MemoryGraphStore(), passages, **kwargs)
+        report = IndexReport()
+        clock = time.perf_counter()
+        found: list[Passage] = []
+        textless = 0
+        ids = passages.store.ids()
+        for start in range(0, len(ids), 1024):
+            for record in passages.get(ids[start : start + 1024]):
+                if not record.text or not record.text.strip():
+                    textless += 1
+                    continue
+                found.append(Passage(record.id, record.text, record.item_id, dict(record.metadata)))
+        if textless:
+            logger.warning("%d records of the index have no text: they are not in the graph", textless)
+        report.documents = len({p.doc_id for p in found})
+        report.seconds["read"] = time.perf_counter() - clock
+        index._graph_and_write(found, report, False, show_progress, None)
+        return index
 
     async def aadd(self, texts: Sequence[str], **kwargs: Any) -> list[str]:
         """:meth:`add` in a worker thread."""
