@@ -121,9 +121,11 @@ class Extraction:
 @runtime_checkable
 class ChatFunction(Protocol):
     """The one thing Graph RAG asks of a chat model: answer ``messages`` (``{"role", "content"}`` dicts) with
-    a JSON object valid against ``schema`` (a JSON schema), returned parsed. Adapters in
-    :mod:`ragplug.retrievers.graph.chat` make one from ragplug's ``LoRAModel`` (grammar-constrained, so it
-    always parses), a LangChain chat model or a LlamaIndex LLM. It raises on failure (the caller retries)."""
+    a JSON object valid against ``schema`` (a JSON schema), returned parsed. Made from ragplug's
+    ``LoRAModel`` by :func:`ragplug.retrievers.graph.llm.lora_chat_function` (grammar-constrained, so it
+    always parses), from a LangChain chat model by ``ragplug.plugins.langchain.langchain_chat_function``,
+    from a LlamaIndex LLM by ``ragplug.plugins.llamaindex.llamaindex_chat_function``. It raises on failure
+    (the caller retries)."""
 
     def __call__(self, messages: Sequence[Mapping[str, str]], schema: Mapping[str, Any]) -> Any: ...
 
