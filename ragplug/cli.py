@@ -4,9 +4,15 @@
     ragplug search INDEX QUERY [-k N] [--filter JSON] [--json] [--model M]
     ragplug info INDEX [--json]
     ragplug demo [--model M] [--cache DIR] [-k N] [--postgres TARGET]
+    ragplug graph build PATH... --out DIR [--model M] [--root DIR] [--upsert] [--max-words N] [--no-phrases]
+    ragplug graph stats DIR [--json]
+    ragplug graph show DIR ENTITY [--hops N] [--max-nodes N] [--png FILE] [--json]
+    ragplug graph search DIR QUERY [-k N] [--mode local|global|hybrid] [--filter JSON] [--json]
+    ragplug graph export DIR (--graphml FILE | --json FILE)
 
 ``index`` reads text, Markdown, PDF and JSONL/BEIR files (see :mod:`ragplug.files`) into a folder index;
 ``search`` and ``info`` reopen it with the encoder it records, so they need no ``--model``.
+``graph`` builds and reads Graph RAG folders (see :mod:`ragplug.cli_graph`).
 
 Exit status: 0 on success; 2 when the command cannot do what was asked (a usage error, as argparse reports
 it, and any :class:`~ragplug.errors.RagplugError` or ``OSError``: a missing or malformed file, an id that is
@@ -448,6 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
         help='then answer from Postgres: "embedded" (default, a server ragplug starts), a DSN, or "none"',
     )
     demo.set_defaults(run=_demo)
+
+    from ragplug.cli_graph import add_graph_commands  # here: cli_graph imports this module's helpers
+
+    add_graph_commands(sub, common)
     return parser
 
 
