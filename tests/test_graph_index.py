@@ -281,3 +281,52 @@ def test_a_graph_over_an_existing_colbert_index_needs_no_encoding_of_passages(
     assert [h.id for h in graph.search(query, k=2)] == [h.id for h in films.search(query, k=2)]
     graph.add(["Ines Duarte was born in Porto."], ids=["duarte"])  # the two grow together
     assert "duarte" in colbert.store and "duarte" in graph.store.documents()
+
+
+def test_personalized_pagerank_on_a_hand_built_chain_ranks_by_distance_from_the_seed() -> None:
+    """Passages p0..p3 each mention two neighbours of a chain of entities e0 - e1 - e2 - e3 - e4; a walk
+    from e0 must rank them by their distance from e0, and an unconnected passage gets nothing."""
+    import numpy as np
+
+    from ragplug.retrievers.graph.model import Entity, Extraction, GraphBatch, Passage
+    from ragplug.retrievers.graph.search import GraphView, LocalSearch
+
+    store = MemoryGraphStore()
+    keys = [f"e{i}" for i in range(5)] + ["island"]
+    passages = [Passage(f"p{i}", f"e{i} and e{i + 1}", f"p{i}") for i in range(4)] + [Passage("px", "island", "px")]
+    extractions = [
+        Extraction(f"p{i}", (Entity(f"e{i}", f"e{i}"), Entity(f"e{i + 1}", f"e{i + 1}"))) for i in range(4)
+    ] + [Extraction("px", (Entity("island", "island"),))]
+    vectors = {key: np.eye(8, dtype=np.float32)[i] for i, key in enumerate(keys)}
+    store.add(GraphBatch(passages, extractions, vectors))
+    view = GraphView(store)
+    snapshot, prepared = view.current()
+    search = LocalSearch(view, PhraseExtractor(), encoder=None)  # type: ignore[arg-type]  # no embedding seeds
+    seeds = search.seeds("e0", snapshot, prepared)
+    assert [snapshot.entity_keys[i] for i in seeds.entities] == ["e0"]
+    walked = search.walk(prepared, seeds.entities, {}, damping=0.5)
+    passage_scores = dict(zip(snapshot.passage_ids, walked[prepared.n_entities :], strict=True))
+    assert passage_scores["p0"] > passage_scores["p1"] > passage_scores["p2"] > passage_scores["p3"] > 0
+    assert passage_scores["px"] == 0
+    assert view.current()[0] is snapshot  # cached until the store changes
+    store.delete_documents(["px"])
+    assert view.current()[0] is not snapshot
+
+
+def test_a_christmas_carol_links_scrooge_marley_and_cratchit(minilm_encoder: Any) -> None:
+    """The LLM-free extractor on real text: the three characters are nodes, linked by co-occurrence."""
+    from ragplug.demo import book_passages
+
+    names = ("Marley", "Cratchit")
+    texts = [p.text for p in book_passages() if any(n in p.text for n in names)][:60]
+    index = graph_index(minilm_encoder, extractor=PhraseExtractor(phrases=False))
+    index.add(texts, show_progress=False)
+    snapshot = index.store.snapshot()
+    position = {key: i for i, key in enumerate(snapshot.entity_keys)}
+    assert {"scrooge", "marley", "bob cratchit"} <= set(position), sorted(position)[:50]
+    pairs = {tuple(sorted(pair)) for pair in snapshot.relations.tolist()}
+    assert tuple(sorted((position["scrooge"], position["marley"]))) in pairs
+    cratchits = [position[k] for k in ("bob cratchit", "cratchit") if k in position]
+    assert any(tuple(sorted((position["scrooge"], c))) in pairs for c in cratchits)
+    hits = index.search("What did Marley's ghost tell Scrooge?", k=3)
+    assert all("Marley" in h.metadata["graph_seeds"] or "Scrooge" in h.metadata["graph_seeds"] for h in hits)
