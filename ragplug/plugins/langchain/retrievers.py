@@ -2,7 +2,8 @@
 
 Thin glue only. :class:`RagplugRetriever` is one retriever class for every engine: it wraps any
 :class:`~ragplug.retrievers.protocol.Retriever` (ColBERT over text, ColPali over pages: a
-:class:`~ragplug.retrievers.late_interaction.LateInteractionIndex`; later the Graph retrievers), and its
+:class:`~ragplug.retrievers.late_interaction.LateInteractionIndex`; Graph RAG: a
+:class:`~ragplug.retrievers.graph.GraphIndex`, whose hits carry their evidence in metadata), and its
 builders make the common ones. ``ColBERTRetriever`` is the same class under the name most users look for.
 It converts hits into ``Document`` objects: ``id``, the text as ``page_content`` (for a page without a
 text layer, a line naming the page, never an empty string), metadata, the raw MaxSim score in

@@ -1,4 +1,4 @@
-"""LlamaIndex retriever and reranker over ragplug's late-interaction engine.
+"""LlamaIndex retriever and reranker over ragplug's engines (late interaction, Graph RAG).
 
 Thin glue only: hits become ``NodeWithScore(TextNode)`` whose ``score`` is the hit's relevance in [0, 1]
 (MaxSim divided by the query's length, :func:`~ragplug.retrievers.late_interaction.base.relevance_of`, so
@@ -107,7 +107,8 @@ def _to_node(hit: Hit, include_images: bool = False) -> NodeWithScore:
 
 class RagplugRetriever(BaseRetriever):
     """Any ragplug engine as a LlamaIndex retriever: one class for ColBERT over text, ColPali over pages and
-    the engines to come. ``ColBERTRetriever`` is the same class under the name most users look for.
+    Graph RAG (a :class:`~ragplug.retrievers.graph.GraphIndex`; ``search_kwargs={"mode": "hybrid"}``).
+    ``ColBERTRetriever`` is the same class under the name most users look for.
 
     Args:
         index: the engine, a :class:`~ragplug.retrievers.protocol.Retriever` (see :meth:`from_texts` /
