@@ -330,3 +330,34 @@ def test_a_christmas_carol_links_scrooge_marley_and_cratchit(minilm_encoder: Any
     assert any(tuple(sorted((position["scrooge"], c))) in pairs for c in cratchits)
     hits = index.search("What did Marley's ghost tell Scrooge?", k=3)
     assert all("Marley" in h.metadata["graph_seeds"] or "Scrooge" in h.metadata["graph_seeds"] for h in hits)
+
+
+def test_answer_global_maps_then_reduces_within_the_budget(topics: GraphIndex) -> None:
+    chat = RecordedChat(
+        [
+            {"score": 80, "answer": "Vera Rubin and Kent Ford measured Andromeda."},
+            {"score": 0, "answer": ""},
+            {"answer": "Vera Rubin and Kent Ford observed the Andromeda Galaxy at Kitt Peak [c0-0]."},
+        ]
+    )
+    topics.chat = chat
+    try:
+        answer = topics.answer_global("Who observed galaxies?", k=2, max_llm_calls=3)
+    finally:
+        topics.chat = None
+    assert answer.reduced and answer.llm_calls == 3 and len(chat.prompts) == 3
+    assert answer.text.startswith("Vera Rubin and Kent Ford observed")
+    assert "Vera Rubin and Kent Ford measured Andromeda." in chat.prompts[-1]  # the reduce saw the map's answer
+    assert set(answer.passages) == {"t0", "t1", "t2"}
+
+
+def test_answer_global_falls_back_to_the_best_partial_answer(topics: GraphIndex) -> None:
+    chat = RecordedChat([{"score": 70, "answer": "Julia Child cooked."}, {"score": 0, "answer": ""}, "garbage"])
+    topics.chat = chat
+    try:
+        answer = topics.answer_global("Who cooked?", k=2, max_llm_calls=3)
+    finally:
+        topics.chat = None
+    assert not answer.reduced and answer.text.startswith("Julia Child cooked.")
+    with pytest.raises(InvalidInputError, match="chat function"):
+        topics.answer_global("Who cooked?")

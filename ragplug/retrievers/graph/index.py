@@ -48,7 +48,7 @@ from ragplug.retrievers.late_interaction import Encoder, LateInteractionIndex
 from ragplug.retrievers.late_interaction.base import Hit, Record, check_ids, check_k
 from ragplug.retrievers.late_interaction.filters import Filter, FilterNode, parse_filter
 
-__all__ = ["GraphIndex", "IndexReport"]
+__all__ = ["GlobalAnswer", "GraphIndex", "IndexReport"]
 
 logger = logging.getLogger(__name__)
 
@@ -463,7 +463,7 @@ class GraphIndex:
             raise InvalidInputError(msg)
         by_id = {c.id: c for c in communities}
         hits = ranker.search(query, k=min(len(communities), max(k, opts.max_llm_calls, 10)))
-        ranked: list[tuple[float, Community, dict[str, Any]]] = []
+        ranked: list[tuple[int, float, Community, dict[str, Any]]] = []
         calls = 0
         for hit in hits:
             community = by_id[hit.id]
@@ -473,7 +473,7 @@ class GraphIndex:
                 if not cited:
                     continue
             extra: dict[str, Any] = {}
-            score = float(hit.relevance or 0.0)
+            score, tier = float(hit.relevance or 0.0), 1
             if self.chat is not None and calls < opts.max_llm_calls:
                 calls += 1
                 judged = _map_community(self.chat, query, community)
@@ -481,10 +481,11 @@ class GraphIndex:
                     extra["graph_llm_error"] = "the LLM's answer did not validate twice; ranked by similarity"
                 else:
                     score, extra["graph_answer"] = judged[0] / 100.0, judged[1]
-            ranked.append((score, community, {**extra, "graph_passages": cited[:20]}))
-        ranked.sort(key=lambda item: -item[0])
+                    tier = 0 if judged[0] > 0 else 2  # judged helpful, not judged, judged useless
+            ranked.append((tier, score, community, {**extra, "graph_passages": cited[:20]}))
+        ranked.sort(key=lambda item: (item[0], -item[1]))
         out = []
-        for score, community, extra in ranked[:k]:
+        for _, score, community, extra in ranked[:k]:
             meta = {
                 "graph_mode": "global",
                 "graph_community": community.id,
@@ -499,6 +500,47 @@ class GraphIndex:
                 text = f"{text}\n\nFor this question: {extra['graph_answer']}"
             out.append(Hit(community.id, score, meta, text, None, min(1.0, max(0.0, score))))
         return out
+
+    def answer_global(self, query: str, *, k: int = 5, max_llm_calls: int = 6) -> GlobalAnswer:
+        """GraphRAG's global search as an answer: the ``k`` communities nearest the query are read by the
+        chat model (the map step, at most ``max_llm_calls - 1`` calls), then one call writes the answer from
+        the helpful partial answers (the reduce step). The answer cites its communities and passages. Needs
+        a ``chat`` function; when the reduce call fails, the best partial answer is returned and says so."""
+        if self.chat is None:
+            msg = "answer_global needs a chat function: GraphIndex(..., chat=...)"
+            raise InvalidInputError(msg)
+        if isinstance(max_llm_calls, bool) or not isinstance(max_llm_calls, int) or max_llm_calls < 2:
+            msg = f"max_llm_calls must be an integer >= 2 (map and reduce), got {max_llm_calls!r}"
+            raise InvalidInputError(msg)
+        hits = self.search(query, k=k, mode="global", max_llm_calls=max_llm_calls - 1)
+        helpful = [h for h in hits if h.metadata.get("graph_answer") and h.score > 0]
+        calls = hits[0].metadata["graph_llm_calls"] if hits else 0
+        if not helpful:
+            return GlobalAnswer("The indexed documents do not answer this question.", hits, calls, reduced=False)
+        notes = "\n\n".join(
+            f"[{h.id}] (helpfulness {round(100 * h.score)}) {h.metadata['graph_answer']}" for h in helpful
+        )
+        messages = [
+            {
+                "role": "system",
+                "content": (
+                    "You write the answer to a question from partial answers, each drawn from one group of "
+                    "related documents and rated for helpfulness. Combine what they say, prefer the more "
+                    "helpful ones, and cite the groups you use by their ids in square brackets."
+                ),
+            },
+            {"role": "user", "content": f"Question: {query}\n\nPartial answers:\n{notes}"},
+        ]
+        try:
+            out = self.chat(messages, _REDUCE_SCHEMA)
+            answer = out["answer"].strip() if isinstance(out, Mapping) and isinstance(out.get("answer"), str) else ""
+        except Exception as err:  # a chat model may fail in any way: fall back to the best partial answer
+            logger.warning("the reduce call failed: %s", err)
+            answer = ""
+        if not answer:
+            best = helpful[0]
+            return GlobalAnswer(f"{best.metadata['graph_answer']} [{best.id}]", hits, calls + 1, reduced=False)
+        return GlobalAnswer(answer, hits, calls + 1, reduced=True)
 
     def _communities(self) -> tuple[list[Community], LateInteractionIndex | None]:
         stored, version = self.store.communities()
@@ -619,6 +661,34 @@ def _fuse(graph: list[Hit], dense: list[Hit], k: int, dense_weight: float) -> li
         out.append(Hit(hit.id, fused[item], meta, hit.text, hit.parent_id, min(1.0, fused[item] / top)))
     return out
 
+
+@dataclass(frozen=True)
+class GlobalAnswer:
+    """The answer of :meth:`GraphIndex.answer_global`: its text, the community hits it was drawn from (with
+    their partial answers and cited passages in metadata), the LLM calls made, and whether the reduce step
+    wrote it (``False``: the best partial answer, or no community helped)."""
+
+    text: str
+    communities: list[Hit]
+    llm_calls: int
+    reduced: bool
+
+    @property
+    def passages(self) -> list[str]:
+        """The passages the helpful communities cite."""
+        out: dict[str, None] = {}
+        for hit in self.communities:
+            if hit.metadata.get("graph_answer"):
+                out.update(dict.fromkeys(hit.metadata.get("graph_passages", [])))
+        return list(out)
+
+
+_REDUCE_SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"type": "string", "maxLength": 2000}},
+    "required": ["answer"],
+    "additionalProperties": False,
+}
 
 _MAP_SCHEMA = {
     "type": "object",
