@@ -361,3 +361,10 @@ def test_answer_global_falls_back_to_the_best_partial_answer(topics: GraphIndex)
     assert not answer.reduced and answer.text.startswith("Julia Child cooked.")
     with pytest.raises(InvalidInputError, match="chat function"):
         topics.answer_global("Who cooked?")
+
+
+def test_a_store_built_with_another_encoder_is_refused(minilm_encoder: Any, stanford_encoder: Any) -> None:
+    index = graph_index(minilm_encoder)
+    index.add([FILMS["lisbon"]], ids=["lisbon"], show_progress=False)
+    with pytest.raises(EncoderMismatchError, match="encoder"):
+        GraphIndex(index.store, LateInteractionIndex(stanford_encoder))
