@@ -87,14 +87,12 @@ def test_langchain_search_kwargs_per_call_options_and_evidence(graph: GraphIndex
         LangChainRetriever(index=graph, search_type="mmr")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GraphSearchOptions.fetch_k shares its name with the faces' MMR fetch_k: resolve_search refuses it "
-    "outside MMR, so a graph's fetch_k cannot be set through search_kwargs",
-)
-def test_langchain_graph_fetch_k_reaches_the_engine(graph: GraphIndex) -> None:
-    retriever = LangChainRetriever(index=graph, search_kwargs={"mode": "hybrid", "fetch_k": 10})
+def test_langchain_graph_dense_k_reaches_the_engine(graph: GraphIndex) -> None:
+    """The graph's own option is dense_k (fetch_k belongs to MMR in the faces): it reaches the engine."""
+    retriever = LangChainRetriever(index=graph, search_kwargs={"mode": "hybrid", "dense_k": 10})
     assert retriever.invoke(TWO_HOPS)
+    with pytest.raises(InvalidInputError, match="dense_k"):
+        LangChainRetriever(index=graph, search_kwargs={"mode": "hybrid", "dense_k": 0}).invoke(TWO_HOPS)
 
 
 def test_langchain_global_hits_are_communities(graph: GraphIndex) -> None:

@@ -96,7 +96,7 @@ async def test_async_search_matches_sync(films: GraphIndex) -> None:
         ({"mode": "sideways"}, "mode"),
         ({"damping": 1.0}, "damping"),
         ({"dense_weight": -1}, "dense_weight"),
-        ({"fetch_k": 0}, "fetch_k"),
+        ({"dense_k": 0}, "dense_k"),
         ({"max_llm_calls": -1}, "max_llm_calls"),
         ({"colour": "red"}, "unknown search options"),
         ({"k": 0}, "k"),

@@ -388,7 +388,7 @@ class GraphIndex:
         seeds = self.local.seeds(query, snapshot, prepared)
         dense: list[Hit] = []
         if opts.mode == "hybrid" or not seeds.entities:
-            dense = self.passages.search(query, k=max(k, opts.fetch_k), filter=filter)
+            dense = self.passages.search(query, k=max(k, opts.dense_k), filter=filter)
         if not seeds.entities:
             note = "no seed entity in the query: ColBERT ranking"
             logger.info("graph search fell back to ColBERT for %r: no seed entity", query)
@@ -403,7 +403,7 @@ class GraphIndex:
                     passage_seeds[p] = opts.passage_weight * total * (h.relevance or 0.0) / top
         walked = self.local.walk(prepared, seeds.entities, passage_seeds, opts.damping)
         entity_scores, scores = walked[: prepared.n_entities], walked[prepared.n_entities :]
-        wanted = max(k, opts.fetch_k) if opts.mode == "hybrid" else k
+        wanted = max(k, opts.dense_k) if opts.mode == "hybrid" else k
         ranked = self._ranked(snapshot, prepared, seeds, scores, entity_scores, wanted, filter, opts.mode)
         if opts.mode == "local":
             return ranked[:k]
@@ -625,7 +625,7 @@ class GraphIndex:
                 msg = f"the graph lives in a {manifest['store']['kind']} store: pass it as store="
                 raise InvalidInputError(msg)
             store = MemoryGraphStore.load(folder / "graph")
-        passages = LateInteractionIndex.open(folder / "passages", model)
+        passages = LateInteractionIndex.open(folder / "passages", model, chunk=False)  # passages are cut here
         return cls(
             store,
             passages,

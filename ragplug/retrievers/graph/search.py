@@ -62,15 +62,15 @@ class GraphSearchOptions(SearchOptions):
     score is its walk relevance plus this times its ColBERT relevance. ``passage_weight``: the weight of
     ColBERT's passages among the walk's seeds, relative to the entities (HippoRAG 2's passage nodes; 0, the
     default, walks from entities only: on 2WikiMultihopQA seeding passages cost more than it gave, see
-    ``benchmarks/results/graph_multihop.md``). ``fetch_k``: ColBERT hits (and walk passages) fused in
-    hybrid mode. ``max_llm_calls``: in global mode, the most communities an LLM reads per query (0: rank by
-    summary similarity alone)."""
+    ``benchmarks/results/graph_multihop.md``). ``dense_k``: ColBERT hits (and walk passages) fused in
+    hybrid mode (not ``fetch_k``, which the framework faces keep for MMR). ``max_llm_calls``: in global
+    mode, the most communities an LLM reads per query (0: rank by summary similarity alone)."""
 
     mode: Mode = "local"
     damping: float = 0.5
     dense_weight: float = 0.1
     passage_weight: float = 0.0
-    fetch_k: int = 50
+    dense_k: int = 50
     max_llm_calls: int = 4
 
     def __post_init__(self) -> None:
@@ -85,10 +85,10 @@ class GraphSearchOptions(SearchOptions):
             if not _number(value) or value < 0:
                 msg = f"{name} must be a non-negative number, got {value!r}"
                 raise InvalidInputError(msg)
-        for name in ("fetch_k", "max_llm_calls"):
+        for name in ("dense_k", "max_llm_calls"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "fetch_k" else 0):
-                msg = f"{name} must be a {'positive' if name == 'fetch_k' else 'non-negative'} integer, got {value!r}"
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "dense_k" else 0):
+                msg = f"{name} must be a {'positive' if name == 'dense_k' else 'non-negative'} integer, got {value!r}"
                 raise InvalidInputError(msg)
 
 

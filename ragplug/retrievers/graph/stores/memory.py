@@ -107,8 +107,9 @@ class _State:
 
 class MemoryGraphStore(ThreadedGraphAsync):
     """A :class:`~ragplug.retrievers.graph.model.GraphStore` in process; with ``folder``, loaded from and
-    saved to that folder at every write (see the module docstring). :meth:`open` (or :meth:`load`) opens a
-    folder that must already hold a graph; :meth:`save` writes a copy to another folder."""
+    saved to that folder at every write (see the module docstring). :meth:`open` opens a folder that must
+    already hold a graph and keeps writing to it; :meth:`load` reads one into memory; :meth:`save` writes a
+    copy to a folder."""
 
     kind: ClassVar[str] = "memory"
 
@@ -129,8 +130,11 @@ class MemoryGraphStore(ThreadedGraphAsync):
 
     @classmethod
     def load(cls, folder: str | os.PathLike[str]) -> MemoryGraphStore:
-        """The same as :meth:`open`."""
-        return cls.open(folder)
+        """The graph saved in ``folder``, read into a store without a folder: later writes stay in memory
+        until :meth:`save` (:meth:`open` keeps writing to the folder instead)."""
+        store = cls.open(folder)
+        store._folder = None
+        return store
 
     def save(self, folder: str | os.PathLike[str]) -> None:
         """Write the graph as it is now to ``folder`` (atomically, as every write to a store's own folder).
