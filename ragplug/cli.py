@@ -125,22 +125,30 @@ def _open(path: Path, model: str | None, *, chunk: bool, store: Any = None) -> A
     return LateInteractionIndex.open(store, encoder, chunk=chunk)
 
 
-def _index(args: argparse.Namespace) -> None:
+def read_paths(paths: Sequence[Path], root: Path | None, out: Path, nothing: str) -> Any:
+    """The items of the files under ``paths`` (``out`` left out), or a :class:`CommandError` that starts with
+    ``nothing`` and says what was found instead."""
     from ragplug.files import load_paths
-    from ragplug.retrievers.late_interaction import LateInteractionIndex
 
-    t0 = time.perf_counter()
-    out: Path = args.out
-    existing = _existing_index(out)
-    loaded = load_paths(args.paths, root=args.root, exclude=[out])
+    loaded = load_paths(paths, root=root, exclude=[out])
     if not loaded.items:
         found = [_plural(loaded.files, "readable file")]
         if loaded.skipped:
             found.append(f"skipped {loaded.skipped_summary()}")
         if loaded.empty:
             found.append(f"{len(loaded.empty)} without text")
-        msg = f"nothing to index in {' '.join(map(str, args.paths))} ({'; '.join(found)})"
+        msg = f"{nothing} in {' '.join(map(str, paths))} ({'; '.join(found)})"
         raise CommandError(msg, "ragplug reads .txt, .md, .markdown, .pdf (with text) and .jsonl files")
+    return loaded
+
+
+def _index(args: argparse.Namespace) -> None:
+    from ragplug.retrievers.late_interaction import LateInteractionIndex
+
+    t0 = time.perf_counter()
+    out: Path = args.out
+    existing = _existing_index(out)
+    loaded = read_paths(args.paths, args.root, out, "nothing to index")
     ids = [item.id for item in loaded.items]
     if existing:
         from ragplug.retrievers.late_interaction.stores import load_store

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ragplug.cli import CommandError, _plural, _positive, _round, default_model
+from ragplug.cli import CommandError, _plural, _positive, _round, default_model, read_paths
 from ragplug.errors import DuplicateIdError, EncoderMismatchError, FilterError, StoreError, UnknownIdError
 
 __all__ = ["add_graph_commands"]
@@ -149,20 +149,10 @@ def _recorded_settings(manifest: dict[str, Any], args: argparse.Namespace) -> No
 
 
 def _build(args: argparse.Namespace) -> None:
-    from ragplug.files import load_paths
-
     t0 = time.perf_counter()
     out: Path = args.out
     existing = _existing_graph(out)
-    loaded = load_paths(args.paths, root=args.root, exclude=[out])
-    if not loaded.items:
-        found = [_plural(loaded.files, "readable file")]
-        if loaded.skipped:
-            found.append(f"skipped {loaded.skipped_summary()}")
-        if loaded.empty:
-            found.append(f"{len(loaded.empty)} without text")
-        msg = f"nothing to build a graph from in {' '.join(map(str, args.paths))} ({'; '.join(found)})"
-        raise CommandError(msg, "ragplug reads .txt, .md, .markdown, .pdf (with text) and .jsonl files")
+    loaded = read_paths(args.paths, args.root, out, "nothing to build a graph from")
     ids = [item.id for item in loaded.items]
     with _graph_errors():
         index = _reopen_for_build(out, args, ids) if existing else _new_graph(args)
