@@ -462,17 +462,19 @@ class PgVectorStore:
             return False
         if not n_tokens or (n_tokens < config.train_tokens and not (force or anyway)):
             return False
-        yield Query("SELECT setseed(%s)", [((config.seed % 1000) + 1) / 1001], "one")
+        # the sample is drawn by a seeded hash of each id and read in insertion order, never in the heap's
+        # physical order (which space freed by other collections reshuffles): one codec for one collection
         sample_rows = yield Query(
-            sql.SQL("SELECT n_tokens, tokens, codes FROM {} WHERE {} AND random() < %s").format(
-                self._t["records"], self._where()
-            ),
-            [min(1.0, 1.2 * config.kmeans_sample / n_tokens)],
+            sql.SQL(
+                "SELECT n_tokens, tokens, codes FROM {} WHERE {} AND (hashtextextended(id, %s::bigint) & 1048575) < %s "
+                "ORDER BY seq"
+            ).format(self._t["records"], self._where()),
+            [config.seed % (1 << 63), min(1.0, 1.2 * config.kmeans_sample / n_tokens) * 1048576],
             "all",
         )
         if not sample_rows:
             sample_rows = yield Query(
-                sql.SQL("SELECT n_tokens, tokens, codes FROM {} WHERE {} LIMIT 100").format(
+                sql.SQL("SELECT n_tokens, tokens, codes FROM {} WHERE {} ORDER BY seq LIMIT 100").format(
                     self._t["records"], self._where()
                 ),
                 (),
