@@ -368,3 +368,17 @@ def test_a_store_built_with_another_encoder_is_refused(minilm_encoder: Any, stan
     index.add([FILMS["lisbon"]], ids=["lisbon"], show_progress=False)
     with pytest.raises(EncoderMismatchError, match="encoder"):
         GraphIndex(index.store, LateInteractionIndex(stanford_encoder))
+
+
+def test_global_search_returns_a_group_once_when_two_levels_hold_it(minilm_encoder: Any) -> None:
+    """Leiden's coarser level repeats the groups it did not merge; a global search lists each group once."""
+    from dataclasses import replace
+
+    index = graph_index(minilm_encoder, extractor=PhraseExtractor(phrases=False))
+    index.add(TOPICS, ids=[f"t{i}" for i in range(len(TOPICS))], show_progress=False)
+    found = index.build_communities()
+    repeated = [replace(c, id=f"again-{c.id}", level=c.level + 1) for c in found]
+    index.store.set_communities(found + repeated, index.store.version)
+    hits = index.search("galaxy observations by astronomers", k=10, mode="global", max_llm_calls=0)
+    groups = [frozenset(h.metadata["graph_entities"]) for h in hits]
+    assert len(groups) == len(set(groups)) == len(found)

@@ -465,8 +465,13 @@ class GraphIndex:
         hits = ranker.search(query, k=min(len(communities), max(k, opts.max_llm_calls, 10)))
         ranked: list[tuple[int, float, Community, dict[str, Any]]] = []
         calls = 0
+        seen: set[frozenset[str]] = set()
         for hit in hits:
             community = by_id[hit.id]
+            members = frozenset(community.entities)
+            if members in seen:  # the same group at a coarser level (Leiden merged nothing into it)
+                continue
+            seen.add(members)
             cited = list(community.passages)
             if filter is not None:
                 cited = [p.id for p in self.store.passages(cited) if keep(filter, p.metadata)]
