@@ -400,17 +400,21 @@ def test_communities_round_trip(filled: Any) -> None:
 
 
 async def test_async_twins(store: Any) -> None:
-    await store.aadd(d1())
-    await store.aadd(d2())
-    assert [p.id for p in await store.apassages(["p3", "p1"])] == ["p3", "p1"]
-    snap = await store.asnapshot()
-    assert snap.version == 2 and set(snap.entity_keys) == {"alice", "bob", "carol", "dave"}
-    await store.adelete_documents(["d1"])
-    assert set((await store.asnapshot()).entity_keys) == {"bob", "dave"}
-    with pytest.raises(UnknownIdError):
+    try:
+        await store.aadd(d1())
+        await store.aadd(d2())
+        assert [p.id for p in await store.apassages(["p3", "p1"])] == ["p3", "p1"]
+        snap = await store.asnapshot()
+        assert snap.version == 2 and set(snap.entity_keys) == {"alice", "bob", "carol", "dave"}
         await store.adelete_documents(["d1"])
-    results = await asyncio.gather(*(store.apassages(["p3"]) for _ in range(4)))
-    assert all(r[0].id == "p3" for r in results)
+        assert set((await store.asnapshot()).entity_keys) == {"bob", "dave"}
+        with pytest.raises(UnknownIdError):
+            await store.adelete_documents(["d1"])
+        results = await asyncio.gather(*(store.apassages(["p3"]) for _ in range(4)))
+        assert all(r[0].id == "p3" for r in results)
+    finally:  # an async pool left open hangs the event loop's shutdown (its workers ignore the cancellation)
+        if hasattr(store, "aclose"):
+            await store.aclose()
 
 
 def test_two_threads_adding_disjoint_documents_both_land(backend: Backend) -> None:
