@@ -382,3 +382,14 @@ def test_global_search_returns_a_group_once_when_two_levels_hold_it(minilm_encod
     hits = index.search("galaxy observations by astronomers", k=10, mode="global", max_llm_calls=0)
     groups = [frozenset(h.metadata["graph_entities"]) for h in hits]
     assert len(groups) == len(set(groups)) == len(found)
+
+
+def test_upserting_a_document_as_blank_removes_it_from_both_stores(minilm_encoder: Any) -> None:
+    index = graph_index(minilm_encoder)
+    index.add([FILMS["harbor"], FILMS["talbot"]], ids=["harbor", "talbot"], show_progress=False)
+    index.add(["   "], ids=["harbor"], upsert=True)
+    assert index.store.documents() == ["talbot"]
+    assert "quiet harbor" not in index.store.snapshot().entity_keys
+    with pytest.raises(UnknownIdError):
+        index.get(["harbor"])
+    assert index.last_report.blank_documents == ["harbor"]

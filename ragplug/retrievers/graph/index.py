@@ -168,14 +168,17 @@ class GraphIndex:
         if report.blank_documents:
             blank = report.blank_documents
             logger.warning("%d blank documents gave no passage: %s", len(blank), blank[:10])
+        stored = set(self.store.documents())
         if not upsert:
-            stored = set(self.store.documents())
             taken = [d for d in doc_ids if d in stored]
             if taken:
                 msg = f"documents already stored: {taken[:5]}; use upsert=True to replace them"
                 raise DuplicateIdError(msg)
         report.seconds["split"] = time.perf_counter() - clock
-        self._graph_and_write(passages, report, upsert, show_progress, doc_ids)
+        self._graph_and_write(passages, report, upsert, show_progress, index_passages=True)
+        emptied = [d for d in report.blank_documents if d in stored] if upsert else []
+        if emptied:  # upserted as blank: the document has no passage any more
+            self.delete(emptied)
         return doc_ids
 
     def _graph_and_write(
@@ -184,10 +187,11 @@ class GraphIndex:
         report: IndexReport,
         upsert: bool,
         show_progress: bool | None,
-        doc_ids: list[str] | None,
+        *,
+        index_passages: bool,
     ) -> None:
-        """Extract, embed and write ``passages`` (to the passage index too unless ``doc_ids`` is ``None``:
-        they are in it already), filling ``report``."""
+        """Extract, embed and write ``passages`` (to the passage index too when ``index_passages``; else they
+        are in it already), filling ``report``."""
         report.passages = len(passages)
         if not passages:
             self.last_report = report
@@ -207,14 +211,14 @@ class GraphIndex:
         batch = self._batch(passages, extractions, show_progress)
         report.new_entities, report.synonyms = len(batch.entity_vectors), len(batch.synonyms)
         report.seconds["embed"] = time.perf_counter() - clock
-        if doc_ids is None:
+        if not index_passages:
             clock = time.perf_counter()
             if self.store.identity is None:
                 self.store.bind(self.identity)
             self.store.add(batch)
             report.seconds["graph_store"] = time.perf_counter() - clock
         else:
-            report.seconds.update(self._write(batch, upsert, show_progress, doc_ids))
+            report.seconds.update(self._write(batch, upsert, show_progress))
         self.last_report = report
 
     @classmethod
@@ -248,7 +252,7 @@ class GraphIndex:
             logger.warning("%d records of the index have no text: they are not in the graph", textless)
         report.documents = len({p.doc_id for p in found})
         report.seconds["read"] = time.perf_counter() - clock
-        index._graph_and_write(found, report, False, show_progress, None)
+        index._graph_and_write(found, report, False, show_progress, index_passages=False)
         return index
 
     async def aadd(self, texts: Sequence[str], **kwargs: Any) -> list[str]:
@@ -303,9 +307,7 @@ class GraphIndex:
                         out[pair] = float(similarity)
         return [Relation(a, b, SYNONYM, w) for (a, b), w in sorted(out.items())]
 
-    def _write(
-        self, batch: GraphBatch, upsert: bool, show_progress: bool | None, doc_ids: list[str]
-    ) -> dict[str, float]:
+    def _write(self, batch: GraphBatch, upsert: bool, show_progress: bool | None) -> dict[str, float]:
         """Encode the passages (before anything is written: the step most likely to fail), write the graph,
         then the passage index in one write; the seconds each took. Should that last write fail, a new
         document's graph part is deleted again; an upsert cannot be undone and says so."""
@@ -322,14 +324,10 @@ class GraphIndex:
         clock = time.perf_counter()
         if self.store.identity is None:
             self.store.bind(self.identity)
-        stored_before = set(self.store.documents()) if upsert else set()
         self.store.add(batch, replace_documents=upsert)
         seconds["graph_store"] = time.perf_counter() - clock
         clock = time.perf_counter()
         try:
-            gone = sorted((stored_before & set(doc_ids)) - {p.doc_id for p in batch.passages})
-            if gone:  # upserted as blank: no passage any more
-                self.passages.delete(gone)
             self.passages.write(records, upsert=upsert)
         except BaseException as err:
             if not upsert:  # keep the two stores in step: undo the graph's part
