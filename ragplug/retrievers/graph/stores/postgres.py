@@ -38,14 +38,13 @@ transaction, so it is one consistent state. Every identifier is composed with
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ragplug._extras import require
-from ragplug._postgres import Connector, aregister_types, register_types
+from ragplug._postgres import Connector
 from ragplug.errors import DuplicateIdError, InvalidInputError, StoreCorruptedError, StoreError, UnknownIdError
 from ragplug.retrievers.graph.model import (
     GRAPH_FORMAT,
@@ -76,7 +75,7 @@ from psycopg import sql  # noqa: E402
 from psycopg.types.json import Jsonb  # noqa: E402
 
 from ragplug.retrievers.late_interaction.stores.postgres.schema import check_pgvector  # noqa: E402
-from ragplug.retrievers.late_interaction.stores.postgres.steps import Copy, Op, Query, adrive, drive  # noqa: E402
+from ragplug.retrievers.late_interaction.stores.postgres.steps import Copy, Op, Query, Transactions  # noqa: E402
 
 __all__ = ["PgGraphStore", "create_graph_schema", "graph_tables"]
 
@@ -229,7 +228,9 @@ class PgGraphStore:
         self.schema = schema
         self._t = graph_tables(schema)
         self._create_schema = create_schema
-        self._ready = False
+        self._tx = Transactions(
+            self._connector, self._prepare, tables="ragplug graph tables", async_methods="aadd, asnapshot, ..."
+        )
 
     def __repr__(self) -> str:
         return f"PgGraphStore({self._connector.description}, name={self.name!r}, schema={self.schema!r})"
@@ -239,38 +240,10 @@ class PgGraphStore:
 
     # -- the drivers ----------------------------------------------------------------------------------
     def _run(self, op: Op) -> Any:
-        if not self._connector.sync_capable:
-            op.close()
-            msg = "this store was given an async connection or pool; use its async methods (aadd, asnapshot, ...)"
-            raise InvalidInputError(msg)
-        with self._connector.connection() as conn:
-            try:
-                if not self._ready:
-                    with conn.transaction(), conn.cursor() as cur:
-                        drive(self._prepare(), cur)
-                    self._ready = True
-                register_types(conn)
-                with conn.transaction(), conn.cursor() as cur:
-                    return drive(op, cur)
-            except psycopg.Error as err:
-                raise _translate(err, self._connector.description) from err
-            finally:
-                op.close()
+        return self._tx.run(op)
 
     async def _arun(self, make_op: Any) -> Any:
-        async with self._connector.aconnection() as conn:
-            if conn is None:  # a sync connection or pool was given: the sync body in a worker thread
-                return await asyncio.to_thread(lambda: self._run(make_op()))
-            try:
-                if not self._ready:
-                    async with conn.transaction(), conn.cursor() as cur:
-                        await adrive(self._prepare(), cur)
-                    self._ready = True
-                await aregister_types(conn)
-                async with conn.transaction(), conn.cursor() as cur:
-                    return await adrive(make_op(), cur)
-            except psycopg.Error as err:
-                raise _translate(err, self._connector.description) from err
+        return await self._tx.arun(make_op)
 
     def _prepare(self, *, create: bool | None = None) -> Op:
         yield from check_pgvector()
@@ -281,11 +254,11 @@ class PgGraphStore:
 
     def create_schema(self) -> None:
         """Create the graph tables (idempotent) and check pgvector; done on first use by default."""
-        ready, self._ready = self._ready, True  # this call prepares: _run must not check for the tables first
+        ready, self._tx.ready = self._tx.ready, True  # this call prepares: _run must not check the tables first
         try:
             self._run(self._prepare(create=True))
         except BaseException:
-            self._ready = ready
+            self._tx.ready = ready
             raise
 
     def close(self) -> None:
@@ -763,17 +736,3 @@ def _array(value: Any) -> FloatMatrix:
     if hasattr(value, "to_numpy"):
         value = value.to_numpy()
     return np.asarray(value, dtype=np.float32)
-
-
-def _translate(err: Exception, where: str) -> Exception:
-    """psycopg errors as ragplug errors (the transaction was rolled back: nothing was written)."""
-    errors = psycopg.errors
-    if isinstance(err, errors.UniqueViolation):
-        return DuplicateIdError(f"an id was stored meanwhile by another writer: {err.diag.message_detail or err}")
-    if isinstance(err, errors.UndefinedTable):
-        return StoreError(f"the ragplug graph tables are missing in {where} (dropped?): {err}")
-    if isinstance(err, psycopg.OperationalError) and (err.sqlstate is None or err.sqlstate[:2] in ("08", "57")):
-        return StoreError(
-            f"the connection to {where} failed; the operation was rolled back, nothing was written: {err}"
-        )
-    return StoreError(f"Postgres error from {where}; the operation was rolled back: {err}")

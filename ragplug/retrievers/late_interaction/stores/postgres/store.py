@@ -22,7 +22,6 @@ apart, and neither ever calls ``run_until_complete``.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
 from collections.abc import Iterator, Sequence
@@ -32,9 +31,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ragplug._extras import require
-from ragplug._postgres import Connector, aregister_types, register_types
+from ragplug._postgres import Connector
 from ragplug._postgres import embedded as start_embedded
-from ragplug.errors import DuplicateIdError, InvalidInputError, StoreCorruptedError, StoreError, UnknownIdError
+from ragplug.errors import InvalidInputError, StoreCorruptedError, StoreError, UnknownIdError
 from ragplug.retrievers.late_interaction.base import (
     EncoderIdentity,
     FloatMatrix,
@@ -66,7 +65,7 @@ from psycopg.types.json import Jsonb  # noqa: E402
 from ragplug.retrievers.late_interaction.stores.postgres import coded  # noqa: E402
 from ragplug.retrievers.late_interaction.stores.postgres import schema as ddl  # noqa: E402
 from ragplug.retrievers.late_interaction.stores.postgres.filters import to_sql  # noqa: E402
-from ragplug.retrievers.late_interaction.stores.postgres.steps import Copy, Op, Query, adrive, drive  # noqa: E402
+from ragplug.retrievers.late_interaction.stores.postgres.steps import Copy, Op, Query, Transactions  # noqa: E402
 
 __all__ = ["HNSWConfig", "PgSearchOptions", "PgVectorStore"]
 
@@ -176,7 +175,9 @@ class PgVectorStore:
         self._t = ddl.tables(schema)
         self._info: _Collection | None = None
         self._summarizers: dict[tuple[int, SummaryConfig], Summarizer] = {}
-        self._ready = False
+        self._tx = Transactions(
+            self._connector, self._prepare, tables="ragplug tables", async_methods="aadd, asearch, ..."
+        )
         self._create_schema = create_schema
         self.pgvector_version: str | None = None
 
@@ -190,52 +191,20 @@ class PgVectorStore:
 
     # -- the drivers ----------------------------------------------------------------------------------
     def _run(self, op: Op) -> Any:
-        if not self._connector.sync_capable:
-            op.close()
-            msg = "this store was given an async connection or pool; use its async methods (aadd, asearch, ...)"
-            raise InvalidInputError(msg)
         before = self._info
         try:
-            return self._run_on_connection(op)
+            return self._tx.run(op)
         except BaseException:
             self._info = before  # what a rolled-back transaction read is not known to exist
             raise
 
-    def _run_on_connection(self, op: Op) -> Any:
-        with self._connector.connection() as conn:
-            try:
-                if not self._ready:
-                    with conn.transaction(), conn.cursor() as cur:
-                        drive(self._prepare(), cur)
-                    self._ready = True
-                register_types(conn)
-                with conn.transaction(), conn.cursor() as cur:
-                    return drive(op, cur)
-            except psycopg.Error as err:
-                raise _translate(err, self._connector.description) from err
-
     async def _arun(self, make_op: Any) -> Any:
         before = self._info
         try:
-            return await self._arun_on_connection(make_op)
+            return await self._tx.arun(make_op)
         except BaseException:
             self._info = before
             raise
-
-    async def _arun_on_connection(self, make_op: Any) -> Any:
-        async with self._connector.aconnection() as conn:
-            if conn is None:  # a sync connection or pool was given: its sync body in a worker thread
-                return await asyncio.to_thread(lambda: self._run(make_op()))
-            try:
-                if not self._ready:
-                    async with conn.transaction(), conn.cursor() as cur:
-                        await adrive(self._prepare(), cur)
-                    self._ready = True
-                await aregister_types(conn)
-                async with conn.transaction(), conn.cursor() as cur:
-                    return await adrive(make_op(), cur)
-            except psycopg.Error as err:
-                raise _translate(err, self._connector.description) from err
 
     def _prepare(self, *, create: bool | None = None) -> Op:
         self.pgvector_version = yield from ddl.check_pgvector()
@@ -248,7 +217,7 @@ class PgVectorStore:
         """Create the store's tables (idempotent) and check pgvector; done on first use unless the store was
         made with ``create_schema=False``."""
         self._run(self._prepare(create=True))
-        self._ready = True
+        self._tx.ready = True
 
     # -- the collection -------------------------------------------------------------------------------
     def _collection(self, *, lock: str = "") -> Op:
@@ -920,17 +889,3 @@ def _refuse_unknown(ids: list[str], rows: list[Any]) -> None:
     if missing:
         msg = f"unknown ids: {missing[:10]}"
         raise UnknownIdError(msg)
-
-
-def _translate(err: Exception, where: str) -> Exception:
-    """psycopg errors as ragplug errors (the transaction was rolled back: nothing was written)."""
-    errors = psycopg.errors
-    if isinstance(err, errors.UniqueViolation):
-        return DuplicateIdError(f"an id was stored meanwhile by another writer: {err.diag.message_detail or err}")
-    if isinstance(err, errors.UndefinedTable):
-        return StoreError(f"the ragplug tables are missing in {where} (dropped?): {err}")
-    if isinstance(err, psycopg.OperationalError) and (err.sqlstate is None or err.sqlstate[:2] in ("08", "57")):
-        return StoreError(
-            f"the connection to {where} failed; the operation was rolled back, nothing was written: {err}"
-        )
-    return StoreError(f"Postgres error from {where}; the operation was rolled back: {err}")
