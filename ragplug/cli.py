@@ -87,18 +87,24 @@ def _default_model_help() -> str:
 
 
 # -- index ----------------------------------------------------------------------------------------------
-def _existing_index(out: Path) -> bool:
-    """True when ``out`` holds an index to add to; False when it is new or empty; an error otherwise."""
+def existing_output(
+    out: Path,
+    manifest: str = _MANIFEST,
+    what: str = "a ragplug index",
+    made_by: str = "an index made by `ragplug index`",
+) -> bool:
+    """True when ``out`` holds ``what`` (its ``manifest`` file: to add to); False when it is new or empty;
+    an error otherwise (``made_by`` says what may be given instead)."""
     if out.is_dir():
-        if (out / _MANIFEST).is_file():
+        if (out / manifest).is_file():
             return True
         if any(out.iterdir()):
-            msg = f"--out {out} is a folder that holds other files, not a ragplug index"
-            raise CommandError(msg, "give a new or empty folder, or an index made by `ragplug index`")
+            msg = f"--out {out} is a folder that holds other files, not {what}"
+            raise CommandError(msg, f"give a new or empty folder, or {made_by}")
         return False
     if out.exists():
         msg = f"--out {out} is a file, not a folder"
-        raise CommandError(msg, "give a new or empty folder, or an index made by `ragplug index`")
+        raise CommandError(msg, f"give a new or empty folder, or {made_by}")
     return False
 
 
@@ -147,7 +153,7 @@ def _index(args: argparse.Namespace) -> None:
 
     t0 = time.perf_counter()
     out: Path = args.out
-    existing = _existing_index(out)
+    existing = existing_output(out)
     loaded = read_paths(args.paths, args.root, out, "nothing to index")
     ids = [item.id for item in loaded.items]
     if existing:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ragplug.cli import CommandError, _plural, _positive, _round, default_model, read_paths
+from ragplug.cli import CommandError, _plural, _positive, _round, default_model, existing_output, read_paths
 from ragplug.errors import DuplicateIdError, EncoderMismatchError, FilterError, StoreError, UnknownIdError
 
 __all__ = ["add_graph_commands"]
@@ -122,20 +122,6 @@ def _warn(message: str) -> None:
 
 
 # -- build ----------------------------------------------------------------------------------------------
-def _existing_graph(out: Path) -> bool:
-    if out.is_dir():
-        if (out / _GRAPH_MANIFEST).is_file():
-            return True
-        if any(out.iterdir()):
-            msg = f"--out {out} is a folder that holds other files, not a graph index"
-            raise CommandError(msg, "give a new or empty folder, or a graph made by `ragplug graph build`")
-        return False
-    if out.exists():
-        msg = f"--out {out} is a file, not a folder"
-        raise CommandError(msg, "give a new or empty folder, or a graph made by `ragplug graph build`")
-    return False
-
-
 def _recorded_settings(manifest: dict[str, Any], args: argparse.Namespace) -> None:
     """Refuse, before the model loads, --max-words / --no-phrases that differ from what the graph records."""
     recorded_words = manifest.get("splitter", {}).get("max_words")
@@ -151,7 +137,7 @@ def _recorded_settings(manifest: dict[str, Any], args: argparse.Namespace) -> No
 def _build(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     out: Path = args.out
-    existing = _existing_graph(out)
+    existing = existing_output(out, _GRAPH_MANIFEST, "a graph index", "a graph made by `ragplug graph build`")
     loaded = read_paths(args.paths, args.root, out, "nothing to build a graph from")
     ids = [item.id for item in loaded.items]
     with _graph_errors():
