@@ -19,7 +19,7 @@ from langchain_core.runnables import Runnable
 from pydantic import BaseModel
 
 from ragplug.errors import InvalidInputError
-from ragplug.retrievers.graph.model import ChatFunction
+from ragplug.retrievers.graph.model import ChatFunction, role_messages
 
 __all__ = ["langchain_chat_function", "to_langchain_messages"]
 
@@ -35,21 +35,7 @@ _MESSAGES: dict[str, type[BaseMessage]] = {
 
 def to_langchain_messages(messages: Sequence[Mapping[str, str]]) -> list[BaseMessage]:
     """``{"role", "content"}`` dicts as LangChain messages (system, user/human, assistant/ai)."""
-    out: list[BaseMessage] = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, Mapping):
-            msg = f"message {i} must be a {{'role', 'content'}} dict, got {message!r}"
-            raise InvalidInputError(msg)
-        role, content = message.get("role"), message.get("content")
-        kind = _MESSAGES.get(role) if isinstance(role, str) else None
-        if kind is None:
-            msg = f"message {i} has role {role!r}; expected one of {sorted(_MESSAGES)}"
-            raise InvalidInputError(msg)
-        if not isinstance(content, str):
-            msg = f"message {i} ({role}) must have string content, got {content!r}"
-            raise InvalidInputError(msg)
-        out.append(kind(content=content))
-    return out
+    return [_MESSAGES[role](content=content) for role, content in role_messages(messages, _MESSAGES)]
 
 
 def langchain_chat_function(chat_model: BaseChatModel, *, method: str | None = "json_schema") -> ChatFunction:

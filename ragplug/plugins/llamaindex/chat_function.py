@@ -22,7 +22,7 @@ from llama_index.core.base.llms.types import ChatMessage, MessageRole
 from llama_index.core.llms.llm import LLM
 
 from ragplug.errors import InvalidInputError
-from ragplug.retrievers.graph.model import ChatFunction
+from ragplug.retrievers.graph.model import ChatFunction, role_messages
 
 __all__ = ["llamaindex_chat_function", "parse_json_object", "to_llamaindex_messages"]
 
@@ -43,21 +43,7 @@ _INSTRUCTION = (
 
 def to_llamaindex_messages(messages: Sequence[Mapping[str, str]]) -> list[ChatMessage]:
     """``{"role", "content"}`` dicts as LlamaIndex chat messages (system, user/human, assistant/ai)."""
-    out: list[ChatMessage] = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, Mapping):
-            msg = f"message {i} must be a {{'role', 'content'}} dict, got {message!r}"
-            raise InvalidInputError(msg)
-        role, content = message.get("role"), message.get("content")
-        kind = _ROLES.get(role) if isinstance(role, str) else None
-        if kind is None:
-            msg = f"message {i} has role {role!r}; expected one of {sorted(_ROLES)}"
-            raise InvalidInputError(msg)
-        if not isinstance(content, str):
-            msg = f"message {i} ({role}) must have string content, got {content!r}"
-            raise InvalidInputError(msg)
-        out.append(ChatMessage(role=kind, content=content))
-    return out
+    return [ChatMessage(role=_ROLES[role], content=content) for role, content in role_messages(messages, _ROLES)]
 
 
 def parse_json_object(text: str | None) -> dict[str, Any]:
