@@ -209,15 +209,21 @@ def _records_of(store: Any, ids: set[str]) -> int | None:
 
 
 # -- search ---------------------------------------------------------------------------------------------
-def _search(args: argparse.Namespace) -> None:
+def filter_arg(text: str | None) -> Any:
+    """``--filter`` parsed and checked (a filter node, or ``None``): a malformed filter is refused before
+    any model is loaded."""
     try:
-        filter_ = json.loads(args.filter) if args.filter is not None else None
+        filter_ = json.loads(text) if text is not None else None
     except ValueError as err:
         msg = f"--filter is not valid JSON: {err}"
         raise FilterError(msg) from err
     from ragplug.retrievers.late_interaction.filters import parse_filter
 
-    node = parse_filter(filter_)  # a malformed filter is refused before the model is loaded
+    return parse_filter(filter_)
+
+
+def _search(args: argparse.Namespace) -> None:
+    node = filter_arg(args.filter)
     index = _open(args.index, args.model, chunk=False)
     hits = index.search(args.query, k=args.k, filter=node)
     for rank, hit in enumerate(hits, 1):
@@ -229,7 +235,7 @@ def _search(args: argparse.Namespace) -> None:
         else:
             print(("\n" if rank > 1 else "") + _readable(rank, hit))
     if not hits and not args.json:
-        print("no matches" + (" (with this filter)" if filter_ else ""))
+        print("no matches" + (" (with this filter)" if node is not None else ""))
 
 
 def _round(value: float | None) -> float | None:

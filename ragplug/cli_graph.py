@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ragplug.cli import CommandError, _plural, _positive, _round, default_model, existing_output, read_paths
-from ragplug.errors import DuplicateIdError, EncoderMismatchError, FilterError, StoreError, UnknownIdError
+from ragplug.cli import CommandError, _plural, _positive, _round, default_model, existing_output, filter_arg, read_paths
+from ragplug.errors import DuplicateIdError, EncoderMismatchError, StoreError, UnknownIdError
 
 __all__ = ["add_graph_commands"]
 
@@ -356,14 +356,8 @@ def _show_text(
 # -- search ---------------------------------------------------------------------------------------------
 def _search(args: argparse.Namespace) -> None:
     from ragplug.retrievers.graph.index import GraphIndex
-    from ragplug.retrievers.late_interaction.filters import parse_filter
 
-    try:
-        filter_ = json.loads(args.filter) if args.filter is not None else None
-    except ValueError as err:
-        msg = f"--filter is not valid JSON: {err}"
-        raise FilterError(msg) from err
-    node = parse_filter(filter_)  # a malformed filter is refused before the model is loaded
+    node = filter_arg(args.filter)
     folder: Path = args.dir
     manifest = _manifest(folder)
     with _graph_errors():
@@ -385,7 +379,7 @@ def _search(args: argparse.Namespace) -> None:
         else:
             print(("\n" if rank > 1 else "") + _readable(rank, hit))
     if not hits and not args.json:
-        print("no matches" + (" (with this filter)" if filter_ else ""))
+        print("no matches" + (" (with this filter)" if node is not None else ""))
 
 
 def _readable(rank: int, hit: Any) -> str:
