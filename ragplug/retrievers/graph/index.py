@@ -43,10 +43,10 @@ from ragplug.retrievers.graph.model import (
     Passage,
     Relation,
 )
-from ragplug.retrievers.graph.search import GraphSearchOptions, GraphView, LocalSearch, embed_phrases, keep
+from ragplug.retrievers.graph.search import GraphSearchOptions, GraphView, LocalSearch, embed_phrases
 from ragplug.retrievers.late_interaction import Encoder, LateInteractionIndex
 from ragplug.retrievers.late_interaction.base import Hit, Record, check_ids, check_k
-from ragplug.retrievers.late_interaction.filters import Filter, FilterNode, parse_filter
+from ragplug.retrievers.late_interaction.filters import Filter, FilterNode, parse_filter, to_predicate
 
 __all__ = ["GlobalAnswer", "GraphIndex", "IndexReport"]
 
@@ -422,13 +422,14 @@ class GraphIndex:
         is the score over the best passage's."""
         order = np.argsort(-scores, kind="stable")
         top_score = float(scores[order[0]]) if len(order) and scores[order[0]] > 0 else 1.0
+        keep = None if filter is None else to_predicate(filter)  # compiled once, not per passage
         ranked: list[Hit] = []
         for start in range(0, len(order), 256):
             chunk = [int(p) for p in order[start : start + 256] if scores[p] > 0]
             if not chunk:
                 break
             for passage in self.store.passages([snapshot.passage_ids[p] for p in chunk]):
-                if not keep(filter, passage.metadata):
+                if keep is not None and not keep(passage.metadata):
                     continue
                 p = prepared.passage_index[passage.id]
                 meta = {**passage.metadata, "graph_mode": mode}
@@ -463,6 +464,7 @@ class GraphIndex:
         hits = ranker.search(query, k=min(len(communities), max(k, opts.max_llm_calls, 10)))
         ranked: list[tuple[int, float, Community, dict[str, Any]]] = []
         calls = 0
+        keep = None if filter is None else to_predicate(filter)
         seen: set[frozenset[str]] = set()
         for hit in hits:
             community = by_id[hit.id]
@@ -471,8 +473,8 @@ class GraphIndex:
                 continue
             seen.add(members)
             cited = list(community.passages)
-            if filter is not None:
-                cited = [p.id for p in self.store.passages(cited) if keep(filter, p.metadata)]
+            if keep is not None:
+                cited = [p.id for p in self.store.passages(cited) if keep(p.metadata)]
                 if not cited:
                     continue
             extra: dict[str, Any] = {}

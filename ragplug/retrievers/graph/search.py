@@ -38,11 +38,10 @@ import numpy as np
 from ragplug._extras import require
 from ragplug.errors import InvalidInputError
 from ragplug.retrievers.graph.model import Extractor, GraphSnapshot, GraphStore, entity_key
-from ragplug.retrievers.late_interaction.base import Hit, SearchOptions
-from ragplug.retrievers.late_interaction.filters import FilterNode, to_predicate
+from ragplug.retrievers.late_interaction.base import SearchOptions
 
 if TYPE_CHECKING:
-    from ragplug.retrievers.late_interaction import Encoder, LateInteractionIndex
+    from ragplug.retrievers.late_interaction import Encoder
 
 __all__ = ["GraphSearchOptions", "GraphView", "LocalSearch", "Seeds", "embed_phrases"]
 
@@ -259,13 +258,3 @@ class LocalSearch:
             "graph_entities": [names[e] for e in top.tolist()],
             "graph_edges": edges,
         }
-
-
-def keep(filter: FilterNode | None, metadata: Mapping[str, Any]) -> bool:
-    """Whether a passage's metadata passes ``filter``."""
-    return filter is None or to_predicate(filter)(metadata)
-
-
-def colbert_hits(passages: LateInteractionIndex, query: str, k: int, filter: FilterNode | None) -> list[Hit]:
-    """The ColBERT engine's hits for ``query`` (the fallback and the hybrid's other ranking)."""
-    return passages.search(query, k=k, filter=filter)
