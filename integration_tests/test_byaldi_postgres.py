@@ -16,7 +16,6 @@ from ragplug.retrievers.colpali.byaldi import page_id, read_byaldi_index
 from ragplug.retrievers.late_interaction import LateInteractionIndex, copy_records
 
 pytestmark = pytest.mark.integration
-pytest.importorskip("psycopg")
 
 from ragplug.retrievers.late_interaction.stores.postgres import PgSearchOptions, PgVectorStore  # noqa: E402
 

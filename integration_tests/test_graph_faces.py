@@ -33,7 +33,6 @@ from ragplug.retrievers.late_interaction import LateInteractionIndex
 from ragplug.retrievers.protocol import Retriever, WritableRetriever
 
 pytestmark = pytest.mark.integration
-pytest.importorskip("igraph")
 
 PAGES = {
     "quiet-harbor": "Quiet Harbor is a 1961 film directed by Mira Talbot.",

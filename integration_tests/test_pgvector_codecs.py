@@ -6,13 +6,13 @@ from __future__ import annotations
 import uuid
 
 import numpy as np
+import psycopg
 import pytest
 
 from ragplug.errors import StoreCorruptedError
 from ragplug.retrievers.late_interaction import CodecConfig, InMemoryMultiVectorStore, Record, copy_records
 
 pytestmark = pytest.mark.integration
-psycopg = pytest.importorskip("psycopg")
 
 from ragplug.retrievers.late_interaction.stores.postgres import PgSearchOptions, PgVectorStore  # noqa: E402
 

@@ -13,13 +13,13 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import psycopg
 import pytest
 
 from ragplug.errors import InvalidInputError, StoreError
 from ragplug.retrievers.late_interaction import Record
 
 pytestmark = pytest.mark.integration
-psycopg = pytest.importorskip("psycopg")
 
 from ragplug.retrievers.late_interaction.stores.postgres import PgSearchOptions, PgVectorStore  # noqa: E402
 from ragplug.retrievers.late_interaction.stores.postgres.schema import MIN_PGVECTOR, _version  # noqa: E402

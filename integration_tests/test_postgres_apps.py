@@ -24,7 +24,6 @@ from ragplug.retrievers.colbert import ColBERTEncoder
 from ragplug.retrievers.late_interaction import LateInteractionIndex
 
 pytestmark = pytest.mark.integration
-pytest.importorskip("psycopg")
 
 from ragplug.retrievers.late_interaction.stores.postgres import PgVectorStore  # noqa: E402
 

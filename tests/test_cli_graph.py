@@ -19,8 +19,6 @@ import pytest
 
 from ragplug.cli import main
 
-pytest.importorskip("igraph")
-
 PAGES = {
     "quiet-harbor.txt": "Quiet Harbor is a 1961 film directed by Mira Talbot.",
     "mira-talbot.txt": "Mira Talbot was born in Lisbon. She studied painting before turning to cinema.",

@@ -9,9 +9,6 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("igraph")
-pytest.importorskip("leidenalg")
-
 from ragplug.errors import InvalidInputError
 from ragplug.retrievers.graph.communities import (
     MENTIONS,

@@ -9,9 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("igraph")
-pytest.importorskip("matplotlib")
-
 from ragplug.errors import InvalidInputError, UnknownIdError
 from ragplug.retrievers.graph.export import (
     draw_neighbourhood,

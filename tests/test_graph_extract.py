@@ -251,8 +251,7 @@ def test_a_short_heading_line_ends_a_name() -> None:
     heading = extractor.extract_one(Passage("p", "Ludwig Elsbett\nLudwig Elsbett was a German engineer.", "d"))
     assert {e.key for e in heading.entities} == {"ludwig elsbett", "german"}
     wrapped = (
-        "In the evening the old clerk walked slowly home to see his good friend Ebenezer\n"
-        "Scrooge, who lived alone."
+        "In the evening the old clerk walked slowly home to see his good friend Ebenezer\nScrooge, who lived alone."
     )
     keys = {e.key for e in extractor.extract_one(Passage("q", wrapped, "d")).entities}
     assert "ebenezer scrooge" in keys

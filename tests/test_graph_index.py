@@ -16,8 +16,6 @@ from ragplug.retrievers.graph.stores import MemoryGraphStore
 from ragplug.retrievers.late_interaction import LateInteractionIndex
 from ragplug.retrievers.protocol import Retriever, WritableRetriever
 
-pytest.importorskip("igraph")
-
 FILMS = {
     "harbor": "Quiet Harbor is a 1961 drama film directed by Mira Talbot.",
     "talbot": "Mira Talbot was born in Lisbon and trained as a painter before she made films.",
