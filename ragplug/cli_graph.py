@@ -65,15 +65,17 @@ def _manifest(folder: Path) -> dict[str, Any]:
     return data
 
 
-def _graph_store(folder: Path, manifest: dict[str, Any]) -> Any:
-    """The folder's in-memory graph store, loaded without the encoder."""
+def _load_graph(folder: Path) -> tuple[dict[str, Any], Any]:
+    """The folder's manifest and its in-memory graph store, loaded without the encoder."""
     from ragplug.retrievers.graph.stores import MemoryGraphStore
 
+    manifest = _manifest(folder)
     kind = manifest["store"].get("kind")
     if kind != "memory":
         msg = f"the graph of {folder} lives in a {kind} store, not in the folder"
         raise CommandError(msg, "open it in Python: GraphIndex.open(DIR, store=PgGraphStore(...))")
-    return MemoryGraphStore.load(folder / "graph")
+    with _graph_errors():
+        return manifest, MemoryGraphStore.load(folder / "graph")
 
 
 @contextlib.contextmanager
@@ -195,9 +197,8 @@ def _new_graph(args: argparse.Namespace) -> Any:
 def _reopen_for_build(out: Path, args: argparse.Namespace, ids: list[str]) -> Any:
     from ragplug.retrievers.graph.index import GraphIndex
 
-    manifest = _manifest(out)
+    manifest, store = _load_graph(out)
     _recorded_settings(manifest, args)
-    store = _graph_store(out, manifest)
     if not args.upsert:  # before loading the model and extracting
         stored = set(store.documents())
         taken = [i for i in ids if i in stored]
@@ -211,9 +212,8 @@ def _reopen_for_build(out: Path, args: argparse.Namespace, ids: list[str]) -> An
 # -- stats ----------------------------------------------------------------------------------------------
 def _stats(args: argparse.Namespace) -> None:
     folder: Path = args.dir
-    manifest = _manifest(folder)
+    manifest, store = _load_graph(folder)
     with _graph_errors():
-        store = _graph_store(folder, manifest)
         stats = store.stats().to_dict()
         _, communities_version = store.communities()
         version = store.version
@@ -268,9 +268,7 @@ def _show(args: argparse.Namespace) -> None:
     from ragplug.retrievers.graph.export import draw_neighbourhood, neighbourhood
 
     folder: Path = args.dir
-    manifest = _manifest(folder)
-    with _graph_errors():
-        store = _graph_store(folder, manifest)
+    _, store = _load_graph(folder)
     snapshot = store.snapshot()
     try:
         graph = neighbourhood(snapshot, args.entity, hops=args.hops, max_nodes=args.max_nodes)
@@ -359,9 +357,8 @@ def _search(args: argparse.Namespace) -> None:
 
     node = filter_arg(args.filter)
     folder: Path = args.dir
-    manifest = _manifest(folder)
+    _, store = _load_graph(folder)
     with _graph_errors():
-        store = _graph_store(folder, manifest)
         index = GraphIndex.open(folder, store=store)
     hits = index.search(args.query, k=args.k, filter=node, mode=args.mode)
     for rank, hit in enumerate(hits, 1):
@@ -418,9 +415,7 @@ def _export(args: argparse.Namespace) -> None:
     from ragplug.retrievers.graph.export import to_graphml, to_json
 
     folder: Path = args.dir
-    manifest = _manifest(folder)
-    with _graph_errors():
-        store = _graph_store(folder, manifest)
+    _, store = _load_graph(folder)
     snapshot = store.snapshot()
     if args.graphml is not None:
         path = to_graphml(snapshot, args.graphml)
