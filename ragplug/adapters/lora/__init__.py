@@ -4,6 +4,7 @@ Needs ``pip install "ragplug[lora]"``. Importing this package does not import to
 :class:`LoRAModel` does.
 """
 
+from ragplug.adapters.lora.chat_function import lora_chat_function
 from ragplug.adapters.lora.config import GenerationConfig, LoadConfig, stop_sequences
 from ragplug.adapters.lora.engine import ChatResult, GenerationRequest, GenerationResult, LoRAModel
 from ragplug.adapters.lora.tools import ToolCall, ToolSpec, parse_tool_calls
@@ -22,6 +23,7 @@ __all__ = [
     "TrainExample",
     "TrainResult",
     "build_messages",
+    "lora_chat_function",
     "parse_tool_calls",
     "stop_sequences",
     "train_lora",

@@ -18,8 +18,8 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langchain_core.runnables import Runnable
 from pydantic import BaseModel
 
+from ragplug.chat import ChatFunction, role_messages
 from ragplug.errors import InvalidInputError
-from ragplug.retrievers.graph.model import ChatFunction, role_messages
 
 __all__ = ["langchain_chat_function", "to_langchain_messages"]
 

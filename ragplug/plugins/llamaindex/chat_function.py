@@ -21,8 +21,8 @@ from typing import Any
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
 from llama_index.core.llms.llm import LLM
 
+from ragplug.chat import ChatFunction, role_messages
 from ragplug.errors import InvalidInputError
-from ragplug.retrievers.graph.model import ChatFunction, role_messages
 
 __all__ = ["llamaindex_chat_function", "parse_json_object", "to_llamaindex_messages"]
 

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING
 from ragplug._extras import lazy_attributes
 
 if TYPE_CHECKING:
+    from ragplug.adapters.lora.chat_function import lora_chat_function
     from ragplug.retrievers.graph.chunking import PassageSplitter
     from ragplug.retrievers.graph.extract import PhraseExtractor
     from ragplug.retrievers.graph.index import GraphIndex, IndexReport
-    from ragplug.retrievers.graph.llm import ExtractionCache, LLMExtractor, lora_chat_function
+    from ragplug.retrievers.graph.llm import ExtractionCache, LLMExtractor
     from ragplug.retrievers.graph.model import ChatFunction, Community, Entity, Passage, Relation
     from ragplug.retrievers.graph.search import GraphSearchOptions
     from ragplug.retrievers.graph.stores import MemoryGraphStore, PgGraphStore
@@ -39,7 +40,7 @@ _WHERE = {
     "PgGraphStore": "ragplug.retrievers.graph.stores",
     "PhraseExtractor": "ragplug.retrievers.graph.extract",
     "Relation": "ragplug.retrievers.graph.model",
-    "lora_chat_function": "ragplug.retrievers.graph.llm",
+    "lora_chat_function": "ragplug.adapters.lora.chat_function",
 }
 
 __all__ = [

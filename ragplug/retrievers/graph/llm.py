@@ -33,15 +33,13 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ragplug._progress import progress_bar, wants_progress
+from ragplug.adapters.lora.chat_function import lora_chat_function  # where it lived first
 from ragplug.errors import InvalidInputError
 from ragplug.retrievers.graph.extract import PhraseExtractor
 from ragplug.retrievers.graph.model import ChatFunction, Entity, Extraction, Passage, Relation, entity_key
-
-if TYPE_CHECKING:
-    from ragplug.adapters.lora import LoRAModel
 
 __all__ = [
     "PROMPT_VERSION",
@@ -507,19 +505,3 @@ class LLMExtractor:
         a chat call per query would make every search slow and costly, and a query's names are usually
         written as the passages write them."""
         return self.fallback_queries.query_entities(query)
-
-
-def lora_chat_function(model: LoRAModel, *, adapter: str | None = None, max_new_tokens: int = 512) -> ChatFunction:
-    """A :class:`~ragplug.retrievers.graph.model.ChatFunction` over ragplug's local ``LoRAModel``: each call
-    is one grammar-constrained ``model.chat`` (xgrammar), so the answer always parses and fits the schema.
-    ``adapter`` names the LoRA adapter to answer with (None: the base model)."""
-    from ragplug.adapters.lora.config import GenerationConfig
-
-    config = GenerationConfig(max_new_tokens=max_new_tokens)
-
-    def chat(messages: Sequence[Mapping[str, str]], schema: Mapping[str, Any]) -> Any:
-        turns = [dict(message) for message in messages]
-        result = model.chat(turns, response_schema=json.loads(json.dumps(schema)), adapter=adapter, config=config)
-        return json.loads(result.content)
-
-    return chat

@@ -17,14 +17,15 @@ from __future__ import annotations
 import asyncio
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
-from ragplug.errors import EncoderMismatchError, InvalidInputError
+from ragplug.chat import ChatFunction
+from ragplug.errors import EncoderMismatchError
 
 __all__ = [
     "CO_OCCURS",
@@ -44,7 +45,6 @@ __all__ = [
     "Relation",
     "ThreadedGraphAsync",
     "entity_key",
-    "role_messages",
 ]
 
 #: The version of the graph's persisted layout (folder manifest, Postgres tables). A store written in
@@ -117,39 +117,6 @@ class Extraction:
     passage_id: str
     entities: tuple[Entity, ...] = ()
     relations: tuple[Relation, ...] = ()
-
-
-@runtime_checkable
-class ChatFunction(Protocol):
-    """The one thing Graph RAG asks of a chat model: answer ``messages`` (``{"role", "content"}`` dicts) with
-    a JSON object valid against ``schema`` (a JSON schema), returned parsed. Made from ragplug's
-    ``LoRAModel`` by :func:`ragplug.retrievers.graph.llm.lora_chat_function` (grammar-constrained, so it
-    always parses), from a LangChain chat model by ``ragplug.plugins.langchain.langchain_chat_function``,
-    from a LlamaIndex LLM by ``ragplug.plugins.llamaindex.llamaindex_chat_function``. It raises on failure
-    (the caller retries)."""
-
-    def __call__(self, messages: Sequence[Mapping[str, str]], schema: Mapping[str, Any]) -> Any: ...
-
-
-def role_messages(messages: Sequence[Mapping[str, str]], roles: Iterable[str]) -> list[tuple[str, str]]:
-    """``(role, content)`` of each ``{"role", "content"}`` dict a :class:`ChatFunction` gets, checked:
-    a role among ``roles`` (what a framework adapter can map), string content; else
-    :class:`~ragplug.errors.InvalidInputError` naming the message."""
-    known = sorted(roles)
-    out = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, Mapping):
-            msg = f"message {i} must be a {{'role', 'content'}} dict, got {message!r}"
-            raise InvalidInputError(msg)
-        role, content = message.get("role"), message.get("content")
-        if not isinstance(role, str) or role not in known:
-            msg = f"message {i} has role {role!r}; expected one of {known}"
-            raise InvalidInputError(msg)
-        if not isinstance(content, str):
-            msg = f"message {i} ({role}) must have string content, got {content!r}"
-            raise InvalidInputError(msg)
-        out.append((role, content))
-    return out
 
 
 @runtime_checkable
