@@ -11,10 +11,13 @@ __all__ = [
     "AdapterError",
     "AdapterMismatchError",
     "ContextLengthError",
+    "DatasetError",
     "DuplicateIdError",
     "EncoderMismatchError",
+    "EvaluationError",
     "FilterError",
     "InvalidInputError",
+    "JudgeError",
     "MissingExtraError",
     "RagplugError",
     "SchemaError",
@@ -85,3 +88,20 @@ class SchemaError(InvalidInputError):
 
 class ContextLengthError(InvalidInputError):
     """A prompt does not fit the model's context window with room for the requested new tokens."""
+
+
+class DatasetError(InvalidInputError):
+    """An evaluation dataset (BEIR folder, QA JSONL, Alpaca JSON) is malformed; the message names the file,
+    the line or row, and the field."""
+
+
+class EvaluationError(RagplugError):
+    """An evaluation could not produce a valid result (never reported as a NaN score)."""
+
+
+class JudgeError(EvaluationError):
+    """An LLM judge gave no valid judgement for an item after its retries; ``item_id`` names the item."""
+
+    def __init__(self, message: str, item_id: str | None = None) -> None:
+        super().__init__(message)
+        self.item_id = item_id
