@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from ragplug.adapters.lora import GenerationRequest, LoRAModel
-from ragplug.adapters.lora.engine import _Row
+from ragplug.adapters.lora import GenerationRequest
+from ragplug.adapters.lora.decoding import Decoder, Row
 
 TEXT = "Scrooge said — ‘Bah! Humbug!’ café naïve 你好 😀 end.\nMarley was dead: to begin with."
 
@@ -31,14 +31,14 @@ def _metaspace_tokenizer(folder: Path):
 
 
 def _stream(tokenizer, ids: list[int]) -> tuple[str, list[str]]:
-    engine = SimpleNamespace(tokenizer=tokenizer)
-    row = _Row(GenerationRequest([1]), None)
+    decoder = SimpleNamespace(tokenizer=tokenizer)
+    row = Row(GenerationRequest([1]), None)
     texts = []
     for token in ids:
         row.visible.append(token)
-        LoRAModel._extend_text(engine, row)  # type: ignore[arg-type]
+        Decoder.extend_text(decoder, row)  # type: ignore[arg-type]
         texts.append(row.text)
-    LoRAModel._extend_text(engine, row, final=True)  # type: ignore[arg-type]
+    Decoder.extend_text(decoder, row, final=True)  # type: ignore[arg-type]
     return row.text, texts
 
 

@@ -269,11 +269,12 @@ def test_bad_configuration() -> None:
 
 def test_scheduler_survives_a_failing_batch(lora_model: LoRAModel) -> None:
     bad = GenerationRequest([], config=SHORT)  # bypasses submit's checks by going straight to the queue
-    with lora_model._worker_lock:
-        lora_model._queue.put(bad)
-        if lora_model._worker is None:  # the scheduler may have ended while idle
-            lora_model._worker = threading.Thread(target=lora_model._serve, daemon=True)
-            lora_model._worker.start()
+    scheduler = lora_model._scheduler
+    with scheduler.worker_lock:
+        scheduler.queue.put(bad)
+        if scheduler.worker is None:  # the scheduler may have ended while idle
+            scheduler.worker = threading.Thread(target=scheduler.serve, daemon=True)
+            scheduler.worker.start()
     with pytest.raises(InvalidInputError, match="empty"):
         bad.future.result(timeout=60)
     assert _greedy(lora_model, "beta")
@@ -289,10 +290,10 @@ def test_scheduler_thread_ends_when_idle_and_requests_are_never_lost(tiny_llm: d
     try:
         prompt = model.render(MESSAGES)
         first = model.submit(GenerationRequest(prompt, adapter="alpha", config=SHORT)).result(timeout=60)
-        worker = model._worker
+        worker = model._scheduler.worker
         assert worker is not None
         worker.join(timeout=10)
-        assert not worker.is_alive() and model._worker is None  # ended once idle
+        assert not worker.is_alive() and model._scheduler.worker is None  # ended once idle
         futures = []  # submissions around the moment the scheduler decides to end
         for i in range(12):
             time.sleep(0.04 * (i % 5))

@@ -37,11 +37,12 @@ def _greedy_ids(model: LoRAModel, adapter: str | None = None) -> list[int]:
 
 def _queue_directly(model: LoRAModel, *requests: GenerationRequest) -> None:
     """Put requests on the scheduler's queue as submit would, but without submit's checks."""
-    with model._worker_lock:
+    scheduler = model._scheduler
+    with scheduler.worker_lock:
         for request in requests:
-            model._queue.put(request)
-        if model._worker is None or not model._worker.is_alive():
-            model._start_worker()
+            scheduler.queue.put(request)
+        if scheduler.worker is None or not scheduler.worker.is_alive():
+            scheduler.start_worker()
 
 
 @pytest.fixture
@@ -200,7 +201,7 @@ def test_a_load_that_fails_half_way_is_rolled_back(
     model = LoRAModel(tiny_llm["base"], None if first else {"beta": tiny_llm["beta"]})
     try:
         base_ids = _greedy_ids(model)
-        monkeypatch.setattr(model, "_check_adapter", lambda name, folder: None)  # let the bad adapter reach peft
+        monkeypatch.setattr(model._adapters, "check", lambda name, folder: None)  # let the bad adapter reach peft
         with pytest.raises(AdapterError, match="'alpha'"):
             model.add_adapter("alpha", _rank_mismatch(tiny_llm, tmp_path / "bad"))
         monkeypatch.undo()
@@ -385,9 +386,9 @@ def test_a_string_stop_is_never_split_into_characters(lora_model: LoRAModel) -> 
     stop = full[3:6]
     expected = full[: full.find(stop)]
     chat = ChatLoRA(llm=lora_model, max_new_tokens=12)
-    assert chat._options(stop, {})["config"].stop == (stop,)  # type: ignore[arg-type]
+    assert chat._options(stop, {}).config.stop == (stop,)  # type: ignore[arg-type]
     assert chat.invoke("Who is Scrooge?", stop=stop).content == expected  # type: ignore[arg-type]
-    assert ChatLoRA(llm=lora_model, stop=stop)._options(None, {})["config"].stop == (stop,)  # type: ignore[arg-type]
+    assert ChatLoRA(llm=lora_model, stop=stop)._options(None, {}).config.stop == (stop,)  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match=re.escape(f"pass ({stop!r},)")):
         GenerationConfig(stop=stop)  # type: ignore[arg-type]
     llm = LoRALLM(llm=lora_model, max_new_tokens=12)

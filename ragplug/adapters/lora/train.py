@@ -50,7 +50,8 @@ from typing import Any, Literal
 from ragplug._extras import require
 from ragplug._progress import quiet_transformers
 from ragplug._text import check_unicode
-from ragplug.adapters.lora.engine import render_prompt_ids, resolve_local
+from ragplug.adapters.lora.loading import resolve_local
+from ragplug.adapters.lora.prompts import render_prompt_ids
 from ragplug.errors import ContextLengthError, InvalidInputError
 
 __all__ = ["TrainConfig", "TrainExample", "TrainResult", "build_messages", "train_lora"]

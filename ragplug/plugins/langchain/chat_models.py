@@ -37,9 +37,10 @@ from langchain_core.utils.function_calling import convert_to_json_schema, conver
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import BaseModel, ConfigDict, Field
 
+from ragplug.adapters.lora import ChatOptions, GenerationConfig, LoadConfig, LoRAModel, chat_options, stop_sequences
 from ragplug.adapters.lora import ChatResult as LoRAChatResult
-from ragplug.adapters.lora import GenerationConfig, LoadConfig, LoRAModel, ToolSpec, stop_sequences
 from ragplug.adapters.lora._keywords import LOADING, check_keywords, engine_from, pop_setting
+from ragplug.adapters.lora.chat import tool_specs
 from ragplug.errors import InvalidInputError
 
 __all__ = ["ChatLoRA"]
@@ -50,6 +51,8 @@ logger = logging.getLogger(__name__)
 _MAX_TOKENS = ("max_new_tokens", "max_tokens")
 # The standard parameters LangChain passes to hosted chat models; nothing goes over a network here.
 _HOSTED_ONLY = ("timeout", "max_retries", "api_key")
+# What LangChain passes with a structured-output call, for tracing only.
+_BOOKKEEPING = ("ls_structured_output_format",)
 
 
 def _text(content: Any) -> str:
@@ -117,14 +120,6 @@ def _json_schema(schema: Any) -> dict[str, Any]:
             return copy.deepcopy(dict(function["parameters"]))
         return copy.deepcopy(dict(schema))
     return convert_to_json_schema(schema)
-
-
-def _tool_specs(tools: Sequence[Mapping[str, Any]] | None) -> list[ToolSpec]:
-    specs = []
-    for tool in tools or []:
-        fn = tool.get("function", tool)
-        specs.append(ToolSpec(fn["name"], fn.get("description", ""), fn.get("parameters") or {"type": "object"}))
-    return specs
 
 
 class ChatLoRA(BaseChatModel):
@@ -226,31 +221,15 @@ class ChatLoRA(BaseChatModel):
         return params
 
     # -- request assembly -----------------------------------------------------------------------------
-    def _options(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
-        kwargs = dict(kwargs)
-        adapter = kwargs.pop("adapter", self.adapter)
-        tools = _tool_specs(kwargs.pop("tools", None))
-        tool_choice = kwargs.pop("tool_choice", None)
-        schema = kwargs.pop("response_schema", None)
-        call_stop = kwargs.pop("stop", None)
-        stops = stop_sequences(next((s for s in (stop, call_stop, self.stop) if s is not None), None))
-        config = GenerationConfig(
-            max_new_tokens=pop_setting(kwargs, _MAX_TOKENS, self.max_new_tokens),
-            temperature=pop_setting(kwargs, ("temperature",), self.temperature),
-            top_p=pop_setting(kwargs, ("top_p",), self.top_p),
-            stop=stops,
+    def _options(self, stop: list[str] | None, kwargs: dict[str, Any]) -> ChatOptions:
+        """The engine's options for one call: its keywords over this model's settings (``stop``, LangChain's
+        own argument, wins over a ``stop`` keyword)."""
+        given = dict(kwargs) if stop is None else {**kwargs, "stop": stop}
+        defaults = ChatOptions(
+            adapter=self.adapter,
+            config=GenerationConfig(self.max_new_tokens, self.temperature, self.top_p, stop_sequences(self.stop)),
         )
-        kwargs.pop("ls_structured_output_format", None)
-        if kwargs:
-            msg = f"unexpected arguments for ChatLoRA: {sorted(kwargs)}"
-            raise InvalidInputError(msg)
-        return {
-            "tools": tools,
-            "tool_choice": tool_choice,
-            "response_schema": schema,
-            "adapter": adapter,
-            "config": config,
-        }
+        return chat_options(given, defaults, owner="ChatLoRA", token_names=_MAX_TOKENS, ignore=_BOOKKEEPING)
 
     def _message(self, result: LoRAChatResult) -> AIMessage:
         return AIMessage(
@@ -298,7 +277,7 @@ class ChatLoRA(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        result = self.llm.chat(to_chat_dicts(messages), **self._options(stop, kwargs))
+        result = self.llm.chat(to_chat_dicts(messages), self._options(stop, kwargs))
         return ChatResult(generations=[ChatGeneration(message=self._message(result))])
 
     async def _agenerate(
@@ -308,7 +287,7 @@ class ChatLoRA(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        result = await self.llm.achat(to_chat_dicts(messages), **self._options(stop, kwargs))
+        result = await self.llm.achat(to_chat_dicts(messages), self._options(stop, kwargs))
         return ChatResult(generations=[ChatGeneration(message=self._message(result))])
 
     def _stream(
@@ -318,7 +297,7 @@ class ChatLoRA(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        for item in self.llm.stream_chat(to_chat_dicts(messages), **self._options(stop, kwargs)):
+        for item in self.llm.stream_chat(to_chat_dicts(messages), self._options(stop, kwargs)):
             if isinstance(item, str):
                 chunk = ChatGenerationChunk(message=AIMessageChunk(content=item))
                 if run_manager:
@@ -334,7 +313,7 @@ class ChatLoRA(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        async for item in self.llm.astream_chat(to_chat_dicts(messages), **self._options(stop, kwargs)):
+        async for item in self.llm.astream_chat(to_chat_dicts(messages), self._options(stop, kwargs)):
             if isinstance(item, str):
                 chunk = ChatGenerationChunk(message=AIMessageChunk(content=item))
                 if run_manager:
@@ -353,7 +332,7 @@ class ChatLoRA(BaseChatModel):
     ) -> Runnable[LanguageModelInput, AIMessage]:
         """Bind tools; ``tool_choice`` "any"/"required"/a name forces a (grammar-constrained) call."""
         formatted = [_openai_tool(t) for t in tools]
-        specs = _tool_specs(formatted)  # validates names and schemas now, not at the first call
+        specs = tool_specs(formatted)  # validates names and schemas now, not at the first call
         if tool_choice is not None and tool_choice not in ("auto", "none", "any", "required", True, False):
             names = {s.name for s in specs}
             name = tool_choice.get("function", {}).get("name") if isinstance(tool_choice, dict) else tool_choice

@@ -40,8 +40,16 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 
+from ragplug.adapters.lora import (
+    ChatOptions,
+    GenerationConfig,
+    LoadConfig,
+    LoRAModel,
+    ToolSpec,
+    chat_options,
+    stop_sequences,
+)
 from ragplug.adapters.lora import ChatResult as LoRAChatResult
-from ragplug.adapters.lora import GenerationConfig, LoadConfig, LoRAModel, ToolSpec, stop_sequences
 from ragplug.adapters.lora._keywords import LOADING, check_keywords, engine_from, pop_setting
 from ragplug.errors import InvalidInputError, UnknownAdapterError
 
@@ -154,20 +162,6 @@ def _tool_dict(tool: BaseTool) -> dict[str, Any]:
         schema = meta.fn_schema.model_json_schema()
         parameters = {k: v for k, v in schema.items() if k not in ("title", "description")}
     return ToolSpec(meta.name, meta.description or "", parameters).to_openai()
-
-
-def _tool_specs(tools: Sequence[Any] | None) -> list[ToolSpec]:
-    specs = []
-    for tool in tools or []:
-        if isinstance(tool, ToolSpec):
-            specs.append(tool)
-            continue
-        if not isinstance(tool, Mapping):
-            msg = f"tools must be ToolSpec or OpenAI-style dicts, got {type(tool).__name__}; use chat_with_tools"
-            raise InvalidInputError(msg)
-        fn = tool.get("function", tool)
-        specs.append(ToolSpec(fn.get("name"), fn.get("description") or "", fn.get("parameters") or {"type": "object"}))
-    return specs
 
 
 def _assistant_message(content: str, calls: Sequence[tuple[str, str, dict[str, Any]]]) -> ChatMessage:
@@ -302,28 +296,15 @@ class LoRALLM(FunctionCallingLLM):
         )
 
     # -- request assembly -----------------------------------------------------------------------------
-    def _options(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-        """Per-call options as the engine's chat keywords; unknown names raise InvalidInputError."""
-        kwargs = dict(kwargs)
-        adapter = kwargs.pop("adapter", self.adapter)
-        _check_adapter(self.llm, adapter)
-        stop = kwargs.pop("stop", None)
-        config = _generation(
-            pop_setting(kwargs, _MAX_TOKENS, self.max_new_tokens),
-            pop_setting(kwargs, ("temperature",), self.temperature),
-            pop_setting(kwargs, ("top_p",), self.top_p),
-            stop if stop is not None else self.stop,
+    def _options(self, kwargs: Mapping[str, Any]) -> ChatOptions:
+        """The engine's options for one call: its keywords over this LLM's settings; an unknown adapter or
+        keyword raises at the call (before a stream is returned)."""
+        defaults = ChatOptions(
+            adapter=self.adapter,
+            config=GenerationConfig(self.max_new_tokens, self.temperature, self.top_p, tuple(self.stop or ())),
         )
-        options = {
-            "tools": _tool_specs(kwargs.pop("tools", None)),
-            "tool_choice": kwargs.pop("tool_choice", None),
-            "response_schema": kwargs.pop("response_schema", None),
-            "adapter": adapter,
-            "config": config,
-        }
-        if kwargs:
-            msg = f"unexpected arguments for LoRALLM: {sorted(kwargs)}"
-            raise InvalidInputError(msg)
+        options = chat_options(kwargs, defaults, owner="LoRALLM", token_names=_MAX_TOKENS, single_stop=False)
+        _check_adapter(self.llm, options.adapter)
         return options
 
     def _prompt_messages(self, prompt: str, formatted: bool) -> list[dict[str, Any]]:
@@ -386,42 +367,42 @@ class LoRALLM(FunctionCallingLLM):
     # -- chat -----------------------------------------------------------------------------------------
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        return self._response(self.llm.chat(to_chat_dicts(messages), **self._options(kwargs)))
+        return self._response(self.llm.chat(to_chat_dicts(messages), self._options(kwargs)))
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        return self._response(await self.llm.achat(to_chat_dicts(messages), **self._options(kwargs)))
+        return self._response(await self.llm.achat(to_chat_dicts(messages), self._options(kwargs)))
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         chat, options = to_chat_dicts(messages), self._options(kwargs)  # bad input fails here, not mid-stream
-        return self._stream(self.llm.stream_chat(chat, **options))
+        return self._stream(self.llm.stream_chat(chat, options))
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         chat, options = to_chat_dicts(messages), self._options(kwargs)
-        return self._astream(self.llm.astream_chat(chat, **options))
+        return self._astream(self.llm.astream_chat(chat, options))
 
     # -- completion (a single user turn through the chat template) ------------------------------------
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        result = self.llm.chat(self._prompt_messages(prompt, formatted), **self._options(kwargs))
+        result = self.llm.chat(self._prompt_messages(prompt, formatted), self._options(kwargs))
         return self._completion(self._response(result))
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        result = await self.llm.achat(self._prompt_messages(prompt, formatted), **self._options(kwargs))
+        result = await self.llm.achat(self._prompt_messages(prompt, formatted), self._options(kwargs))
         return self._completion(self._response(result))
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
         chat, options = self._prompt_messages(prompt, formatted), self._options(kwargs)
-        return (self._completion(r) for r in self._stream(self.llm.stream_chat(chat, **options)))
+        return (self._completion(r) for r in self._stream(self.llm.stream_chat(chat, options)))
 
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
         chat, options = self._prompt_messages(prompt, formatted), self._options(kwargs)
-        stream = self._astream(self.llm.astream_chat(chat, **options))
+        stream = self._astream(self.llm.astream_chat(chat, options))
 
         async def completions() -> CompletionResponseAsyncGen:
             async for response in stream:
