@@ -9,10 +9,13 @@
     ragplug graph show DIR ENTITY [--hops N] [--max-nodes N] [--png FILE] [--json]
     ragplug graph search DIR QUERY [-k N] [--mode local|global|hybrid] [--filter JSON] [--json]
     ragplug graph export DIR (--graphml FILE | --json FILE)
+    ragplug compare --base MODEL --out DIR (--pubmedqa DIR | --corpus FILE --train FILE --test FILE) [...]
+    ragplug eval retrieval INDEX --beir DIR [--split S] [-k N] [--metrics M,...] [--json]
 
 ``index`` reads text, Markdown, PDF and JSONL/BEIR files (see :mod:`ragplug.files`) into a folder index;
 ``search`` and ``info`` reopen it with the encoder it records, so they need no ``--model``.
-``graph`` builds and reads Graph RAG folders (see :mod:`ragplug.cli_graph`).
+``graph`` builds and reads Graph RAG folders (see :mod:`ragplug.cli_graph`); ``compare`` measures RAG vs LoRA
+vs both on your data and ``eval`` scores an index on a BEIR dataset (see :mod:`ragplug.cli_eval`).
 
 Exit status: 0 on success; 2 when the command cannot do what was asked (a usage error, as argparse reports
 it, and any :class:`~ragplug.errors.RagplugError` or ``OSError``: a missing or malformed file, an id that is
@@ -475,9 +478,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(run=_demo)
 
-    from ragplug.cli_graph import add_graph_commands  # here: cli_graph imports this module's helpers
+    from ragplug.cli_eval import add_eval_commands  # here: these import this module's helpers
+    from ragplug.cli_graph import add_graph_commands
 
     add_graph_commands(sub, common)
+    add_eval_commands(sub, common)
     return parser
 
 

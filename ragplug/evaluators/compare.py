@@ -379,21 +379,21 @@ class _Server:
 
         def search(item: QAItem) -> None:
             started = time.perf_counter()
-            try:
-                hits = self.retriever.search(item.question, k=k)
+            try:  # chunks of one passage count once: ask for more than k, keep k passages
+                hits = self.retriever.search(item.question, k=3 * k)
             except Exception as err:
                 self.work.retrievals.append({"id": item.id, "ok": False, "error": f"{type(err).__name__}: {err}"})
                 raise
-            passages = [
-                {
-                    "id": hit.parent_id or hit.id,
-                    "score": float(hit.score),
-                    "text": self.work.corpus.get(hit.parent_id or hit.id, hit.text or ""),
-                }
-                for hit in hits
-            ]
+            passages: dict[str, dict[str, Any]] = {}
+            for hit in hits:
+                passage = getattr(hit, "parent_id", None) or hit.id
+                if passage not in passages and len(passages) < k:
+                    text = self.work.corpus.get(passage, getattr(hit, "text", None) or "")
+                    passages[passage] = {"id": passage, "score": float(hit.score), "text": text}
             seconds = time.perf_counter() - started
-            self.work.retrievals.append({"id": item.id, "ok": True, "passages": passages, "seconds": seconds})
+            self.work.retrievals.append(
+                {"id": item.id, "ok": True, "passages": list(passages.values()), "seconds": seconds}
+            )
 
         if todo:  # one query at a time: a query encoder on the CPU gains nothing from threads
             run_batch(todo, search, concurrency=1, progress=self.progress, desc="retrieve", ids=lambda i: i.id)
