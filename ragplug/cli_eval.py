@@ -7,7 +7,7 @@ on the ``ragplug`` parser (:mod:`ragplug.cli`), whose error handling and exit st
                     [--system TEXT] [--judge] [--limit N] [--no-progress]
     ragplug eval retrieval INDEX --beir DIR [--split test] [-k N] [--metrics ndcg@10,recall@10,...] [--json]
 
-``compare`` runs :func:`ragplug.evaluators.compare.compare` in ``--out`` (run it again to resume a stopped
+``compare`` runs :func:`ragplug.evaluators.experiment.compare` in ``--out`` (run it again to resume a stopped
 run): the corpus is indexed into ``--out/index`` with ``--model`` (a ColBERT checkpoint or a sentence
 encoder), the adapters are trained into ``--out/adapters``, and the report is ``--out/compare.{md,json,png}``.
 Corpus files are JSON Lines with ``id`` and ``text``; train and test files are QA JSON Lines (``question``,
@@ -129,7 +129,7 @@ def _retriever(out: Path, corpus: dict[str, str], model: str | None) -> tuple[An
 
 def _compare(args: argparse.Namespace) -> None:
     from ragplug.adapters.lora import TrainConfig
-    from ragplug.evaluators.compare import CompareConfig, compare
+    from ragplug.evaluators.experiment import CompareConfig, compare
 
     started = time.perf_counter()
     corpus, train, test, implied = _data(args)

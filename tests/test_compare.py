@@ -13,8 +13,8 @@ import pytest
 
 from ragplug.adapters.lora import TrainConfig
 from ragplug.errors import DatasetError, InvalidInputError, StoreCorruptedError
-from ragplug.evaluators.compare import ARMS, CompareConfig, compare
 from ragplug.evaluators.datasets import QAItem
+from ragplug.evaluators.experiment import ARMS, CompareConfig, compare
 from ragplug.retrievers.late_interaction import LateInteractionIndex
 
 PEOPLE = {

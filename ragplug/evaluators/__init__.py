@@ -5,7 +5,7 @@ Modules, one job each: :mod:`.metrics` (retrieval metrics by ir-measures), :mod:
 token F1, label accuracy), :mod:`.judges` (LLM judges through any :class:`~ragplug.chat.ChatFunction`),
 :mod:`.datasets` (QA JSONL, Alpaca, PubMedQA, BEIR), :mod:`.runner` (async batches with bounded concurrency,
 also from inside a running event loop), :mod:`.report` (confidence intervals, paired tests, JSON / Markdown /
-plots), :mod:`.compare` (base vs RAG vs LoRA vs both, resumable) and :mod:`.synthetic` (a world of fictional
+plots), :mod:`.experiment` (base vs RAG vs LoRA vs both, resumable) and :mod:`.synthetic` (a world of fictional
 facts for the offline knowledge-injection experiment). The LangChain and LlamaIndex faces live in
 ``ragplug.plugins``. Names are imported on first use, so this package loads nothing heavy.
 """
@@ -18,7 +18,6 @@ from ragplug._extras import lazy_attributes
 
 if TYPE_CHECKING:
     from ragplug.evaluators.answers import exact_match, extract_label, label_accuracy, normalize_answer, token_f1
-    from ragplug.evaluators.compare import ARMS, CompareConfig, CompareResult, compare
     from ragplug.evaluators.datasets import (
         BeirDataset,
         QADataset,
@@ -28,6 +27,7 @@ if TYPE_CHECKING:
         load_pubmedqa,
         load_qa_jsonl,
     )
+    from ragplug.evaluators.experiment import ARMS, CompareConfig, CompareResult, compare
     from ragplug.evaluators.judges import (
         ContextRelevance,
         Correctness,
@@ -47,10 +47,10 @@ _WHERE = {
     "label_accuracy": "ragplug.evaluators.answers",
     "normalize_answer": "ragplug.evaluators.answers",
     "token_f1": "ragplug.evaluators.answers",
-    "ARMS": "ragplug.evaluators.compare",
-    "CompareConfig": "ragplug.evaluators.compare",
-    "CompareResult": "ragplug.evaluators.compare",
-    "compare": "ragplug.evaluators.compare",
+    "ARMS": "ragplug.evaluators.experiment",
+    "CompareConfig": "ragplug.evaluators.experiment",
+    "CompareResult": "ragplug.evaluators.experiment",
+    "compare": "ragplug.evaluators.experiment",
     "BeirDataset": "ragplug.evaluators.datasets",
     "QADataset": "ragplug.evaluators.datasets",
     "QAItem": "ragplug.evaluators.datasets",
