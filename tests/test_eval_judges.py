@@ -367,3 +367,17 @@ def test_a_tiny_model_judges_a_batch_concurrently(lora_model: Any) -> None:
     for outcome, item in zip(outcomes, items, strict=True):
         assert outcome.value is not None
         _valid(outcome.value, item.item_id, "context_relevance")
+
+
+async def test_async_pairwise_with_one_failing_order_raises_after_both_end() -> None:
+    ended = []
+
+    async def chat(messages: Sequence[Mapping[str, str]], schema: Mapping[str, Any]) -> Any:
+        swapped = messages[1]["content"].split("Answer A:\n")[1].startswith("A ghost.")
+        await asyncio.sleep(0.02 if swapped else 0)
+        ended.append(swapped)
+        return pick("B") if swapped else "garbage"
+
+    with pytest.raises(JudgeError, match="item 'p9'"):
+        await PairwisePreference(chat, retries=0).ajudge("p9", **FIELDS)
+    assert sorted(ended) == [False, True]  # the slower, valid order was awaited, not left running

@@ -345,8 +345,12 @@ class Judge:
     async def ajudge_item(self, item: JudgeItem) -> Judgement:
         """The judgement of ``item``, asynchronously; the pairwise judge asks both orders at once."""
         chats = self.messages(item)
-        answers = await asyncio.gather(*(self._aask(item.item_id, messages) for messages in chats))
-        return self._finish(item, list(answers))
+        # every order runs to its end, so a failed one leaves no task behind; then the first error is raised
+        done = await asyncio.gather(*(self._aask(item.item_id, m) for m in chats), return_exceptions=True)
+        for result in done:
+            if isinstance(result, BaseException):
+                raise result
+        return self._finish(item, [r for r in done if not isinstance(r, BaseException)])
 
     def judge(
         self,
