@@ -135,7 +135,11 @@ async def arun_batch(
 
     ``progress``: True / False force the bar, None shows it for long batches; ``desc`` labels it and the
     warning that lists failed items. ``ids`` names the items (one id each, or a function of an item); by
-    default an item's ``item_id`` attribute, its ``"item_id"`` or ``"id"`` key, else its position."""
+    default an item's ``item_id`` attribute, its ``"item_id"`` or ``"id"`` key, else its position.
+
+    An async ``fn`` that hands blocking work to ``asyncio.to_thread`` (as the LLM judges do with a sync chat
+    function) shares the running loop's default thread pool, ``min(32, cores + 4)`` threads unless the caller
+    set another; :func:`run_batch` runs on its own loop with a pool sized to ``concurrency``."""
     _check(items, fn, concurrency)
     names = _ids(items, ids)
     asynchronous = is_async_callable(fn)
