@@ -148,10 +148,13 @@ class Turn:
             try:
                 obj = json.loads(result.text)
             except ValueError as err:
-                msg = (
-                    f"the constrained answer did not finish within max_new_tokens="
-                    f"{result.completion_tokens} ({result.finish_reason}); raise max_new_tokens"
-                )
+                if result.finish_reason == "stop":  # the grammar let through what JSON forbids: a bug to report
+                    msg = f"the constrained answer is not valid JSON ({err}): {result.text[:200]!r}"
+                else:
+                    msg = (
+                        f"the constrained answer did not finish within max_new_tokens="
+                        f"{result.completion_tokens} ({result.finish_reason}); raise max_new_tokens"
+                    )
                 raise InvalidInputError(msg) from err
             if self.mode == "required":
                 calls = [ToolCall(obj["name"], obj["arguments"])]

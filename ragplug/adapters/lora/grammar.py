@@ -69,7 +69,8 @@ class GrammarBackend:
         with self._lock:
             if key not in self._cache:
                 try:
-                    self._cache[key] = self._compiler.compile_json_schema(key, any_whitespace=False)
+                    strict = json.dumps(json_strings(json.loads(key)))
+                    self._cache[key] = self._compiler.compile_json_schema(strict, any_whitespace=False)
                 except Exception as err:  # xgrammar raises RuntimeError / InvalidJSONError subclasses
                     msg = f"the grammar compiler rejected the schema {_excerpt(key)}: {err}"
                     raise SchemaError(msg) from err
@@ -99,6 +100,35 @@ class GrammarBackend:
 
     def allocate(self, batch: int) -> Any:
         return self._xgr.allocate_token_bitmask(batch, self.vocab_size)
+
+
+# JSON forbids raw control characters (U+0000 to U+001F) in strings; xgrammar 0.2 compiles a string with a
+# minLength / maxLength to the class [^"\\\r\n], which admits them: a model may then write an answer no JSON
+# parser reads (seen: a random model's 0x1e inside a judge's reason). The same bounds as a pattern exclude them.
+_STRING_CHARACTER = r'[^"\\\x00-\x1f]'
+_LITERAL_KEYS = ("enum", "const", "default", "examples")  # JSON values, not schemas: never rewritten
+
+
+def json_strings(schema: Any) -> Any:
+    """``schema`` with every length-bounded string (``minLength`` / ``maxLength``, no ``pattern``, ``format``,
+    ``enum`` or ``const`` of its own) rewritten as the equivalent ``pattern`` that admits no control
+    character, quote or backslash, so that every answer decoded under it is valid JSON. Other nodes are
+    copied as they are.
+
+    >>> bounded = json_strings({"type": "string", "minLength": 1, "maxLength": 3})
+    >>> sorted(bounded), bounded["pattern"].endswith("{1,3}")
+    (['pattern', 'type'], True)
+    """
+    if isinstance(schema, list):
+        return [json_strings(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: value if key in _LITERAL_KEYS else json_strings(value) for key, value in schema.items()}
+    bounded = "minLength" in out or "maxLength" in out
+    if out.get("type") == "string" and bounded and not {"pattern", "format", "enum", "const"} & set(out):
+        low, high = out.pop("minLength", 0), out.pop("maxLength", "")
+        out["pattern"] = f"{_STRING_CHARACTER}{{{low},{high}}}"
+    return out
 
 
 def _key(schema: dict[str, Any]) -> str:
