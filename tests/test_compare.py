@@ -167,3 +167,18 @@ def test_a_folder_holds_one_experiment(tiny_llm: dict[str, Path], tmp_path: Path
     (tmp_path / "answers.jsonl").write_text('{"arm": "base"\n{"arm": "base", "id": "q-p1", "ok": true}\n')
     with pytest.raises(StoreCorruptedError, match="line 1"):  # damage that is not a torn last line
         compare(tiny_llm["base"], corpus={}, train=[], test=TEST[:1], folder=tmp_path, config=config)
+
+
+def test_raft_examples_hold_the_gold_passage_as_learnt_among_distractors() -> None:
+    from types import SimpleNamespace
+
+    from ragplug.evaluators.experiment import _adapter_examples
+
+    learnt = "Alda Brennic was born in Oldtown."  # the passage of the time; the corpus now says Corvale
+    train = [QAItem("t1", "Where was Alda Brennic born?", "Oldtown", gold_ids=("p1",), context=learnt), TRAIN[1]]
+    work = SimpleNamespace(config=replace(FAST, raft_distractors=2), corpus=CORPUS, train=train)
+    examples, about = _adapter_examples("raft", work)  # type: ignore[arg-type]
+    first, second = (example.context.split("\n\n") for example in examples)
+    assert learnt in first and CORPUS["p1"] not in first and len(first) == 3
+    assert CORPUS["p2"] in second and len(set(second)) == 3
+    assert about == {"source": "raft", "examples": 2, "without_gold": 0}

@@ -7,8 +7,9 @@ Given a base model, a corpus, training QA pairs and test QA pairs, every arm ans
 * ``lora`` — a LoRA adapter trained on the training pairs (``lora_data="qa"``) or on the corpus
   (``"corpus"``: each passage's opening words as the prompt, the rest as the answer), closed book;
 * ``lora_rag`` — that adapter with the retrieved passages;
-* ``raft_rag`` — a RAFT-style adapter, trained with each pair's gold passage among distractor passages in
-  the prompt (so it learns to find the answer among retrieved text), served with the retrieved passages.
+* ``raft_rag`` — a RAFT-style adapter, trained with each pair's gold passage (its ``context`` if it has one,
+  else its ``gold_ids`` in the corpus) among ``raft_distractors`` random corpus passages in the prompt (so it
+  learns to find the answer among retrieved text), served with the retrieved passages.
 
 One base model serves every arm: the adapters are loaded together and the scheduler mixes their requests in
 shared batches. Prompts come from :func:`~ragplug.adapters.lora.train.build_messages` in training and
@@ -292,13 +293,15 @@ def _adapter_examples(name: str, work: _Work) -> tuple[list[Any], dict[str, Any]
     ids = sorted(work.corpus)
     examples, no_gold = [], []
     for item in work.train:
-        gold = [g for g in item.gold_ids if g in work.corpus]
+        # the gold passage as the pair was learnt: its own context if it has one (a fact since updated in the
+        # corpus was learnt from the passage of the time), else its gold passages in the corpus
+        gold = [item.context] if item.context else [work.corpus[g] for g in item.gold_ids if g in work.corpus]
         if not gold:
             no_gold.append(item.id)
         others = [p for p in ids if p not in set(item.gold_ids)]
-        passages = gold + rng.sample(others, min(config.raft_distractors, len(others)))
+        passages = gold + [work.corpus[p] for p in rng.sample(others, min(config.raft_distractors, len(others)))]
         rng.shuffle(passages)
-        context = "\n\n".join(work.corpus[p] for p in passages)
+        context = "\n\n".join(passages)
         examples.append(TrainExample(item.question, item.answer or "", context=context, system=system))
     if no_gold:
         logger.warning("RAFT: %d training items have no gold passage in the corpus: distractors only", len(no_gold))
