@@ -202,7 +202,7 @@ def test_version_in_a_process() -> None:
 def test_every_command_and_option_has_help() -> None:
     parser = cli.build_parser()
     (sub,) = [a for a in parser._actions if a.choices and isinstance(a.choices, dict)]
-    assert set(sub.choices) == {"index", "search", "info", "demo", "graph"}
+    assert set(sub.choices) == {"index", "search", "info", "demo", "graph", "compare", "eval"}
     assert all(choice.help for choice in sub._choices_actions)
     for command in (parser, *sub.choices.values()):
         for action in command._actions:
