@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ragplug._checks import integer_at_least
 from ragplug.errors import DatasetError, EvaluationError, InvalidInputError
 from ragplug.evaluators.datasets import QAItem
 from ragplug.evaluators.journal import Journal
@@ -85,10 +86,7 @@ class CompareConfig:
             raise InvalidInputError(msg)
         object.__setattr__(self, "arms", arms)
         for name, least in (("k", 1), ("raft_distractors", 0), ("max_new_tokens", 1), ("concurrency", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                msg = f"{name} must be an integer >= {least}, got {value!r}"
-                raise InvalidInputError(msg)
+            integer_at_least(getattr(self, name), name, least)
         if self.lora_data not in ("qa", "corpus"):
             msg = f"lora_data must be 'qa' or 'corpus', got {self.lora_data!r}"
             raise InvalidInputError(msg)

@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Protocol
 
+from ragplug._checks import integer_at_least as _positive
 from ragplug.chat import ChatFunction
 from ragplug.errors import InvalidInputError, JudgeError
 from ragplug.evaluators.runner import ItemOutcome, arun_batch, is_async_callable, run_batch, run_sync
@@ -166,13 +167,6 @@ def format_contexts(contexts: Sequence[str], budget: int) -> str:
             f"{shown} of {len(contexts)} passages.)"
         )
     return out
-
-
-def _positive(value: Any, what: str, least: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        msg = f"{what} must be an integer >= {least}, got {value!r}"
-        raise InvalidInputError(msg)
-    return value
 
 
 class Judge:

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from ragplug._checks import integer_at_least
 from ragplug._progress import progress_bar, wants_progress
 from ragplug.errors import InvalidInputError
 
@@ -89,9 +90,7 @@ def _check(items: Any, fn: Any, concurrency: Any) -> None:
     if not callable(fn):
         msg = f"fn must be a function of one item (sync or async), got {fn!r}"
         raise InvalidInputError(msg)
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        msg = f"concurrency must be an integer >= 1, got {concurrency!r}"
-        raise InvalidInputError(msg)
+    integer_at_least(concurrency, "concurrency")
 
 
 async def _call(fn: Callable[[Any], Any], item: Any, asynchronous: bool, executor: ThreadPoolExecutor | None) -> Any:

@@ -4,32 +4,17 @@ settings known by several names, unknown keywords, and the engine given as ``llm
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-from ragplug.adapters.lora.config import LoadConfig
+from ragplug.adapters.lora.config import LoadConfig, pop_setting
 from ragplug.adapters.lora.engine import LoRAModel
 from ragplug.errors import InvalidInputError, UnknownAdapterError
 
 __all__ = ["LOADING", "check_keywords", "engine_from", "load_options", "pop_setting"]
 
 LOADING = ("base", "adapters", "device", "dtype", "load")  # the keywords that load a model
-
-
-def pop_setting(options: MutableMapping[str, Any], names: Sequence[str], default: Any) -> Any:
-    """Pop the value ``options`` gives for one setting under any of its ``names`` (e.g. ``max_new_tokens`` /
-    ``max_tokens``); ``default`` when none is given. None counts as not given. Two names given is an error."""
-    given = [name for name in names if options.get(name) is not None]
-    if len(given) > 1:
-        values = ", ".join(f"{name}={options[name]!r}" for name in given)
-        msg = f"{' and '.join(given)} name the same setting; pass only one of them (got {values})"
-        raise InvalidInputError(msg)
-    value = options[given[0]] if given else default
-    for name in names:
-        options.pop(name, None)
-    return value
 
 
 def check_keywords(owner: str, given: Iterable[str], accepted: Iterable[str]) -> None:

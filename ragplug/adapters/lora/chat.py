@@ -21,7 +21,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ragplug.adapters.lora.config import GenerationConfig, stop_sequences
+from ragplug.adapters.lora.config import GenerationConfig, pop_setting, stop_sequences
 from ragplug.adapters.lora.requests import ChatOptions, ChatResult, GenerationRequest, GenerationResult
 from ragplug.adapters.lora.tools import ToolCall, ToolSpec, forced_call_schema, parse_tool_calls, resolve_tool_choice
 from ragplug.errors import InvalidInputError
@@ -45,20 +45,6 @@ def tool_specs(tools: Sequence[Any] | None) -> tuple[ToolSpec, ...]:
         fn = tool.get("function", tool)
         specs.append(ToolSpec(fn.get("name"), fn.get("description") or "", fn.get("parameters") or {"type": "object"}))
     return tuple(specs)
-
-
-def _take(given: dict[str, Any], names: Sequence[str], default: Any) -> Any:
-    """The value ``given`` has for a setting under any of its ``names``; None counts as not given; two is an
-    error."""
-    present = [name for name in names if given.get(name) is not None]
-    if len(present) > 1:
-        values = ", ".join(f"{name}={given[name]!r}" for name in present)
-        msg = f"{' and '.join(present)} name the same setting; pass only one of them (got {values})"
-        raise InvalidInputError(msg)
-    value = given[present[0]] if present else default
-    for name in names:
-        given.pop(name, None)
-    return value
 
 
 def chat_options(
@@ -85,9 +71,9 @@ def chat_options(
     stop: Any = rest.pop("stop", None)
     stop = base.stop if stop is None else (stop_sequences(stop) if single_stop or not isinstance(stop, str) else stop)
     config = GenerationConfig(
-        max_new_tokens=_take(rest, token_names, base.max_new_tokens),
-        temperature=_take(rest, ("temperature",), base.temperature),
-        top_p=_take(rest, ("top_p",), base.top_p),
+        max_new_tokens=pop_setting(rest, token_names, base.max_new_tokens),
+        temperature=pop_setting(rest, ("temperature",), base.temperature),
+        top_p=pop_setting(rest, ("top_p",), base.top_p),
         stop=stop,
     )
     options = ChatOptions(

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from ragplug.errors import InvalidInputError
 
-__all__ = ["GenerationConfig", "LoadConfig", "stop_sequences"]
+__all__ = ["GenerationConfig", "LoadConfig", "pop_setting", "stop_sequences"]
 
 
 def stop_sequences(stop: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -22,6 +22,20 @@ def stop_sequences(stop: str | Sequence[str] | None) -> tuple[str, ...]:
         msg = f"stop must be a string or a sequence of strings, got {stop!r}"
         raise InvalidInputError(msg)
     return tuple(stop)
+
+
+def pop_setting(options: MutableMapping[str, Any], names: Sequence[str], default: Any) -> Any:
+    """Pop the value ``options`` gives for one setting under any of its ``names`` (e.g. ``max_new_tokens`` /
+    ``max_tokens``); ``default`` when none is given. None counts as not given. Two names given is an error."""
+    given = [name for name in names if options.get(name) is not None]
+    if len(given) > 1:
+        values = ", ".join(f"{name}={options[name]!r}" for name in given)
+        msg = f"{' and '.join(given)} name the same setting; pass only one of them (got {values})"
+        raise InvalidInputError(msg)
+    value = options[given[0]] if given else default
+    for name in names:
+        options.pop(name, None)
+    return value
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ragplug._checks import integer_at_least as _positive
 from ragplug._progress import progress_bar, wants_progress
 from ragplug.adapters.lora.chat_function import lora_chat_function  # where it lived first
 from ragplug.errors import InvalidInputError
@@ -308,13 +309,6 @@ class _Outcome:
     calls: int = 0
     cache_hit: bool = False
     failure: str | None = None
-
-
-def _positive(value: Any, what: str, least: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        msg = f"{what} must be an integer >= {least}, got {value!r}"
-        raise InvalidInputError(msg)
-    return value
 
 
 class LLMExtractor:
