@@ -130,3 +130,22 @@ def test_bf16_base_keeps_peft_precision(tiny_llm: dict[str, Path]) -> None:
         assert (ours.argmax(-1) == reference.argmax(-1)).float().mean() > 0.97
     finally:
         model.close()
+
+
+def test_load_config_changes_take_effect_at_the_next_batch(four_adapters: LoRAModel) -> None:
+    """The engine reads its LoadConfig when it serves (as the serving benchmark relies on): a model switched to
+    mixed_lora="peft" after loading routes the next mixed batch through peft's adapter_names loop."""
+    from dataclasses import replace
+
+    model, load = four_adapters, four_adapters.load_config
+    rows: list[str | None] = ["alpha", None]
+    assert model._adapters.route(rows, load.mixed_lora)[0][2] == {}  # segmented: no generate kwargs
+    model.load_config = replace(load, mixed_lora="peft", truncation="left")
+    try:
+        assert model._adapters.route(rows, model.load_config.mixed_lora)[0][2] == {
+            "adapter_names": ["alpha", "__base__"]
+        }
+        long = GenerationRequest([5] * (model.context_window + 10), config=GenerationConfig(max_new_tokens=2))
+        assert model.generate_batch([long])[0].prompt_tokens == model.context_window - 2  # cut on the left now
+    finally:
+        model.load_config = load

@@ -73,13 +73,13 @@ class LoRAModel:
         self.eos_token_ids = loaded.eos_token_ids
         self.pad_token_id = loaded.pad_token_id
         self._grammar: GrammarBackend | None = None
-        self._adapters = Adapters(loaded.model, self.base_name, load.mixed_lora)
+        self._adapters = Adapters(loaded.model, self.base_name)
         self._lock = self._adapters.lock  # held by every adapter change and every batch
         self._planner = Planner(
             owner=id(self),
             vocab_rows=self.vocab_rows,
             context_window=self.context_window,
-            truncation=load.truncation,
+            truncation=lambda: self.load_config.truncation,
             grammar=self.grammar,
         )
         self._decoder = Decoder(
@@ -91,7 +91,7 @@ class LoRAModel:
             grammar=self.grammar,
         )
         # through a lambda, so that the scheduler calls whatever _serve_batch is now (tests wrap it)
-        self._scheduler = Scheduler(lambda requests: self._serve_batch(requests), load)
+        self._scheduler = Scheduler(lambda requests: self._serve_batch(requests), lambda: self.load_config)
         for name, path in (adapters or {}).items():
             self.add_adapter(name, path)
 
@@ -179,7 +179,8 @@ class LoRAModel:
                 except Exception as err:  # this request only (ragplug errors by design): the others are served
                     outcomes[i] = err
             for part in self._decoder.within_context(admitted):
-                for indices, routing, extra in self._adapters.route([requests[i].adapter for i, _ in part]):
+                adapters = [requests[i].adapter for i, _ in part]
+                for indices, routing, extra in self._adapters.route(adapters, self.load_config.mixed_lora):
                     rows = [part[j] for j in indices]
                     group = self._decoder.generate(
                         self.model, [requests[i] for i, _ in rows], [plan for _, plan in rows], routing, extra

@@ -83,13 +83,13 @@ class Planner:
         owner: int,
         vocab_rows: int,
         context_window: int,
-        truncation: str,
+        truncation: Callable[[], str],
         grammar: Callable[[], GrammarBackend],
     ) -> None:
         self.owner = owner
         self.vocab_rows = vocab_rows
         self.context_window = context_window
-        self.truncation = truncation
+        self.truncation = truncation  # the model's LoadConfig.truncation as it is now
         self.grammar = grammar
 
     def plan(self, request: GenerationRequest) -> Plan:
@@ -125,7 +125,7 @@ class Planner:
         room = self.context_window - budget
         if len(prompt_ids) <= room:
             return prompt_ids
-        if self.truncation == "left" and room > 0:
+        if self.truncation() == "left" and room > 0:
             logger.warning("prompt of %d tokens truncated to the last %d", len(prompt_ids), room)
             return prompt_ids[-room:]
         wanted = f"max_new_tokens={config.max_new_tokens}"

@@ -33,10 +33,9 @@ Route = tuple[list[int], Any, dict[str, Any]]  # (row indices, context manager, 
 class Adapters:
     """Named LoRA adapters over one base model. ``lock`` (re-entrant) guards every change and every batch."""
 
-    def __init__(self, model: Any, base_name: str, mixed_lora: str) -> None:
+    def __init__(self, model: Any, base_name: str) -> None:
         self.model: Any = model
         self.base_name = base_name
-        self.mixed_lora = mixed_lora
         self.lock = threading.RLock()
         self.folders: dict[str, Path] = {}
         self.merged: str | None = None
@@ -209,13 +208,14 @@ class Adapters:
                 )
                 raise AdapterError(msg)
 
-    def route(self, adapters: list[str | None]) -> list[Route]:
-        """How a batch's rows reach their adapters: ``(row indices, context manager, generate kwargs)`` per call."""
+    def route(self, adapters: list[str | None], mixed_lora: str = "segmented") -> list[Route]:
+        """How a batch's rows reach their adapters: ``(row indices, context manager, generate kwargs)`` per call.
+        ``mixed_lora`` is ``LoadConfig.mixed_lora`` as it is now."""
         everyone = list(range(len(adapters)))
         if not self.folders or self.merged is not None:
             return [(everyone, contextlib.nullcontext(), {})]
         segmented = self.segmented
-        if self.mixed_lora == "segmented" and segmented is not None and segmented.supported(adapters):
+        if mixed_lora == "segmented" and segmented is not None and segmented.supported(adapters):
             return [(everyone, segmented.apply(adapters), {})]
         configs = self.model.peft_config
         if not any(getattr(configs.get(a), "use_dora", False) for a in adapters if a is not None):

@@ -32,9 +32,9 @@ ServeBatch = Callable[[Sequence[GenerationRequest]], list[GenerationResult | Bas
 class Scheduler:
     """Queues requests and serves them in batches through ``serve_batch`` on a thread of its own."""
 
-    def __init__(self, serve_batch: ServeBatch, load: LoadConfig) -> None:
+    def __init__(self, serve_batch: ServeBatch, load: Callable[[], LoadConfig]) -> None:
         self.serve_batch = serve_batch
-        self.load = load
+        self.load = load  # the model's LoadConfig as it is now (read at every batch)
         self.queue: queue.Queue[GenerationRequest | None] = queue.Queue()
         self.worker: threading.Thread | None = None
         self.worker_lock = threading.Lock()  # the scheduler thread's start and exit
@@ -67,9 +67,9 @@ class Scheduler:
         self.worker.start()
 
     def _serve_loop(self) -> None:
-        window = self.load.batch_window_ms / 1000
-        idle = self.load.idle_exit_s
         while True:
+            load = self.load()
+            window, idle = load.batch_window_ms / 1000, load.idle_exit_s
             try:
                 first = self.queue.get(timeout=idle)
             except queue.Empty:
@@ -82,7 +82,7 @@ class Scheduler:
                 return
             batch = [first]
             deadline = time.monotonic() + window
-            while len(batch) < self.load.max_batch_size:
+            while len(batch) < load.max_batch_size:
                 remaining = deadline - time.monotonic()
                 try:
                     item = self.queue.get(timeout=max(remaining, 0)) if remaining > 0 else self.queue.get_nowait()
