@@ -8,12 +8,13 @@ LlamaIndex LLM. This module imports nothing heavy.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from ragplug.errors import InvalidInputError
 
-__all__ = ["ChatFunction", "role_messages"]
+__all__ = ["ChatFunction", "answer_object", "role_messages"]
 
 
 @runtime_checkable
@@ -48,3 +49,18 @@ def role_messages(messages: Sequence[Mapping[str, str]], roles: Iterable[str]) -
             raise InvalidInputError(msg)
         out.append((role, content))
     return out
+
+
+def answer_object(answer: Any) -> Mapping[str, Any]:
+    """A chat function's answer as a JSON object: a mapping as it is, a string parsed. ``ValueError`` saying what
+    it is instead (the caller asks again or gives up)."""
+    if isinstance(answer, str):
+        try:
+            answer = json.loads(answer)
+        except ValueError as err:
+            msg = f"the answer is not JSON: {answer[:200]!r}"
+            raise ValueError(msg) from err
+    if not isinstance(answer, Mapping):
+        msg = f"the answer is not a JSON object: {answer!r}"[:300]
+        raise ValueError(msg)
+    return answer

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from ragplug._checks import integer_at_least as _positive
-from ragplug.chat import ChatFunction
+from ragplug.chat import ChatFunction, answer_object
 from ragplug.errors import InvalidInputError, JudgeError
 from ragplug.evaluators.runner import ItemOutcome, arun_batch, is_async_callable, run_batch, run_sync
 
@@ -262,15 +262,10 @@ class Judge:
         return format_contexts(kept, self.context_chars) if kept else None
 
     def _parse(self, answer: Any) -> _Answer:
-        if isinstance(answer, str):
-            try:
-                answer = json.loads(answer)
-            except ValueError as err:
-                msg = f"the answer is not JSON: {answer[:200]!r}"
-                raise _InvalidAnswer(msg) from err
-        if not isinstance(answer, Mapping):
-            msg = f"the answer is not a JSON object: {answer!r}"[:300]
-            raise _InvalidAnswer(msg)
+        try:
+            answer = answer_object(answer)
+        except ValueError as err:
+            raise _InvalidAnswer(str(err)) from err
         expected = {"reason", self.key}
         if set(answer) != expected:
             missing, extra = sorted(expected - set(answer)), sorted(set(answer) - expected, key=str)

@@ -38,6 +38,7 @@ from typing import Any
 from ragplug._checks import integer_at_least as _positive
 from ragplug._progress import progress_bar, wants_progress
 from ragplug.adapters.lora.chat_function import lora_chat_function  # where it lived first
+from ragplug.chat import answer_object
 from ragplug.errors import InvalidInputError
 from ragplug.retrievers.graph.extract import PhraseExtractor
 from ragplug.retrievers.graph.model import ChatFunction, Entity, Extraction, Passage, Relation, entity_key
@@ -229,15 +230,10 @@ def _parse_answer(
     """The entities and relations of one answer, checked and normalised; :class:`_InvalidAnswer` when its
     shape is wrong. Items beyond the limits (a model without a grammar may give more) are cut; entities with
     an empty key are dropped; relation endpoints missing from the entities are added as ``"unknown"``."""
-    if isinstance(answer, str):
-        try:
-            answer = json.loads(answer)
-        except ValueError as err:
-            msg = f"the answer is not JSON: {answer[:200]!r}"
-            raise _InvalidAnswer(msg) from err
-    if not isinstance(answer, Mapping):
-        msg = f"the answer is not a JSON object: {answer!r}"[:300]
-        raise _InvalidAnswer(msg)
+    try:
+        answer = answer_object(answer)
+    except ValueError as err:
+        raise _InvalidAnswer(str(err)) from err
     entities: dict[str, Entity] = {}
     for item in _items(answer, "entities", required=True)[:max_entities]:
         name = _clean(item.get("name"), "an entity's name", NAME_CHARS)
