@@ -399,3 +399,31 @@ def test_records_copy_between_backends_without_re_encoding(store: MultiVectorSto
     assert copy_records(target, back) == 32
     query = _unit(np.random.default_rng(15), 2)
     assert [h.id for h in back.search(query, k=5)] == [h.id for h in store.search(query, k=5)]
+
+
+def test_records_without_vectors_read_no_vector(
+    store: MultiVectorStore, make_store, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``records(vectors=False)`` (what a page index's text index reads) gives every record's id, parent,
+    text and metadata, and decodes no vector: each ``vectors`` is an empty matrix that no store accepts."""
+    store.add([Record(f"c#{n}", _unit(np.random.default_rng(16), 2), {"n": n}, parent_id="c") for n in range(2)])
+    want = [(r.id, r.parent_id, r.text, r.metadata) for r in store.records()]  # type: ignore[attr-defined]
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a vector was read")
+
+    if backend == "postgres":
+        from ragplug.retrievers.late_interaction.stores.postgres import coded
+
+        monkeypatch.setattr(coded, "decode_row", refuse)
+    else:
+        from ragplug.retrievers.late_interaction.tokens import TokenMatrix
+
+        monkeypatch.setattr(TokenMatrix, "lifted", refuse)
+        monkeypatch.setattr(TokenMatrix, "__getitem__", refuse)
+    got = list(store.records(vectors=False))  # type: ignore[attr-defined]
+    monkeypatch.undo()
+    assert [(r.id, r.parent_id, r.text, r.metadata) for r in got] == want and len(got) == 32
+    assert all(r.vectors.shape == (0, DIM) and r.vectors.dtype == np.float32 for r in got)
+    with pytest.raises(InvalidInputError, match="non-empty 2-D matrix"):
+        make_store().add(got[:1])

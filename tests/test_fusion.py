@@ -1,14 +1,16 @@
-"""Reciprocal rank fusion of several retrievers."""
+"""Reciprocal rank fusion of several retrievers, and the text index of a page index it fuses with."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+import numpy as np
 import pytest
 
 from ragplug.errors import InvalidInputError
 from ragplug.retrievers.fusion import FusionOptions, FusionRetriever, reciprocal_rank_fusion
+from ragplug.retrievers.late_interaction import InMemoryMultiVectorStore
 from ragplug.retrievers.late_interaction.base import Hit
 from ragplug.retrievers.protocol import Retriever
 
@@ -71,3 +73,100 @@ def test_an_item_found_only_as_a_chunk_is_named_after_the_item() -> None:
     assert fused[1].metadata == {"page": 9} and fused[1].parent_id is None and fused[1].text == "tail"
     both = reciprocal_rank_fusion([[chunk], _hits("p9")], [1.0, 1.0], k=1)
     assert both[0].id == "p9" and both[0].metadata == {"n": 0}  # the page's own hit, though ranked second
+
+
+# -- the text index of a page index: texts and metadata read, never the pages' vectors -------------------------
+class _Words:
+    """A tiny text (or page) encoder: one 8-dim one-hot vector per word, hashed."""
+
+    def __init__(self, name: str) -> None:
+        from ragplug.retrievers.late_interaction import EncoderIdentity
+
+        self.identity = EncoderIdentity(name, 8, name)
+        self.documents: list[Any] = []
+
+    def _encode(self, text: str) -> np.ndarray:
+        words = text.split() or ["?"]
+        out = np.zeros((len(words), 8), dtype=np.float32)
+        out[np.arange(len(words)), [sum(map(ord, w)) % 8 for w in words]] = 1.0
+        return out
+
+    def encode_queries(self, queries: Any) -> list[np.ndarray]:
+        return [self._encode(q) for q in queries]
+
+    def encode_documents(self, documents: Any, *, show_progress: bool | None = None) -> list[np.ndarray]:
+        self.documents += list(documents)
+        return [self._encode(d) for d in documents]
+
+
+class _NoVectorReads(InMemoryMultiVectorStore):
+    """A memory store that fails the test whenever a page's vectors are asked for."""
+
+    def records(self, *, vectors: bool = True) -> Any:
+        if vectors:
+            raise AssertionError("the pages' vectors were read")
+        return super().records(vectors=False)
+
+    def get(self, ids: Any) -> Any:
+        raise AssertionError("the pages' vectors were read (get)")
+
+
+def _page_index(store: InMemoryMultiVectorStore) -> Any:
+    from ragplug.retrievers.late_interaction import LateInteractionIndex
+
+    pages = LateInteractionIndex(_Words("pages"), store)
+    pages.add(
+        ["image one", "image two", "image three"],
+        ids=["a.pdf#p1", "a.pdf#p2", "b.png"],
+        metadatas=[{"page": 1}, {"page": 2}, {"page": 1}],
+        texts=["revenue grew", "   ", "cash fell"],
+        parents=["a.pdf", "a.pdf", None],
+    )
+    return pages
+
+
+def test_page_text_index_reads_texts_and_metadata_never_vectors(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ragplug.retrievers.build import page_text_index
+    from ragplug.retrievers.late_interaction.tokens import TokenMatrix
+
+    pages = _page_index(_NoVectorReads())
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a stored vector was decoded")
+
+    monkeypatch.setattr(TokenMatrix, "lifted", refuse)
+    monkeypatch.setattr(TokenMatrix, "__getitem__", refuse)
+    encoder = _Words("text")
+    text = page_text_index(pages, encoder)
+    assert encoder.documents == ["revenue grew", "cash fell"]  # the page without text is left out
+    monkeypatch.undo()
+    got = text.get(text.store.ids())
+    assert [(r.id, r.metadata, r.text) for r in got] == [
+        ("a.pdf#p1", {"page": 1}, "revenue grew"),
+        ("b.png", {"page": 1}, "cash fell"),
+    ]
+    assert [h.id for h in text.search("cash fell", k=1)] == ["b.png"]
+
+
+def test_stored_texts_of_a_store_without_a_records_iterator_goes_by_batches() -> None:
+    from ragplug.retrievers.build import stored_texts
+
+    class _GetOnly:
+        def __init__(self, store: InMemoryMultiVectorStore) -> None:
+            self.store, self.asked = store, []
+
+        def ids(self) -> list[str]:
+            return self.store.ids()
+
+        def get(self, ids: list[str]) -> list[Any]:
+            self.asked.append(len(ids))
+            return self.store.get(ids)
+
+    inner = InMemoryMultiVectorStore()
+    _page_index(inner)
+    store = _GetOnly(inner)
+    assert [r.text for r in stored_texts(store, batch_size=2)] == ["revenue grew", "   ", "cash fell"]  # type: ignore[arg-type]
+    assert store.asked == [2, 1]
+    records = list(stored_texts(inner))
+    assert [(r.id, r.parent_id) for r in records] == [("a.pdf#p1", "a.pdf"), ("a.pdf#p2", "a.pdf"), ("b.png", None)]
+    assert all(r.vectors.shape == (0, 8) and r.vectors.dtype == np.float32 for r in records)

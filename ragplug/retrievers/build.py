@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,14 +150,28 @@ def page_text_index(
     pages: LateInteractionIndex, model: str | Path | Encoder, **encoder_kwargs: Any
 ) -> LateInteractionIndex:
     """A ColBERT index over the text of the pages already in ``pages`` (same ids; pages without text are
-    left out), for hybrid image + text page retrieval (:class:`~ragplug.retrievers.fusion.FusionRetriever`)."""
-    records = [r for r in pages.get(pages.store.ids()) if r.text and r.text.strip()]
+    left out), for hybrid image + text page retrieval (:class:`~ragplug.retrievers.fusion.FusionRetriever`).
+    Only the pages' texts and metadata are read, never their vectors (see :func:`stored_texts`)."""
+    records = [r for r in stored_texts(pages.store) if r.text and r.text.strip()]
     encoder = make_encoder(model, encoder_kwargs)
     chunker = encoder.chunker() if hasattr(encoder, "chunker") else None
     text = LateInteractionIndex(encoder, chunker=chunker)
     if records:
         text.add([r.text for r in records], ids=[r.id for r in records], metadatas=[r.metadata for r in records])
     return text
+
+
+def stored_texts(store: MultiVectorStore, *, batch_size: int = 256) -> Iterator[Record]:
+    """Every record of ``store`` for its text and metadata: through ``records(vectors=False)`` where the store
+    has it (both built-in stores: no vector is read, each record's ``vectors`` is empty), else through
+    ``get``, ``batch_size`` records at a time (their vectors read, but only a batch of them in memory)."""
+    records = getattr(store, "records", None)
+    if records is not None and "vectors" in inspect.signature(records).parameters:
+        yield from records(vectors=False)
+        return
+    ids = store.ids()
+    for lo in range(0, len(ids), batch_size):
+        yield from store.get(ids[lo : lo + batch_size])
 
 
 def page_retriever(

@@ -218,6 +218,11 @@ class MultiVectorStore(Protocol):
     ``encoder`` is the identity of the encoder the stored vectors came from (``None`` until known);
     ``bind_encoder`` records it, or raises :class:`~ragplug.errors.EncoderMismatchError` when it differs.
     Every method has an ``a``-prefixed async twin; in-process stores run the sync body in a thread.
+
+    Optional, outside the protocol (both built-in stores have it): ``records(*, vectors: bool = True)``, an
+    iterator over every record in insertion order. ``vectors=False`` reads ids, parents, texts and metadata
+    only, never a vector: each record's ``vectors`` is then an empty ``(0, dim)`` float32 matrix, which no
+    store accepts, so such records cannot be written back by mistake.
     """
 
     search_options: ClassVar[type[SearchOptions]]

@@ -241,16 +241,21 @@ class InMemoryMultiVectorStore(ThreadedAsync):
         with self._lock:
             return [(id_, copy_metadata(m)) for id_, m in zip(self._ids, self._metadata, strict=True)]
 
-    def records(self) -> Iterator[Record]:
-        """Every record, in insertion order."""
+    def records(self, *, vectors: bool = True) -> Iterator[Record]:
+        """Every record, in insertion order. ``vectors=False`` reads ids, parents, texts and metadata only:
+        each record's ``vectors`` is an empty ``(0, dim)`` matrix (nothing is decoded or copied), which no
+        store accepts, so such a record cannot be written back by mistake."""
         for row in range(len(self._ids)):
-            yield self._record(row)
+            yield self._record(row, vectors=vectors)
 
-    def _record(self, row: int) -> Record:
-        lo = int(self._starts[row])
-        vectors = self._tokens.lifted(lo, lo + int(self._lengths[row]))
+    def _record(self, row: int, *, vectors: bool = True) -> Record:
+        if vectors:
+            lo = int(self._starts[row])
+            matrix = self._tokens.lifted(lo, lo + int(self._lengths[row]))
+        else:
+            matrix = np.empty((0, self._dim or 0), dtype=np.float32)
         metadata = copy_metadata(self._metadata[row])
-        return Record(self._ids[row], vectors, metadata, self._texts[row], self._parents[row])
+        return Record(self._ids[row], matrix, metadata, self._texts[row], self._parents[row])
 
     # -- writes ---------------------------------------------------------------------------------------
     def add(self, records: Sequence[Record]) -> None:

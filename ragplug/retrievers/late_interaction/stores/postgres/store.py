@@ -551,21 +551,33 @@ class PgVectorStore:
         )
         return [r[0] for r in rows]
 
-    def records(self, *, batch_size: int = 1000) -> Iterator[Record]:
+    def records(self, *, batch_size: int = 1000, vectors: bool = True) -> Iterator[Record]:
         """Every record, in insertion order, fetched ``batch_size`` at a time (each page is its own
-        transaction: records written meanwhile may or may not appear)."""
+        transaction: records written meanwhile may or may not appear). ``vectors=False`` reads ids, parents,
+        texts and metadata only (the token columns are not selected): each record's ``vectors`` is an empty
+        ``(0, dim)`` matrix, which no store accepts."""
         after = 0
         while True:
-            page = self._run(self._page(after, batch_size))
+            page = self._run(self._page(after, batch_size, vectors=vectors))
             if not page:
                 return
             after = page[-1][0]
             yield from (record for _, record in page)
 
-    def _page(self, after: int, size: int) -> Op:
+    def _page(self, after: int, size: int, *, vectors: bool = True) -> Op:
         info = yield from self._collection()
         if info is None:
             return []
+        if not vectors:
+            rows = yield Query(
+                sql.SQL(
+                    "SELECT seq, id, parent_id, metadata, text FROM {} WHERE {} AND seq > %s ORDER BY seq LIMIT %s"
+                ).format(self._t["records"], self._where()),
+                [after, size],
+                "all",
+            )
+            empty = np.empty((0, info.dim), dtype=np.float32)
+            return [(r[0], Record(r[1], empty.copy(), r[3], r[4], r[2])) for r in rows]
         rows = yield Query(
             sql.SQL(
                 "SELECT seq, id, parent_id, metadata, text, n_tokens, tokens, codes FROM {} WHERE {} AND seq > %s "
