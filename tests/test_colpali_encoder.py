@@ -1,6 +1,22 @@
-"""ColPali-family page encoders: tiny ColQwen2 and ColIdefics3 checkpoints (and a LoRA adapter) built locally
-load through the same ``ColPaliEncoder(path)`` call a hub id takes, and encode pages and queries as
-colpali-engine does. Not relevance: the weights are random."""
+"""ColPali-family page encoders: tiny checkpoints of every family colpali-engine can build (ColQwen2, ColQwen2.5,
+ColQwen3, ColIdefics3, ColModernVBert, ColPali, ColGemma3, and a LoRA adapter) built locally load through the
+same ``ColPaliEncoder(path)`` call a hub id takes, and encode pages and queries as colpali-engine does. Not
+relevance: the weights are random.
+
+ColQwen2.5-Omni is not encodable with colpali-engine 0.3.18 under transformers 5.24: its class cannot even be
+constructed (``ColQwen2_5Omni(config)`` and ``from_pretrained`` both fail in transformers' thinker ``__init__``
+with ``AttributeError: 'ColQwen2_5Omni' object has no attribute 'visual'``: colpali-engine's
+``spatial_merge_size`` setter writes ``self.visual.config`` before the thinker has built its ``model.visual``;
+and its ``__init__`` then reads ``self.model.config.hidden_size``, which a transformers 5 thinker config holds
+only in ``text_config``). Its tiny checkpoint is therefore saved from transformers' thinker plus a projection
+head, and the test checks that ragplug refuses it with that reason rather than a bare traceback.
+
+ColModernVBert works at tiny sizes once the processor's ``image_seq_len`` matches the model: with the
+processor's default (64, the real model's 512-pixel crops in 16-pixel patches shuffled by 4) against a tiny
+tower the forward pass fails in transformers with ``ValueError: Image features and image tokens do not match,
+tokens: 832, features: 52`` (13 crops of 64 placeholders, 13 crops of 4 features); that is a mismatched
+checkpoint, not a limit of colpali-engine or transformers.
+"""
 
 from __future__ import annotations
 
@@ -19,16 +35,21 @@ from PIL import Image
 
 from ragplug.errors import EncoderMismatchError, InvalidInputError
 from ragplug.retrievers.colpali import ColPaliEncoder, Family, default_dtype
-from ragplug.retrievers.colpali.encoder import cpu_supports_bf16
+from ragplug.retrievers.colpali.encoder import cpu_supports_bf16, read_checkpoint
 from ragplug.retrievers.late_interaction import LateInteractionIndex
 from tests.fixtures.tiny_colpali import drop_tensor, legacy_adapter, tiny_colpali_paths
+from tests.fixtures.tiny_colpali_families import tiny_colpali_family_paths
 
 FAMILIES = {
     "colqwen2": Family.COLQWEN2,
     "colidefics3": Family.COLIDEFICS3,
     "colqwen2_5": Family.COLQWEN2_5,
     "colpali": Family.COLPALI,  # saved without its tied generation head, which loading ties again
+    "colqwen3": Family.COLQWEN3,
+    "colgemma3": Family.COLGEMMA3,
+    "colmodernvbert": Family.COLMODERNVBERT,
 }
+DIMS = {"colqwen3": 320}  # colpali-engine's ColQwen3 head; every other family's has 128 dimensions
 
 
 @dataclass
@@ -40,7 +61,7 @@ class _Page:  # the shape of ragplug.retrievers.colpali.pages.Page: an image, it
 
 @pytest.fixture(scope="session")
 def tiny_colpali() -> dict[str, Path]:
-    return tiny_colpali_paths()
+    return tiny_colpali_paths() | tiny_colpali_family_paths()
 
 
 @pytest.fixture(scope="session")
@@ -74,19 +95,19 @@ def test_import_stays_light() -> None:
 def test_pages_and_queries_encode_as_colpali_engine_does(
     name: str, encoders: dict[str, ColPaliEncoder], pages: list[Image.Image]
 ) -> None:
-    enc = encoders[name]
-    assert enc.family is FAMILIES[name] and enc.dim == 128
+    enc, dim = encoders[name], DIMS.get(name, 128)
+    assert enc.family is FAMILIES[name] and enc.dim == dim
     docs = enc.encode_documents(pages)
     expected = _reference(enc, enc.processor.process_images(pages))
     assert len(docs) == len(pages)
     for got, want in zip(docs, expected, strict=True):
-        assert got.dtype == np.float32 and got.shape == want.shape and got.shape[1] == 128
+        assert got.dtype == np.float32 and got.shape == want.shape and got.shape[1] == dim
         np.testing.assert_allclose(got, want, atol=1e-4)
         np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-4)
     queries = enc.encode_queries(["where is marley", "the ghost of christmas yet to come"])
     for got, want in zip(queries, _reference(enc, enc.processor.process_queries(["where is marley"])), strict=False):
         np.testing.assert_allclose(got, want, atol=1e-4)  # prompt + query + augmentation tokens; batched as alone
-    assert [q.shape[1] for q in queries] == [128, 128] and queries[1].shape[0] > queries[0].shape[0]
+    assert [q.shape[1] for q in queries] == [dim, dim] and queries[1].shape[0] > queries[0].shape[0]
     assert all(np.isfinite(m).all() for m in docs + queries)
 
 
@@ -151,6 +172,23 @@ def test_identity_and_family_come_from_the_files(
     config["text_config"]["rms_norm_eps"] = 1e-5  # another config: another model
     (liar / "config.json").write_text(json.dumps(config))
     assert ColPaliEncoder(liar, dtype="float32").identity.fingerprint != enc.identity.fingerprint
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_the_family_comes_from_the_checkpoint_not_its_folder_name(
+    name: str, tiny_colpali: dict[str, Path], tmp_path: Path
+) -> None:
+    other = "colqwen2" if FAMILIES[name] is not Family.COLQWEN2 else "colpali"
+    liar = shutil.copytree(tiny_colpali[name], tmp_path / other / "colsmol")  # named for two other families
+    assert read_checkpoint(liar).family is FAMILIES[name]
+
+
+def test_colqwen2_5_omni_is_refused_while_colpali_engine_cannot_build_it(tiny_colpali: dict[str, Path]) -> None:
+    folder = tiny_colpali["colqwen2_5_omni"]  # see the module docstring for the colpali-engine fault
+    assert read_checkpoint(folder).family is Family.COLQWEN2_5_OMNI
+    match = r"cannot build its ColQwen2_5Omni model under transformers .*no attribute 'visual'.*pair that builds it"
+    with pytest.raises(InvalidInputError, match=match):
+        ColPaliEncoder(folder, device="cpu", dtype="float32")
 
 
 ALL_FAMILIES = [

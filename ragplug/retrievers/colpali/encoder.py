@@ -306,13 +306,16 @@ class ColPaliEncoder:
             self.processor = getattr(engine, family.processor_class).from_pretrained(str(checkpoint.processor))
             model_class = getattr(engine, family.model_class)
             key_mapping = _key_mapping(model_class)
-            loaded, info = model_class.from_pretrained(
-                str(checkpoint.base),
-                dtype=torch_dtype,
-                use_safetensors=True,
-                output_loading_info=True,
-                key_mapping=key_mapping,
-            )
+            try:
+                loaded, info = model_class.from_pretrained(
+                    str(checkpoint.base),
+                    dtype=torch_dtype,
+                    use_safetensors=True,
+                    output_loading_info=True,
+                    key_mapping=key_mapping,
+                )
+            except AttributeError as err:  # the class itself fails to build (ColQwen2_5Omni under transformers 5)
+                raise InvalidInputError(_unbuildable(family, checkpoint.base, err)) from err
             _refuse_missing(loaded, info, checkpoint.base, family)
             _tie_unloaded_lm_head(loaded, checkpoint.base)
             if checkpoint.adapter is not None:
@@ -478,6 +481,20 @@ def _key_mapping(model_class: Any) -> dict[str, str] | None:
     mapping = dict(getattr(super(model_class, model_class), "_checkpoint_conversion_mapping", None) or {})
     mapping.update(vars(model_class).get("_checkpoint_conversion_mapping") or {})
     return mapping or None
+
+
+def _unbuildable(family: Family, folder: Path, err: AttributeError) -> str:
+    """Why colpali-engine's class for ``family`` could not be built: an attribute its code expects of the
+    transformers class it extends is not there (ColQwen2_5Omni in colpali-engine 0.3.18 sets
+    ``visual.config`` before transformers 5's thinker has made ``visual``, which moved to ``model.visual``)."""
+    from importlib.metadata import version
+
+    return (
+        f"{folder}: colpali-engine {version('colpali-engine')} cannot build its {family.model_class} model under "
+        f"transformers {version('transformers')} ({type(err).__name__}: {err}): its code expects an attribute that "
+        "this transformers version's class or config does not have; use a colpali-engine / transformers pair "
+        "that builds it"
+    )
 
 
 def _refuse_missing(model: Any, info: dict[str, Any], folder: Path, family: Family) -> None:
