@@ -348,7 +348,7 @@ BAD = {
     "nbits 3": (
         lambda f: _edit_json(f / "metadata.json", lambda m: m["config"].update(nbits=3)),
         InvalidInputError,
-        r"nbits=3 .* ragplug reads \[1, 2, 4\]",
+        r"nbits=3 .* PLAID writes \[1, 2, 4\]",
     ),
     "nbits 8": (
         lambda f: _edit_json(f / "metadata.json", lambda m: m["config"].update(nbits=8)),

@@ -49,12 +49,15 @@ import numpy as np
 from ragplug._extras import require
 from ragplug.errors import InvalidInputError, StoreCorruptedError
 from ragplug.retrievers.late_interaction.base import EncoderIdentity
-from ragplug.retrievers.late_interaction.codecs import NBITS, Codec, CodecConfig
+from ragplug.retrievers.late_interaction.codecs import Codec, CodecConfig
 from ragplug.retrievers.late_interaction.stores.memory import InMemoryMultiVectorStore
 
 __all__ = ["PlaidIndexInfo", "open_plaid_index", "read_plaid_index"]
 
 logger = logging.getLogger(__name__)
+
+#: The residual widths colbert-ai writes (ragplug's own 8-bit codec is not a PLAID format).
+PLAID_NBITS = (1, 2, 4)
 
 Collection = str | os.PathLike[str] | Sequence[str]
 
@@ -121,8 +124,8 @@ def read_plaid_index(
     if type(dim) is not int or dim < 1:
         msg = f"{folder / 'metadata.json'}: config 'dim' must be a positive integer, got {dim!r}"
         raise StoreCorruptedError(msg)
-    if nbits not in NBITS or type(nbits) is not int:
-        msg = f"{folder}: the index stores nbits={nbits!r} residual bits per dimension; ragplug reads {list(NBITS)}"
+    if nbits not in PLAID_NBITS or type(nbits) is not int:
+        msg = f"{folder}: the index stores nbits={nbits!r} bits per dimension; PLAID writes {list(PLAID_NBITS)}"
         raise InvalidInputError(msg)
     if (dim * nbits) % 8:
         msg = f"{folder}: dim {dim} * nbits {nbits} is not a whole number of bytes; not a valid PLAID index"
