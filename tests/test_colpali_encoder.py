@@ -301,6 +301,9 @@ def test_bad_arguments_are_refused(tiny_colpali: dict[str, Path], encoders: dict
         ({"pool_factor": -2}, "pool_factor"),
         ({"pool_factor": 2.5}, "pool_factor"),
         ({"query_threads": True}, "query_threads"),
+        ({"max_visual_tokens": 0}, "max_visual_tokens must be a positive integer or None, got 0"),
+        ({"max_visual_tokens": 2.5}, "max_visual_tokens"),
+        ({"max_visual_tokens": True}, "max_visual_tokens"),
         ({"dtype": "int8"}, "dtype"),
         ({"dtype": "float64x"}, "dtype"),
     ]:
@@ -317,6 +320,80 @@ def test_bad_arguments_are_refused(tiny_colpali: dict[str, Path], encoders: dict
         enc.encode_documents([Image.new("RGB", (8, 8)), _Page(image=None)])  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match="empty image"):
         enc.encode_documents([Image.new("RGB", (0, 5))])
+
+
+def _image_tokens(enc: ColPaliEncoder, page: Image.Image) -> tuple[int, int]:
+    """How many image tokens, and how many tokens in all, the encoder's processor makes of a page."""
+    batch = enc.processor.process_images([page])
+    ids = batch["input_ids"][batch["attention_mask"].bool()]
+    return int((ids == enc.model.config.image_token_id).sum()), len(ids)
+
+
+@pytest.fixture(scope="session")
+def large_pages() -> list[Image.Image]:
+    rng = np.random.default_rng(1)
+    return [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in [(1100, 850), (700, 700)]]
+
+
+@pytest.mark.parametrize(
+    ("name", "cap"),
+    [("colqwen2", 6), ("colqwen2_5", 6), ("colqwen3", 6), ("colidefics3", 12), ("colmodernvbert", 12)],
+)
+def test_max_visual_tokens_caps_the_image_tokens_of_a_large_page(
+    name: str,
+    cap: int,
+    tiny_colpali: dict[str, Path],
+    encoders: dict[str, ColPaliEncoder],
+    large_pages: list[Image.Image],
+) -> None:
+    plain = encoders[name]
+    capped = ColPaliEncoder(tiny_colpali[name], device="cpu", dtype="float32", max_visual_tokens=cap)
+    docs = capped.encode_documents(large_pages)
+    expected = _reference(capped, capped.processor.process_images(large_pages))
+    for page, doc, want in zip(large_pages, docs, expected, strict=True):
+        image_tokens, tokens = _image_tokens(capped, page)
+        assert image_tokens <= cap < _image_tokens(plain, page)[0]  # Qwen: fewer pixels; Idefics3: fewer crops
+        assert len(doc) == tokens  # every position kept, before pooling: the page's and its prompt's
+        np.testing.assert_allclose(doc, want, atol=1e-4)
+    assert capped.max_visual_tokens == cap and capped.identity.settings["max_visual_tokens"] == cap
+    assert capped.identity.fingerprint != plain.identity.fingerprint  # other page vectors: another encoder
+    roomy = ColPaliEncoder(tiny_colpali[name], device="cpu", dtype="float32", max_visual_tokens=1000)
+    assert roomy.max_visual_tokens is None and roomy.identity == plain.identity  # a cap above the checkpoint's
+
+
+@pytest.mark.parametrize(
+    ("name", "cap", "least"),
+    [("colpali", 15, 16), ("colgemma3", 3, 4), ("colidefics3", 3, 4), ("colmodernvbert", 1, 4)],
+)
+def test_a_cap_below_what_every_page_takes_is_refused(
+    name: str, cap: int, least: int, tiny_colpali: dict[str, Path], encoders: dict[str, ColPaliEncoder]
+) -> None:
+    with pytest.raises(InvalidInputError, match=rf"max_visual_tokens={cap} is below the {least} image tokens"):
+        ColPaliEncoder(tiny_colpali[name], device="cpu", dtype="float32", max_visual_tokens=cap)
+    at_least = ColPaliEncoder(tiny_colpali[name], device="cpu", dtype="float32", max_visual_tokens=least)
+    assert at_least.encode_documents([Image.new("RGB", (850, 1100))])[0].shape[1] == at_least.dim
+    if FAMILIES[name].sizing == "fixed":  # every page is one fixed-size image: a cap it meets changes nothing
+        assert at_least.identity == encoders[name].identity
+
+
+def test_an_index_remembers_the_cap_it_was_built_with(
+    tiny_colpali: dict[str, Path],
+    encoders: dict[str, ColPaliEncoder],
+    large_pages: list[Image.Image],
+    tmp_path: Path,
+) -> None:
+    enc = ColPaliEncoder(tiny_colpali["colqwen2"], dtype="float32", max_visual_tokens=6)
+    index = LateInteractionIndex(enc)
+    index.add(large_pages, ids=["letter", "square"])
+    index.save(tmp_path / "pages")
+    # the recorded cap rebuilds the encoder once the registry passes it on (late_interaction/encoders.py's
+    # rebuild_keys for "colpali"); until then it is given again, and an encoder without it is refused
+    reopened = LateInteractionIndex.open(tmp_path / "pages", dtype="float32", max_visual_tokens=6)
+    assert isinstance(reopened.encoder, ColPaliEncoder) and reopened.encoder.identity == enc.identity
+    reopened.add(large_pages[:1], ids=["again"])
+    assert len(reopened) == 3
+    with pytest.raises(EncoderMismatchError, match="max_visual_tokens: 6 != 'unset'"):
+        LateInteractionIndex.load(tmp_path / "pages", encoders["colqwen2"])
 
 
 def test_dtype_is_bfloat16_where_the_cpu_computes_it(tmp_path: Path, tiny_colpali: dict[str, Path]) -> None:

@@ -19,6 +19,12 @@ augmentation tokens. With ``pool_factor`` (2 or more) each page's vectors are me
 many; queries are never pooled. The pool factor is part of the encoder's identity and fingerprint, so an
 index built with one factor refuses query vectors from an encoder with another.
 
+``max_visual_tokens`` caps the image tokens of a page: the Qwen families (whose processors resize to a pixel
+budget taken from the checkpoint, up to ~2,500 tokens for a Letter page with Qwen's default) get a budget of that
+many merged patches, ColIdefics3 / ColModernVBert fewer crops, and the fixed-size families (ColPali, ColGemma3)
+refuse a cap below their one image's tokens. A cap that lowers the checkpoint's setting is part of the identity
+and fingerprint, as the pool factor is.
+
 No projection to fewer dimensions is offered: doing it right means a projection fitted on the page vectors
 (PCA) and stored with the index, applied to queries as well; a fixed random projection costs retrieval
 quality the benchmarks have not measured. Token pooling is the supported way to make pages smaller.
@@ -32,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -82,21 +89,30 @@ _ENCODING_VERSION = 1  # bump when the vectors this module makes for the same we
 
 class Family(Enum):
     """A late-interaction model family of colpali-engine: its model and processor classes, the
-    ``model_type`` values of its configs, the attribute holding its projection head, and two quirks:
-    whether its forward pass also runs a language-model head the encoder does not use (its logits are then
-    limited to one position: PaliGemma's vocabulary is 257k words), and whether padding changes the vectors
-    of the other queries in a batch (PaliGemma's bidirectional prefix under SDPA attention in transformers
-    5.24: up to 0.05 per coordinate, none with eager attention), so that queries are encoded one at a time."""
+    ``model_type`` values of its configs, the attribute holding its projection head, how its processor sizes
+    a page (``sizing``: ``"pixels"``, a pixel budget in merged patches, as Qwen's processors resize;
+    ``"crops"``, a longest edge cut into fixed-size crops plus the whole page, as Idefics3's; ``"fixed"``, one
+    fixed-size image), and two quirks: whether its forward pass also runs a language-model head the encoder
+    does not use (its logits are then limited to one position: PaliGemma's vocabulary is 257k words), and
+    whether padding changes the vectors of the other queries in a batch (PaliGemma's bidirectional prefix under
+    SDPA attention in transformers 5.24: up to 0.05 per coordinate, none with eager attention), so that queries
+    are encoded one at a time."""
 
-    COLPALI = ("ColPali", "ColPaliProcessor", ("paligemma",), "custom_text_proj", True, False)
-    COLQWEN2 = ("ColQwen2", "ColQwen2Processor", ("qwen2_vl",), "custom_text_proj")
-    COLQWEN2_5 = ("ColQwen2_5", "ColQwen2_5_Processor", ("qwen2_5_vl",), "custom_text_proj")
-    COLQWEN2_5_OMNI = ("ColQwen2_5Omni", "ColQwen2_5OmniProcessor", ("qwen2_5_omni_thinker",), "custom_text_proj")
-    COLQWEN3 = ("ColQwen3", "ColQwen3Processor", ("qwen3_vl",), "custom_text_proj")
-    COLQWEN3_5 = ("ColQwen3_5", "ColQwen3_5Processor", ("qwen3_5",), "custom_text_proj")
-    COLIDEFICS3 = ("ColIdefics3", "ColIdefics3Processor", ("idefics3",), "linear")  # ColSmol
-    COLMODERNVBERT = ("ColModernVBert", "ColModernVBertProcessor", ("modernvbert",), "custom_text_proj")
-    COLGEMMA3 = ("ColGemma3", "ColGemmaProcessor3", ("gemma3",), "custom_text_proj")
+    COLPALI = ("ColPali", "ColPaliProcessor", ("paligemma",), "custom_text_proj", "fixed", True, False)
+    COLQWEN2 = ("ColQwen2", "ColQwen2Processor", ("qwen2_vl",), "custom_text_proj", "pixels")
+    COLQWEN2_5 = ("ColQwen2_5", "ColQwen2_5_Processor", ("qwen2_5_vl",), "custom_text_proj", "pixels")
+    COLQWEN2_5_OMNI = (
+        "ColQwen2_5Omni",
+        "ColQwen2_5OmniProcessor",
+        ("qwen2_5_omni_thinker",),
+        "custom_text_proj",
+        "pixels",
+    )
+    COLQWEN3 = ("ColQwen3", "ColQwen3Processor", ("qwen3_vl",), "custom_text_proj", "pixels")
+    COLQWEN3_5 = ("ColQwen3_5", "ColQwen3_5Processor", ("qwen3_5",), "custom_text_proj", "pixels")
+    COLIDEFICS3 = ("ColIdefics3", "ColIdefics3Processor", ("idefics3",), "linear", "crops")  # ColSmol
+    COLMODERNVBERT = ("ColModernVBert", "ColModernVBertProcessor", ("modernvbert",), "custom_text_proj", "crops")
+    COLGEMMA3 = ("ColGemma3", "ColGemmaProcessor3", ("gemma3",), "custom_text_proj", "fixed")
 
     def __init__(
         self,
@@ -104,6 +120,7 @@ class Family(Enum):
         processor_class: str,
         model_types: tuple[str, ...],
         projection: str,
+        sizing: str,
         runs_lm_head: bool = False,
         pads_queries: bool = True,
     ):
@@ -111,6 +128,7 @@ class Family(Enum):
         self.processor_class = processor_class
         self.model_types = model_types
         self.projection = projection
+        self.sizing = sizing
         self.runs_lm_head = runs_lm_head
         self.pads_queries = pads_queries
 
@@ -268,6 +286,9 @@ class ColPaliEncoder:
         revision: hub revision of ``model``.
         query_threads: torch threads for an ``encode_queries`` call of a few queries (see
             :class:`~ragplug.retrievers.colbert.ColBERTEncoder`); ``None`` leaves torch's setting alone.
+        max_visual_tokens: at most this many image tokens per page (before pooling); ``None`` keeps the
+            checkpoint's processor setting. See :meth:`_cap_visual_tokens` for what each family does with it.
+            Recorded in the identity when it lowers the checkpoint's setting: an index remembers it.
 
     Items of :meth:`encode_documents` are PIL images, or objects with an ``image`` attribute holding one
     (:class:`ragplug.retrievers.colpali.pages.Page`).
@@ -283,12 +304,14 @@ class ColPaliEncoder:
         pool_factor: int | None = None,
         revision: str | None = None,
         query_threads: int | None = 1,
+        max_visual_tokens: int | None = None,
     ) -> None:
         torch = require("torch", "colpali")
         engine = require("colpali_engine.models", "colpali")
         _positive(batch_size, "batch_size")
         _positive(query_threads, "query_threads", allow_none=True)
         _positive(pool_factor, "pool_factor", allow_none=True)
+        _positive(max_visual_tokens, "max_visual_tokens", allow_none=True)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype_name = dtype if dtype is not None else default_dtype(str(self.device))
         torch_dtype = getattr(torch, dtype_name, None) if isinstance(dtype_name, str) else None
@@ -304,6 +327,7 @@ class ColPaliEncoder:
         family = checkpoint.family
         with quiet_transformers(load_report=False):  # the load report is judged here, below
             self.processor = getattr(engine, family.processor_class).from_pretrained(str(checkpoint.processor))
+            self.max_visual_tokens = self._cap_visual_tokens(max_visual_tokens)
             model_class = getattr(engine, family.model_class)
             key_mapping = _key_mapping(model_class)
             try:
@@ -331,12 +355,32 @@ class ColPaliEncoder:
             "family": family.model_class,
             **({"base_model": checkpoint.base_name} if checkpoint.adapter is not None else {}),
             "pool_factor": self.pool_factor,
+            **({"max_visual_tokens": self.max_visual_tokens} if self.max_visual_tokens is not None else {}),
             "dtype": dtype_name,  # for reopening as built; not in the fingerprint (bf16 and fp32 vectors mix)
         }
         self._identity = EncoderIdentity(self.name, self._dim, self._fingerprint(settings), settings)
         logger.info(
             "loaded %s (%s, dim %d, %s) on %s", self.name, family.model_class, self._dim, dtype_name, self.device
         )
+
+    def _cap_visual_tokens(self, cap: int | None) -> int | None:
+        """Make the processor give at most ``cap`` image tokens per page; returns ``cap`` when that lowered
+        the checkpoint's setting, ``None`` when the checkpoint already gives no more (nothing changes).
+
+        - ``"pixels"`` (the Qwen families): the pixel budget (``size["longest_edge"]``) becomes ``cap`` merged
+          patches, ``cap * (patch_size * merge_size) ** 2`` pixels (the minimum too, where it was above). Qwen's
+          resize keeps at least one merged patch per side and rounds a page under its minimum up, so a page
+          more than ``cap`` times wider than high (or a tiny one) can still get a few more.
+        - ``"crops"`` (ColIdefics3 / ColSmol, ColModernVBert): a page is resized to a longest edge of ``k``
+          crops and cut into up to ``k * k`` crops plus the whole page, ``image_seq_len`` tokens each; the
+          longest edge becomes the largest ``k`` whose square page fits in ``cap`` (one crop, no splitting, at
+          least).
+        - ``"fixed"`` (ColPali, ColGemma3): every page is ``image_seq_length`` tokens; a lower cap is refused.
+        """
+        if cap is None:
+            return None
+        sizing = _SIZINGS[self.family.sizing]
+        return cap if sizing(self.processor, cap, self.family) else None
 
     @staticmethod
     def _load_adapter(model: Any, adapter: Path, family: Family, key_mapping: dict[str, str] | None) -> None:
@@ -473,6 +517,68 @@ class ColPaliEncoder:
         rest = batches[1:]
         random.Random(0).shuffle(rest)
         return batches[:1] + rest
+
+
+def _cap_pixels(processor: Any, cap: int, family: Family) -> bool:
+    """Lower a Qwen image processor's pixel budget to ``cap`` merged patches; whether it changed."""
+    images = processor.image_processor
+    tile = int(images.patch_size) * int(images.merge_size)  # pixels per side of one image token
+    budget = cap * tile * tile
+    if int(images.size["longest_edge"]) // (tile * tile) <= cap:
+        return False
+    images.size["longest_edge"] = budget
+    if int(images.size["shortest_edge"] or 0) > budget:
+        images.size["shortest_edge"] = budget
+    logger.info("%s pages resized to at most %d pixels (%d image tokens)", family.model_class, budget, cap)
+    return True
+
+
+def _crop_tokens(crops_per_side: int, per_crop: int) -> int:
+    """Image tokens of a square page cut into ``crops_per_side ** 2`` crops plus the whole page (one crop:
+    the page alone, not split)."""
+    return per_crop if crops_per_side <= 1 else per_crop * (crops_per_side**2 + 1)
+
+
+def _cap_crops(processor: Any, cap: int, family: Family) -> bool:
+    """Lower an Idefics3 image processor's longest edge to the most whole crops whose page fits ``cap``."""
+    images = processor.image_processor
+    per_crop = int(processor.image_seq_len)
+    if not getattr(images, "do_image_splitting", True):
+        return _cap_fixed(processor, cap, family, per_crop)
+    crop = int(images.max_image_size["longest_edge"])
+    if cap < per_crop:
+        _refuse_below(cap, per_crop, family, "the least it makes of a page: the whole page as one crop")
+    now = math.ceil(int(images.size["longest_edge"]) / crop)
+    if _crop_tokens(now, per_crop) <= cap:
+        return False
+    side = max(k for k in range(1, now + 1) if _crop_tokens(k, per_crop) <= cap)
+    images.size["longest_edge"] = side * crop
+    logger.info(
+        "%s pages resized to a longest edge of %d pixels (at most %d image tokens)",
+        family.model_class,
+        side * crop,
+        _crop_tokens(side, per_crop),
+    )
+    return True
+
+
+def _cap_fixed(processor: Any, cap: int, family: Family, tokens: int | None = None) -> bool:
+    """A processor that makes every page the same number of image tokens: refuse a cap below it."""
+    tokens = int(processor.image_seq_length) if tokens is None else tokens
+    if cap < tokens:
+        _refuse_below(cap, tokens, family, "what it makes of every page: one fixed-size image")
+    return False
+
+
+def _refuse_below(cap: int, tokens: int, family: Family, what: str) -> None:
+    msg = (
+        f"max_visual_tokens={cap} is below the {tokens} image tokens of this {family.model_class} checkpoint "
+        f"({what}); pass max_visual_tokens >= {tokens} or None, or pool_factor to make pages smaller"
+    )
+    raise InvalidInputError(msg)
+
+
+_SIZINGS = {"pixels": _cap_pixels, "crops": _cap_crops, "fixed": _cap_fixed}
 
 
 def _key_mapping(model_class: Any) -> dict[str, str] | None:
