@@ -111,6 +111,46 @@ def test_pages_and_queries_encode_as_colpali_engine_does(
     assert all(np.isfinite(m).all() for m in docs + queries)
 
 
+QUERIES = ["where is marley", "a", "the ghost of christmas yet to come and the spirits of the past"]
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_queries_encode_the_same_batched_as_alone(
+    name: str, encoders: dict[str, ColPaliEncoder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    enc = encoders[name]
+    alone = [enc.encode_queries([q])[0] for q in QUERIES]
+    calls: list[int] = []  # the batch size of each forward pass
+    forward = enc.model.forward
+
+    def counted(**inputs: Any) -> torch.Tensor:
+        calls.append(len(inputs["input_ids"]))
+        return forward(**inputs)
+
+    monkeypatch.setattr(enc.model, "forward", counted)
+    batched = enc.encode_queries(QUERIES)
+    assert calls == ([len(QUERIES)] if enc.family.pads_queries else [1] * len(QUERIES))  # one padded batch
+    for a, b in zip(batched, alone, strict=True):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_colpali_queries_stay_one_at_a_time_while_sdpa_drops_their_causal_mask(
+    tiny_colpali: dict[str, Path], encoders: dict[str, ColPaliEncoder]
+) -> None:
+    """Why ``Family.COLPALI.pads_queries`` is false: under SDPA a padded batch (causal mask) and a query alone
+    (no mask, non-causal attention) disagree; under eager attention they agree. When this fails, transformers
+    has made them agree, and ColPali queries can be batched as the other families' are."""
+    sdpa = encoders["colpali"]
+    eager = ColPaliEncoder(tiny_colpali["colpali"], device="cpu", dtype="float32")
+    eager.model.set_attn_implementation("eager")
+    for enc, agree in ((sdpa, False), (eager, True)):
+        padded = _reference(enc, enc.processor.process_queries(QUERIES[:2]))
+        alone = [_reference(enc, enc.processor.process_queries([q]))[0] for q in QUERIES[:2]]
+        worst = max(float(np.abs(a - b).max()) for a, b in zip(padded, alone, strict=True))
+        assert (worst < 1e-4) is agree, f"{enc.model.config._attn_implementation}: {worst}"
+
+
 def test_page_objects_and_input_order(encoders: dict[str, ColPaliEncoder], pages: list[Image.Image]) -> None:
     enc = encoders["colidefics3"]
     plain = enc.encode_documents(pages)

@@ -94,9 +94,12 @@ class Family(Enum):
     ``"crops"``, a longest edge cut into fixed-size crops plus the whole page, as Idefics3's; ``"fixed"``, one
     fixed-size image), and two quirks: whether its forward pass also runs a language-model head the encoder
     does not use (its logits are then limited to one position: PaliGemma's vocabulary is 257k words), and
-    whether padding changes the vectors of the other queries in a batch (PaliGemma's bidirectional prefix under
-    SDPA attention in transformers 5.24: up to 0.05 per coordinate, none with eager attention), so that queries
-    are encoded one at a time."""
+    whether a query's vectors are the same in a padded batch as alone (``pads_queries``; otherwise queries are
+    encoded one at a time). PaliGemma's are not, under SDPA attention in transformers 5.24 (up to 0.06 per
+    coordinate): its text attention is marked non-causal (for the bidirectional image prefix), and a batch
+    without padding (one query, or queries of one length) gets no mask at all, so SDPA lets every token see the
+    whole query; a padded batch gets a causal mask. Eager attention is causal either way. Every other family
+    gives the same vectors batched (within 2e-7, ``tests/test_colpali_encoder.py``)."""
 
     COLPALI = ("ColPali", "ColPaliProcessor", ("paligemma",), "custom_text_proj", "fixed", True, False)
     COLQWEN2 = ("ColQwen2", "ColQwen2Processor", ("qwen2_vl",), "custom_text_proj", "pixels")
