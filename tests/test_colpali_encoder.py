@@ -1,7 +1,7 @@
 """ColPali-family page encoders: tiny checkpoints of every family colpali-engine can build (ColQwen2, ColQwen2.5,
-ColQwen3, ColIdefics3, ColModernVBert, ColPali, ColGemma3, and a LoRA adapter) built locally load through the
-same ``ColPaliEncoder(path)`` call a hub id takes, and encode pages and queries as colpali-engine does. Not
-relevance: the weights are random.
+ColQwen3, ColQwen3.5, ColIdefics3, ColModernVBert, ColPali, ColGemma3, and a LoRA adapter) built locally load
+through the same ``ColPaliEncoder(path)`` call a hub id takes, and encode pages and queries as colpali-engine
+does. Not relevance: the weights are random.
 
 ColQwen2.5-Omni is not encodable with colpali-engine 0.3.18 under transformers 5.24: its class cannot even be
 constructed (``ColQwen2_5Omni(config)`` and ``from_pretrained`` both fail in transformers' thinker ``__init__``
@@ -46,6 +46,7 @@ FAMILIES = {
     "colqwen2_5": Family.COLQWEN2_5,
     "colpali": Family.COLPALI,  # saved without its tied generation head, which loading ties again
     "colqwen3": Family.COLQWEN3,
+    "colqwen3_5": Family.COLQWEN3_5,
     "colgemma3": Family.COLGEMMA3,
     "colmodernvbert": Family.COLMODERNVBERT,
 }
@@ -377,7 +378,14 @@ def large_pages() -> list[Image.Image]:
 
 @pytest.mark.parametrize(
     ("name", "cap"),
-    [("colqwen2", 6), ("colqwen2_5", 6), ("colqwen3", 6), ("colidefics3", 12), ("colmodernvbert", 12)],
+    [
+        ("colqwen2", 6),
+        ("colqwen2_5", 6),
+        ("colqwen3", 6),
+        ("colqwen3_5", 6),
+        ("colidefics3", 12),  # crops of 4 tokens: 12 leaves the page alone (2x2 crops + the page would be 20)
+        ("colmodernvbert", 12),
+    ],
 )
 def test_max_visual_tokens_caps_the_image_tokens_of_a_large_page(
     name: str,
