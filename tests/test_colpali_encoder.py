@@ -434,10 +434,10 @@ def test_an_index_remembers_the_cap_it_was_built_with(
     index = LateInteractionIndex(enc)
     index.add(large_pages, ids=["letter", "square"])
     index.save(tmp_path / "pages")
-    # the recorded cap rebuilds the encoder once the registry passes it on (late_interaction/encoders.py's
-    # rebuild_keys for "colpali"); until then it is given again, and an encoder without it is refused
-    reopened = LateInteractionIndex.open(tmp_path / "pages", dtype="float32", max_visual_tokens=6)
+    # the recorded cap rebuilds the encoder; an encoder without it is refused
+    reopened = LateInteractionIndex.open(tmp_path / "pages")
     assert isinstance(reopened.encoder, ColPaliEncoder) and reopened.encoder.identity == enc.identity
+    assert reopened.encoder.max_visual_tokens == 6
     reopened.add(large_pages[:1], ids=["again"])
     assert len(reopened) == 3
     with pytest.raises(EncoderMismatchError, match="max_visual_tokens: 6 != 'unset'"):

@@ -71,5 +71,7 @@ register_encoder(
     "colbert", "ragplug.retrievers.colbert:ColBERTEncoder", rebuild_keys=("query_maxlen", "doc_maxlen", "revision")
 )
 register_encoder(
-    "colpali", "ragplug.retrievers.colpali:ColPaliEncoder", rebuild_keys=("pool_factor", "revision", "dtype")
+    "colpali",
+    "ragplug.retrievers.colpali:ColPaliEncoder",
+    rebuild_keys=("pool_factor", "max_visual_tokens", "revision", "dtype"),
 )
