@@ -616,3 +616,70 @@ def test_importing_pages_loads_neither_pdfium_nor_pillow() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == ""
+
+
+# ----------------------------------------------------------------------------------- token pooling
+def _unit_rows(rng: np.random.Generator, n: int, dim: int = 16) -> np.ndarray:
+    x = rng.standard_normal((n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_pool_vectors_merges_near_duplicates_and_keeps_what_it_is_told() -> None:
+    from ragplug.retrievers.colpali.pooling import pool_vectors
+
+    rng = np.random.default_rng(0)
+    prompt, distinct, centres = _unit_rows(rng, 3), _unit_rows(rng, 3), _unit_rows(rng, 3)
+    groups = [c + 0.01 * _unit_rows(rng, 7) for c in centres]  # three blank-page-like runs of near-duplicates
+    # page order: prompt, group 0, distinct 0, group 1, distinct 1, group 2, distinct 2 (27 rows)
+    page = np.concatenate([prompt, groups[0], distinct[:1], groups[1], distinct[1:2], groups[2], distinct[2:]])
+    keep = np.zeros(len(page), dtype=bool)
+    keep[:3] = True
+    pooled = pool_vectors(page, 3, keep=keep)  # 27 // 3 = 9 rows: the 3 kept, 6 for the other 24
+    means = [g.mean(axis=0) / np.linalg.norm(g.mean(axis=0)) for g in groups]
+    expected = np.stack([*prompt, means[0], distinct[0], means[1], distinct[1], means[2], distinct[2]])
+    np.testing.assert_allclose(pooled, expected, atol=1e-6)
+    assert pooled.dtype == np.float32 and pooled.flags.c_contiguous
+    unpooled_score = (distinct @ page.T).max(axis=1).sum()  # MaxSim of distinct rows as a query: nothing lost
+    assert (distinct @ pooled.T).max(axis=1).sum() == pytest.approx(unpooled_score, abs=1e-5)
+
+
+@pytest.mark.parametrize("linkage", ["single", "average", "complete", "ward"])
+def test_pool_vectors_keeps_one_in_factor_unit_rows(linkage: str) -> None:
+    from ragplug.retrievers.colpali.pooling import pool_vectors
+
+    page = _unit_rows(np.random.default_rng(1), 50)
+    for factor, rows in ((2, 25), (3, 16), (4, 12), (100, 1)):
+        pooled = pool_vectors(page, factor, linkage=linkage)
+        assert pooled.shape == (rows, 16)
+        np.testing.assert_allclose(np.linalg.norm(pooled, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(pool_vectors(page, 1), page)  # factor 1: a copy
+    keep = np.ones(50, dtype=bool)
+    np.testing.assert_array_equal(pool_vectors(page, 3, keep=keep), page)  # nothing left to pool
+    np.testing.assert_array_equal(pool_vectors(page[:1], 3), page[:1])
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        ((np.ones((4, 2)), 0), {}, "factor must be a positive integer"),
+        ((np.ones((4, 2)), True), {}, "factor must be a positive integer"),
+        ((np.ones((4, 2)), 2.5), {}, "factor must be a positive integer"),
+        ((np.ones(4), 2), {}, "non-empty 2-D matrix"),
+        ((np.ones((0, 2)), 2), {}, "non-empty 2-D matrix"),
+        ((np.full((4, 2), np.nan), 2), {}, "NaN or infinite"),
+        ((["a", "b"], 2), {}, "2-D matrix of numbers"),
+        ((np.ones((4, 2)), 2), {"keep": [1, 0, 0, 0]}, "boolean mask of the 4 rows"),
+        ((np.ones((4, 2)), 2), {"keep": np.ones(3, dtype=bool)}, "boolean mask of the 4 rows"),
+        ((np.ones((4, 2)), 2), {"linkage": "median"}, "unknown linkage 'median'"),
+    ],
+)
+def test_pool_vectors_refuses_bad_arguments(args: tuple, kwargs: dict, message: str) -> None:
+    from ragplug.retrievers.colpali.pooling import pool_vectors
+
+    with pytest.raises(InvalidInputError, match=message):
+        pool_vectors(*args, **kwargs)
+
+
+def test_importing_pooling_does_not_import_torch() -> None:
+    code = "import sys, ragplug.retrievers.colpali.pooling; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
