@@ -5,9 +5,10 @@ encoded passages are reused from the cache), for the first 50 SciFact test queri
 centroids; stage 1 ranks documents by a sparse bag of centroids (what the Postgres ``bag`` HNSW index
 holds), keeping ``N``; stage 2 ranks those by centroid interaction (MaxSim against their tokens'
 centroids), keeping ``M``; stage 3 scores the ``M`` exactly with float32 vectors, or with vectors decoded
-from 2-bit or 4-bit residuals. Reported: the share of exact MaxSim's top 10 still present after each stage
-(``stageN``, ``stageM``) and in the final top 10 (``fp32``, ``b2``, ``b4``). Brute force, no index: the
-HNSW's own loss comes on top (measured by ``pgvector_scale.py``).
+from 2-, 4- or 8-bit residuals (Lloyd-Max buckets, as the codec trains them). Reported: the share of
+exact MaxSim's top 10 still present after each stage (``stageN``, ``stageM``) and in the final top 10
+(``fp32``, ``b2``, ``b4``, ``b8``). Brute force, no index: the HNSW's own loss comes on top (measured by
+``pgvector_scale.py``).
 
     python benchmarks/codes_pipeline_recall.py [--data ../shared/data]
 """
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu_flags, machine_info
 from pgvector_scale import REPO, haystack_matrices
 
-from ragplug.retrievers.late_interaction.codecs import Codec, CodecConfig, pack_residuals
+from ragplug.retrievers.late_interaction.codecs import Codec, CodecConfig, _buckets, pack_residuals
 from ragplug.retrievers.late_interaction.ivf import assign_codes
 from ragplug.retrievers.late_interaction.maxsim import maxsim_all, maxsim_subset
 
@@ -75,10 +76,8 @@ def main() -> None:
     sample = np.random.default_rng(0).choice(len(vectors), 200_000, replace=False)
     residual_sample = vectors[sample] - centroids[codes[sample]]
     decoded = {}
-    for nbits in (2, 4):
-        n_buckets = 2**nbits
-        cutoffs = np.quantile(residual_sample, np.arange(1, n_buckets) / n_buckets).astype(np.float32)
-        weights = np.quantile(residual_sample, np.arange(n_buckets) / n_buckets + 0.5 / n_buckets).astype(np.float32)
+    for nbits in (2, 4, 8):
+        cutoffs, weights = _buckets(residual_sample, 2**nbits)
         config = CodecConfig(kind="residual", nbits=nbits, n_centroids=N_CENTROIDS)
         codec = Codec(config, 128, centroids=centroids, cutoffs=cutoffs, weights=weights)
         packed = np.empty((len(vectors), 128 * nbits // 8), np.uint8)
@@ -96,7 +95,7 @@ def main() -> None:
 
     table = {}
     for probes, n_keep, m_keep in SETTINGS:
-        found: dict[str, list[float]] = {"stageN": [], "stageM": [], "fp32": [], "b2": [], "b4": []}
+        found: dict[str, list[float]] = {"stageN": [], "stageM": [], "fp32": [], "b2": [], "b4": [], "b8": []}
         for q, truth in zip(query_mats, exact, strict=True):
             sims = q @ centroids.T
             top = np.argpartition(-sims, probes - 1, axis=1)[:, :probes]

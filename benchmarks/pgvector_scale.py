@@ -49,13 +49,14 @@ SWEEPS: dict[str, list[tuple[str, Any]]] = {}
 REPO = Path(__file__).resolve().parents[1]
 K = 10
 TARGETS = {"recall@10": 0.95, "p50_ms": 50.0, "ndcg_gap": 0.01, "bytes_ratio": 0.5}
-DEFAULT_CODEC = "float16-codes"
+DEFAULT_CODEC = "residual-8bit"
 
 
 def _codecs() -> dict[str, Any]:
     from ragplug.retrievers.late_interaction import CodecConfig
 
     return {
+        "residual-8bit": CodecConfig(kind="residual", nbits=8),
         "float16-codes": CodecConfig(kind="float16", codes=True),
         "residual-2bit": CodecConfig(kind="residual", nbits=2),
         "residual-4bit": CodecConfig(kind="residual", nbits=4),

@@ -110,7 +110,7 @@ def test_page_indexes_persist_in_memory_and_postgres(
     store = PgVectorStore(postgres_dsn, collection=f"pages-{uuid.uuid4().hex[:8]}")
     try:
         pg = RagplugRetriever.from_pages([docs], model=encoder, store=store, k=4)
-        got = pg.invoke(query)  # the Postgres store keeps fp16 vectors by default
+        got = pg.invoke(query)  # a collection this small keeps fp16 vectors (its codec trains later)
         assert [d.id for d in got] == [i for i, _ in expected]
         assert [d.metadata["ragplug_score"] for d in got] == pytest.approx([s for _, s in expected], abs=0.02)
         pooled = ColPaliEncoder(tiny_colpali_paths()["colqwen2"], device="cpu", dtype="float32", pool_factor=2)

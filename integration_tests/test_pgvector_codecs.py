@@ -3,6 +3,7 @@ reopening, re-training, upgrading version 1 tables, damaged codec rows."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 
 import numpy as np
@@ -15,6 +16,7 @@ from ragplug.retrievers.late_interaction import CodecConfig, InMemoryMultiVector
 pytestmark = pytest.mark.integration
 
 from ragplug.retrievers.late_interaction.stores.postgres import PgSearchOptions, PgVectorStore  # noqa: E402
+from ragplug.retrievers.late_interaction.stores.postgres.coded import default_codec  # noqa: E402
 
 DIM = 32
 RESIDUAL = CodecConfig(kind="residual", nbits=2, train_tokens=2000)
@@ -193,7 +195,10 @@ def test_a_bulk_load_trains_the_codec_once_on_the_whole_load(postgres_dsn: str) 
     assert store.codec is not None and not store.codec.same_as(first)
 
 
-def test_the_default_codec_scores_fp16_vectors_of_candidates_found_by_centroids(postgres_dsn: str) -> None:
+@pytest.mark.parametrize("config", [None, CodecConfig(kind="float16", codes=True)], ids=["default", "float16"])
+def test_candidates_found_by_centroids_are_scored_as_exact_maxsim_would(
+    postgres_dsn: str, config: CodecConfig | None
+) -> None:
     # tokens shared across topics, as real documents have: topics with no centroid in common tie every
     # cross-topic pair of bags at inner product 0, pgvector's HNSW then prunes the edges between topics,
     # and which topics a search can reach hangs on the heap order the index was built in (space freed by
@@ -202,18 +207,20 @@ def test_the_default_codec_scores_fp16_vectors_of_candidates_found_by_centroids(
     exact = InMemoryMultiVectorStore(mode="exact")
     exact.add(records)
     queries = _queries(records)
-    store = PgVectorStore(
-        postgres_dsn, collection=_collection(), codec=CodecConfig(kind="float16", codes=True, train_tokens=2000)
-    )
+    config = dataclasses.replace(config or default_codec(), train_tokens=2000)
+    store = PgVectorStore(postgres_dsn, collection=_collection(), codec=config)
     store.add(records)
     codec = store.codec
-    assert codec is not None and codec.centroids is not None and codec.bytes_per_token == 2 * DIM + 2
+    assert codec is not None and codec.centroids is not None
+    assert codec.bytes_per_token == (2 * DIM + 2 if config.kind == "float16" else DIM + 2)
     opts = PgSearchOptions(n_candidates=100, n_rescore=40)  # candidates by bags and centroid interaction
     for q in queries:
         got, truth = store.search(q, k=10, options=opts), exact.search(q, k=10)
         assert len({h.id for h in got} & {h.id for h in truth}) >= 8
         assert got[0].id == truth[0].id and got[0].score == pytest.approx(truth[0].score, abs=2e-2)
-    assert PgVectorStore(postgres_dsn, collection=_collection()).codec_config == CodecConfig(kind="float16", codes=True)
+    assert PgVectorStore(postgres_dsn, collection=_collection()).codec_config == default_codec()  # a new one
+    reopened = PgVectorStore(postgres_dsn, collection=store.collection).codec  # as it was made
+    assert reopened is not None and reopened.config == config
 
 
 def test_training_ignores_where_the_rows_lie_in_the_table(postgres_dsn: str) -> None:

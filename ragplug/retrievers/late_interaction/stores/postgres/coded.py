@@ -10,8 +10,8 @@ and from then on every write is encoded on the way in:
 - ``float16`` / ``float32`` codecs (with or without a projection) keep the prepared vectors in ``tokens``;
 - the ``residual`` codec keeps each token's centroid id in ``codes`` (little-endian uint16 or int32) and its
   packed residual bits in ``tokens``, plus a ``bag``: a ``sparsevec`` over the centroids marking those the
-  record's tokens fall in; a float codec with ``codes=True`` keeps its vectors in ``tokens`` and the same
-  ``codes`` and ``bag`` (the default: candidates from centroids, scores from fp16).
+  record's tokens fall in (the default is 8-bit residuals: a byte per dimension); a float codec with
+  ``codes=True`` keeps its vectors in ``tokens`` and the same ``codes`` and ``bag``.
 
 Search over a collection with codes (PLAID's pipeline, with pgvector as its first stage):
 
@@ -23,9 +23,10 @@ Search over a collection with codes (PLAID's pipeline, with pgvector as its firs
 3. exact MaxSim over those records' decoded tokens (a second round trip fetches their vectors or residuals).
 
 Measured in numpy on the 100k-document haystack of ``benchmarks/pgvector_scale.py`` (8,192 centroids, 50
-queries): stages 1-2 keep 0.958 of exact MaxSim's top 10 with 1,000 candidates and 400 re-scored; scoring
-those with fp16 vectors keeps that 0.958, with 4-bit residuals 0.922, with 2-bit residuals 0.848 (near
-ties swap). Hence the default: fp16 vectors with codes; residuals trade recall for 4-8 times less space.
+queries, ``benchmarks/codes_pipeline_recall.py``): stages 1-2 keep 0.958 of exact MaxSim's top 10 with
+1,000 candidates and 400 re-scored; scoring those with float32 vectors keeps that 0.958, with residuals
+(Lloyd-Max buckets) 8-bit 0.956, 4-bit 0.932, 2-bit 0.882 (near ties swap under the coarser ones). Hence the
+default: 8-bit residuals, as precise as fp16 for ranking at half its bytes (a quarter of float32's).
 """
 
 from __future__ import annotations
@@ -176,5 +177,5 @@ def _sparse_vector() -> Any:
 
 
 def default_codec() -> CodecConfig:
-    """What a new collection keeps: fp16 vectors and their centroid ids (see the module docstring)."""
-    return CodecConfig(kind="float16", codes=True)
+    """What a new collection keeps: 8-bit residuals from centroids (see the module docstring)."""
+    return CodecConfig(kind="residual", nbits=8)

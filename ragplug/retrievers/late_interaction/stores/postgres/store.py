@@ -1,8 +1,9 @@
 """``PgVectorStore``: the multi-vector store in Postgres + pgvector, sync and async.
 
-Each collection keeps its token matrices with a codec (:mod:`.coded`; by default fp16 vectors plus each
-token's k-means centroid id, trained once the collection holds ``CodecConfig.train_tokens`` tokens, fp16
-alone until then; 2- or 4-bit residuals take 4-8 times less space for some recall). Search runs in stages.
+Each collection keeps its token matrices with a codec (:mod:`.coded`; by default each token's k-means
+centroid id and its residual at 8 bits per dimension, trained once the collection holds
+``CodecConfig.train_tokens`` tokens, fp16 until then; 2- or 4-bit residuals take 2-4 times less space
+for some recall, fp16 with ``codes=True`` twice as much for none). Search runs in stages.
 Inside Postgres, an HNSW index proposes ``n_candidates`` records, filtered
 in the same query (pgvector 0.8 iterative scans keep scanning until enough rows pass the filter; when
 fewer come back than asked, the query is re-run without the index, so a selective filter still yields
