@@ -190,6 +190,38 @@ def test_pooling_reduces_pages_by_about_the_factor(
     assert ColPaliEncoder(tiny_colpali["colidefics3"], dtype="float32", pool_factor=1).identity == plain.identity
 
 
+@pytest.mark.parametrize("family", ["colidefics3", "colqwen2", "colpali"])
+def test_the_single_linkage_pooler_keeps_the_page_prompt_and_is_remembered(
+    family: str,
+    tiny_colpali: dict[str, Path],
+    encoders: dict[str, ColPaliEncoder],
+    pages: list[Image.Image],
+    tmp_path: Path,
+) -> None:
+    plain = encoders[family]
+    enc = ColPaliEncoder(tiny_colpali[family], dtype="float32", pool_factor=3, pooler="single")
+    batch = plain.processor.process_images(pages[:1])
+    prompt = plain._prompt_rows(batch)
+    assert prompt is not None and 0 < prompt[0].sum() < len(prompt[0])  # some text rows, mostly patches
+    full, pooled = plain.encode_documents(pages[:1])[0], enc.encode_documents(pages[:1])[0]
+    assert len(pooled) == max(len(full) // 3, int(prompt[0].sum()) + 1)
+    np.testing.assert_allclose(np.linalg.norm(pooled, axis=1), 1.0, atol=1e-4)
+    for row in full[prompt[0]]:  # every prompt row is kept as it was
+        assert np.abs(pooled - row).max(axis=1).min() < 1e-6
+    assert enc.identity.settings["pooler"] == "single"
+    ward = ColPaliEncoder(tiny_colpali[family], dtype="float32", pool_factor=3)
+    assert "pooler" not in ward.identity.settings and ward.identity.fingerprint != enc.identity.fingerprint
+    index = LateInteractionIndex(enc)
+    index.add(pages[:2], ids=["a", "b"])
+    index.save(tmp_path / "pages")
+    reopened = LateInteractionIndex.open(tmp_path / "pages")
+    assert isinstance(reopened.encoder, ColPaliEncoder) and reopened.encoder.pooler == "single"
+    with pytest.raises(EncoderMismatchError, match="pooler"):
+        LateInteractionIndex.load(tmp_path / "pages", ward)
+    with pytest.raises(InvalidInputError, match="unknown pooler"):
+        ColPaliEncoder(tiny_colpali[family], dtype="float32", pooler="kmeans")
+
+
 def test_identity_and_family_come_from_the_files(
     tiny_colpali: dict[str, Path], encoders: dict[str, ColPaliEncoder], tmp_path: Path
 ) -> None:

@@ -73,5 +73,5 @@ register_encoder(
 register_encoder(
     "colpali",
     "ragplug.retrievers.colpali:ColPaliEncoder",
-    rebuild_keys=("pool_factor", "max_visual_tokens", "revision", "dtype"),
+    rebuild_keys=("pool_factor", "pooler", "max_visual_tokens", "revision", "dtype"),
 )
