@@ -356,8 +356,8 @@ def _buckets(residuals: FloatMatrix, n_buckets: int, iterations: int = 30) -> tu
     Lloyd-Max (1-D k-means: a value is the mean of its bucket, a cutoff the midpoint of two values),
     started from colbert-ai's quantile buckets. Quantile buckets give the tails a single wide bucket each;
     Lloyd-Max spends levels where the squared error is, which on SciFact's MiniLM tokens cuts the residual
-    error by 31% at 2 bits and 72% at 4 bits, and lifts recall@10 against float32 from 0.884 to 0.932
-    (2 bits) and 0.963 to 0.988 (4 bits) at the same bytes (``benchmarks/codecs_scifact.py``)."""
+    error by 31% at 2 bits and 70% at 4 bits, and lifts recall@10 against float32 from 0.884 to 0.930
+    (2 bits) and 0.963 to 0.991 (4 bits) at the same bytes (``benchmarks/residual_buckets.py``)."""
     flat = np.sort(residuals, axis=None).astype(np.float64)
     sums = np.concatenate([[0.0], np.cumsum(flat)])
     weights = np.quantile(flat, np.arange(n_buckets) / n_buckets + 0.5 / n_buckets)
