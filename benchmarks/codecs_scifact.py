@@ -60,6 +60,7 @@ CODECS: dict[str, dict[str, Any] | str] = {
     "residual-2bit": "residual",
     "residual-1bit": "residual-1bit",
     "residual-4bit": "residual-4bit",
+    "residual-8bit": "residual-8bit",
     "pca128-residual-2bit": {"kind": "residual", "nbits": 2, "dim": 128},
     "pca128-residual-4bit": {"kind": "residual", "nbits": 4, "dim": 128},
     "pca256-residual-2bit": {"kind": "residual", "nbits": 2, "dim": 256},
