@@ -128,6 +128,31 @@ def test_retraining_re_encodes_every_record_and_writes_go_on(postgres_dsn: str) 
     assert float((store.get(["d2"])[0].vectors * records[3].vectors).sum(axis=1).mean()) > 0.9
 
 
+def test_compact_reclaims_what_retraining_left_and_keeps_every_record(postgres_dsn: str) -> None:
+    # a schema of its own: the records table is shared by every collection of a schema
+    store = PgVectorStore(postgres_dsn, collection=_collection(), schema=f"s_{uuid.uuid4().hex[:8]}", codec=RESIDUAL)
+    records = _corpus(3000)
+    store.add(records)
+    loaded = store.table_sizes()
+    assert store.train_codec() and store.train_codec()  # two rewrites of every token matrix
+    bloated = store.table_sizes()
+    assert bloated["total"] > loaded["total"]
+    ids = [r.id for r in records[::97]]
+    before = [(r.id, r.vectors, r.metadata) for r in store.get(ids)]
+    query = _queries(records)[3]
+    ranked = [h.id for h in store.search(query, k=5)]
+    store.compact()  # plain VACUUM: the space becomes reusable (files rarely shrink; free-space maps appear)
+    compacted = store.compact(full=True)
+    assert compacted["total"] < bloated["total"] and set(compacted) == {"heap", "toast", "indexes", "total"}
+    after = store.get(ids)
+    assert [r.id for r in after] == [b[0] for b in before]
+    for record, (_, vectors, metadata) in zip(after, before, strict=True):
+        assert np.array_equal(record.vectors, vectors) and record.metadata == metadata
+    assert [h.id for h in store.search(query, k=5)] == ranked and len(store) == 3000
+    store.add([Record("late", records[0].vectors)])  # writes go on after a full vacuum
+    assert "late" in store
+
+
 def test_a_memory_store_copies_into_a_residual_collection(postgres_dsn: str) -> None:
     source = InMemoryMultiVectorStore()
     records = _corpus(300)

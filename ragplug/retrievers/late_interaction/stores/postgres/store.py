@@ -66,7 +66,13 @@ from psycopg.types.json import Jsonb  # noqa: E402
 from ragplug.retrievers.late_interaction.stores.postgres import coded  # noqa: E402
 from ragplug.retrievers.late_interaction.stores.postgres import schema as ddl  # noqa: E402
 from ragplug.retrievers.late_interaction.stores.postgres.filters import to_sql  # noqa: E402
-from ragplug.retrievers.late_interaction.stores.postgres.steps import Copy, Op, Query, Transactions  # noqa: E402
+from ragplug.retrievers.late_interaction.stores.postgres.steps import (  # noqa: E402
+    Copy,
+    Op,
+    Query,
+    Transactions,
+    translate,
+)
 
 __all__ = ["HNSWConfig", "PgSearchOptions", "PgVectorStore"]
 
@@ -400,6 +406,47 @@ class PgVectorStore:
         tokens; call this after it has grown much larger, so the centroids follow the data. Returns False
         when there is nothing to train (an empty collection, or a codec that needs no training)."""
         return bool(self._run(self._train(force=True)))
+
+    def compact(self, *, full: bool = False) -> dict[str, int]:
+        """Reclaim the space that re-encoding left behind, and return the records table's bytes after it.
+
+        Postgres keeps a row's old version until ``VACUUM``: :meth:`train_codec` (and :meth:`create_index`
+        after a bulk load, which trains the codec) rewrites every token matrix, so the table holds the old
+        matrices beside the new ones until then. ``full=False`` runs ``VACUUM (ANALYZE)``: later writes reuse
+        the space, readers and writers go on, but the files rarely shrink. ``full=True`` runs
+        ``VACUUM (FULL, ANALYZE)``: the table is rewritten at its live size, under a lock that blocks every
+        collection in this schema while it runs (the table is shared). Returns ``heap``, ``toast``,
+        ``indexes`` and ``total`` in bytes, for the whole records table (all collections)."""
+        import psycopg
+
+        table = self._t["records"]
+        statement = sql.SQL("VACUUM (FULL, ANALYZE) {}" if full else "VACUUM (ANALYZE) {}").format(table)
+        self._run(self._collection())  # the schema exists and is checked before the first statement
+        with self._connector.connection() as conn:
+            autocommit = conn.autocommit
+            conn.autocommit = True  # VACUUM cannot run inside a transaction block
+            try:
+                conn.execute(statement)
+            except psycopg.Error as err:
+                raise translate(err, self._connector.description, "ragplug tables") from err
+            finally:
+                conn.autocommit = autocommit
+        return self.table_sizes()
+
+    def table_sizes(self) -> dict[str, int]:
+        """Bytes of the records table that holds this schema's collections: ``heap``, ``toast`` (the token
+        matrices), ``indexes`` and ``total``."""
+        return dict(self._run(self._sizes()))
+
+    def _sizes(self) -> Op:
+        row = yield Query(
+            "SELECT pg_relation_size(c.oid), coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0), "
+            "pg_indexes_size(c.oid), pg_total_relation_size(c.oid) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = 'ragplug_records'",
+            [self.schema],
+            "one",
+        )
+        return dict(zip(("heap", "toast", "indexes", "total"), (int(v) for v in row), strict=True))
 
     @property
     def codec(self) -> Codec | None:
