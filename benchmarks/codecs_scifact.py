@@ -670,21 +670,31 @@ def plot(res: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def load_corpus(
+    args: argparse.Namespace,
+) -> tuple[list[str], list[str], list[str], dict[str, dict[str, int]], dict[str, Any]]:
+    """Document ids and texts, the test query ids (in order), their qrels and the encoded corpus (cached)."""
+    sys.path.insert(0, str(HERE))
+    from colbert_scifact import load_beir
+
+    ids, texts, queries, qrels = load_beir(args.data, args.limit_docs)
+    qids = sorted(qrels, key=lambda q: int(q) if q.isdigit() else q)[: args.limit_queries]
+    qrels = {q: qrels[q] for q in qids}
+    return ids, texts, qids, qrels, encoded_corpus(args.cache, ids, texts, [queries[q] for q in qids])
+
+
 def fastplaid_into_earlier_run(args: argparse.Namespace) -> None:
     """fast-plaid on the corpus of the run recorded in ``<out>/codecs_scifact.json``, scored against that run's
     float32 exact ranking, merged into its results (a long benchmark in two sittings)."""
     sys.path.insert(0, str(HERE))
-    from colbert_scifact import load, load_beir
+    from colbert_scifact import load
 
     path = args.out / "codecs_scifact.json"
     res = json.loads(path.read_text(encoding="utf-8"))
-    ids, texts, queries, qrels = load_beir(args.data, args.limit_docs)
-    qids = sorted(qrels, key=lambda q: int(q) if q.isdigit() else q)[: args.limit_queries]
-    qrels = {q: qrels[q] for q in qids}
+    ids, _, qids, qrels, corpus = load_corpus(args)
     reference = res["reference"].get("ranked")
     if reference is None or len(reference) != len(qids) or res["corpus"]["docs"] != len(ids):
         raise SystemExit(f"{path} holds no reference ranking for this corpus: run the whole benchmark")
-    corpus = encoded_corpus(args.cache, ids, texts, [queries[q] for q in qids])
     work = Path(tempfile.mkdtemp(prefix="fastplaid-", dir=args.cache))
     nbits = [int(b) for b in args.fastplaid_nbits.split(",") if b]
     t0 = time.perf_counter()
@@ -735,7 +745,7 @@ def main() -> None:
 
     sys.path.insert(0, str(HERE))
     from _machine import machine_info
-    from colbert_scifact import cpu_snapshot, foreign_cores, load, load_beir
+    from colbert_scifact import cpu_snapshot, foreign_cores, load
 
     from ragplug.retrievers.late_interaction import InMemoryMultiVectorStore
 
@@ -747,10 +757,7 @@ def main() -> None:
         "exact_every": args.exact_every,
     }
     notes: list[str] = []
-    ids, texts, queries, qrels = load_beir(args.data, args.limit_docs)
-    qids = sorted(qrels, key=lambda q: int(q) if q.isdigit() else q)[: args.limit_queries]
-    qrels = {q: qrels[q] for q in qids}
-    corpus = encoded_corpus(args.cache, ids, texts, [queries[q] for q in qids])
+    ids, texts, qids, qrels, corpus = load_corpus(args)
     qvecs = corpus["queries"]
     res["corpus"] = {
         "docs": len(ids),

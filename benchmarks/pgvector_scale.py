@@ -328,7 +328,7 @@ def main() -> None:
         t0 = time.perf_counter()
         store.create_index()  # trains the codec on the whole load, re-encodes, builds the HNSW indexes
         pg["index_build_s"] = round(time.perf_counter() - t0, 1)
-        sizes = store._run(_sizes(store))  # the benchmark reads table sizes through the store's own driver
+        sizes = store.table_sizes()  # the whole records table
         pg["bytes"] = sizes
         pg["bytes_per_token_on_disk"] = round(sizes["total"] / n_tokens, 1)
         pg["bytes_per_token_fp32"] = 4 * dim
@@ -357,22 +357,6 @@ def main() -> None:
     (args.out / "pgvector_scale.json").write_text(json.dumps(res, indent=1))
     write_markdown(res, args.out / "pgvector_scale.md")
     print(json.dumps(res["targets"], indent=1))
-
-
-def _sizes(store: Any) -> Any:
-    from psycopg import sql
-
-    from ragplug.retrievers.late_interaction.stores.postgres.steps import Query
-
-    row = yield Query(
-        sql.SQL(
-            "SELECT pg_relation_size({t}), pg_total_relation_size({t}) - pg_indexes_size({t}) - pg_relation_size({t}), "
-            "pg_indexes_size({t}), pg_total_relation_size({t})"
-        ).format(t=sql.Literal(f"{store.schema}.ragplug_records")),
-        (),
-        "one",
-    )
-    return {"heap": row[0], "toast": row[1], "indexes": row[2], "total": row[3], "note": "the whole records table"}
 
 
 def compact(store: Any, pg: dict[str, Any], n_tokens: int) -> None:

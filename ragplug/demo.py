@@ -211,10 +211,10 @@ def _from_postgres(lc: Any, encoder: Any, target: str, cache: Path, k: int) -> N
 
 
 def _codec_name(store: Any) -> str:
-    config = store.codec.config if store.codec is not None else None
-    if config is None:
-        return "unknown"
-    return f"{config.nbits}-bit residual" if config.kind == "residual" else config.kind
+    codec = store.codec  # one query: the collection's trained codec
+    if codec is None:
+        return "float16 (no trained codec)"  # what a collection keeps before its codec is trained
+    return f"{codec.config.nbits}-bit residual" if codec.config.kind == "residual" else codec.config.kind
 
 
 NEAR_TIE = 1e-3

@@ -421,16 +421,17 @@ class PgVectorStore:
 
         table = self._t["records"]
         statement = sql.SQL("VACUUM (FULL, ANALYZE) {}" if full else "VACUUM (ANALYZE) {}").format(table)
-        self._run(self._collection())  # the schema exists and is checked before the first statement
+        self._run(self._collection())  # the store's first-use step (pgvector and schema checks) runs first
         with self._connector.connection() as conn:
             autocommit = conn.autocommit
-            conn.autocommit = True  # VACUUM cannot run inside a transaction block
             try:
+                conn.autocommit = True  # VACUUM cannot run inside a transaction block (a caller's open one refuses)
                 conn.execute(statement)
             except psycopg.Error as err:
                 raise translate(err, self._connector.description, "ragplug tables") from err
             finally:
-                conn.autocommit = autocommit
+                if conn.autocommit != autocommit:
+                    conn.autocommit = autocommit
         return self.table_sizes()
 
     def table_sizes(self) -> dict[str, int]:
