@@ -93,6 +93,24 @@ def test_eight_bit_ranks_like_float32() -> None:
     assert np.abs((q @ decoded.T).max(axis=1) - (q @ x.T).max(axis=1)).max() < 1e-3
 
 
+@pytest.mark.parametrize(
+    "spec", ["float32", "float16", "residual-1bit", "residual", "residual-8bit", {"kind": "residual", "dim": 16}]
+)
+def test_similarities_score_what_decoding_scores(spec: str | dict[str, object]) -> None:
+    """The scorer's short cut (products divided by the rows' norms) gives the decoded vectors' products."""
+    x = _clustered(3000)
+    config = CodecConfig(**spec) if isinstance(spec, dict) else codec_config(spec)
+    codec = Codec.train(config, x) if config.needs_training else Codec.untrained(config, DIM)
+    columns = codec.encode(codec.prepare(x))
+    query = codec.prepare(x[::301])
+    rows = np.array([5, 2999, 0, 17, 17], dtype=np.int64)
+    picked = {name: col[rows] for name, col in columns.items()}
+    expected = query @ codec.decode(picked).T
+    got = codec.similarities(query, picked)
+    assert got.shape == expected.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=2e-6)
+
+
 def test_lloyd_max_buckets_beat_colbert_ai_quantiles() -> None:
     """Fitted buckets cost less squared error than quantile cutoffs with median values, most in the tails."""
     values = np.random.default_rng(0).standard_t(4, 200_000).astype(np.float32) * 0.05
@@ -192,6 +210,41 @@ def test_compressed_search_finds_what_exact_float32_finds(tmp_path: Path) -> Non
         assert [[h.id for h in loaded.search(q, k=5)] for q in queries] == got
         approx = [h.id for h in loaded.search(queries[0], k=5, options=loaded.search_options(mode="approximate"))]
         assert approx[0] == got[0][0]
+
+
+def test_centroid_interaction_decodes_only_the_best_candidates() -> None:
+    """``n_rescore`` keeps the candidates whose tokens' centroids match the query best, and only those are
+    decoded: the hits are exact scores of a subset of the candidates, ranked as without the cut when the cut
+    keeps them, and the centroid interaction is MaxSim over the tokens' centroids."""
+    from ragplug.retrievers.late_interaction.ivf import centroid_maxsim
+    from ragplug.retrievers.late_interaction.maxsim import maxsim_subset
+
+    docs = _docs(400)
+    store = InMemoryMultiVectorStore(mode="approximate", codec=CodecConfig(kind="residual", nbits=4, train_tokens=1200))
+    store.add(docs)
+    codec, tokens = store.codec, store._tokens  # noqa: SLF001
+    assert codec is not None and codec.centroids is not None and tokens.codes is not None
+    lengths = np.full(400, 12, dtype=np.int64)
+    starts = np.arange(400, dtype=np.int64) * 12
+    query = docs[7].vectors[:4] + 0.05
+    sims = query @ codec.centroids.T
+    docs_ = np.array([3, 7, 399], dtype=np.int64)
+    as_centroids = codec.centroids[tokens.codes]
+    expected = maxsim_subset(query, as_centroids, starts, lengths, docs_)
+    np.testing.assert_allclose(centroid_maxsim(sims, tokens.codes, starts, lengths, docs_), expected, rtol=1e-6)
+
+    def search(**kw: int) -> list[tuple[str, float]]:
+        return [(h.id, h.score) for h in store.search(query, k=5, options=store.search_options(**kw))]
+
+    everything = search(n_candidates=60)
+    assert search(n_candidates=60, n_rescore=60) == everything == search(n_candidates=60, n_rescore=500)
+    cut = search(n_candidates=60, n_rescore=8)
+    assert len(cut) == 5 and cut[0] == everything[0]  # the query's own document survives the cut
+    exact = {h.id: h.score for h in store.search(query, k=400, options=store.search_options(mode="exact"))}
+    assert all(abs(score - exact[id_]) < 1e-6 for id_, score in cut)  # exact scores, as without the cut
+    for bad in (0, -1, True, 2.5):
+        with pytest.raises(InvalidInputError, match="n_rescore"):
+            store.search_options(n_rescore=bad)  # type: ignore[arg-type]
 
 
 def test_a_projected_store_returns_vectors_in_the_encoders_space_and_copies_exactly() -> None:

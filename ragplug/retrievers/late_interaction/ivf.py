@@ -25,8 +25,17 @@ import numpy as np
 import numpy.typing as npt
 
 from ragplug.errors import InvalidInputError
+from ragplug.retrievers.late_interaction.maxsim import gather_rows
 
-__all__ = ["ApproximateConfig", "CentroidIndex", "FrozenIndex", "assign_codes", "normalise", "spherical_kmeans"]
+__all__ = [
+    "ApproximateConfig",
+    "CentroidIndex",
+    "FrozenIndex",
+    "assign_codes",
+    "centroid_maxsim",
+    "normalise",
+    "spherical_kmeans",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -255,7 +264,7 @@ class CentroidIndex:
         """What a search reads: centroids and inverted lists for these document lengths. Later changes to
         the index replace its arrays rather than writing into them, so a frozen index stays valid."""
         offsets, list_docs = self._inverted_lists(lengths)
-        return FrozenIndex(self.centroids, offsets, list_docs, len(lengths))
+        return FrozenIndex(self.centroids, offsets, list_docs, len(lengths), self.codes)
 
     def approximate_scores(
         self, query: npt.NDArray[np.float32], lengths: npt.NDArray[np.int64], n_probe: int
@@ -272,16 +281,21 @@ class FrozenIndex:
     offsets: npt.NDArray[np.int64]
     list_docs: npt.NDArray[np.int64]
     n_docs: int
+    codes: npt.NDArray[np.int32] | None = None  # every token's centroid, when centroid interaction is wanted
 
-    def approximate_scores(self, query: npt.NDArray[np.float32], n_probe: int) -> npt.NDArray[np.float32]:
-        """Approximate MaxSim of ``query`` for every document (see the module docstring).
+    def approximate_scores(
+        self, query: npt.NDArray[np.float32], n_probe: int, sims: npt.NDArray[np.float32] | None = None
+    ) -> npt.NDArray[np.float32]:
+        """Approximate MaxSim of ``query`` for every document (see the module docstring); ``sims`` is
+        ``query @ centroids.T`` when the caller has it already.
 
         Written as the imputed floor of every query vector plus, per query vector, each probed
         document's gain over that floor; the gains go through one per-document buffer, reset after each
         query vector, so memory stays O(documents) (not query vectors x documents) and time O(list entries).
         """
         offsets, list_docs, n_docs, n_query = self.offsets, self.list_docs, self.n_docs, len(query)
-        sims = query @ self.centroids.T  # (n_query, n_centroids)
+        if sims is None:
+            sims = query @ self.centroids.T  # (n_query, n_centroids)
         n_probe = min(n_probe, sims.shape[1])
         probe = np.argpartition(-sims, n_probe - 1, axis=1)[:, :n_probe]
         probe_sims = np.take_along_axis(sims, probe, axis=1)
@@ -298,3 +312,31 @@ class FrozenIndex:
             total[docs] += best[docs]  # repeated indices add once: the buffered semantics of fancy +=
             best[docs] = 0.0
         return total.astype(np.float32)
+
+    def centroid_interaction(
+        self,
+        sims: npt.NDArray[np.float32],
+        starts: npt.NDArray[np.int64],
+        lengths: npt.NDArray[np.int64],
+        docs: npt.NDArray[np.int64],
+    ) -> npt.NDArray[np.float32]:
+        """MaxSim of a query against the centroids of each of ``docs``' tokens (PLAID's centroid interaction;
+        ``sims`` is ``query @ centroids.T``): every token counts, not only those under probed centroids."""
+        assert self.codes is not None
+        return centroid_maxsim(sims, self.codes, starts, lengths, docs)
+
+
+def centroid_maxsim(
+    sims: npt.NDArray[np.float32],
+    codes: npt.NDArray[np.integer],
+    starts: npt.NDArray[np.int64],
+    lengths: npt.NDArray[np.int64],
+    docs: npt.NDArray[np.int64],
+) -> npt.NDArray[np.float32]:
+    """Per document of ``docs``, the sum over query vectors of the best ``sims`` (query x centroids) among its
+    tokens' codes: MaxSim with every token replaced by its centroid. Documents must hold tokens."""
+    if not len(docs):
+        return np.empty(0, dtype=np.float32)
+    rows, local_starts = gather_rows(starts, lengths, docs)
+    per_token = sims[:, codes[rows]]  # (n_query, tokens of docs)
+    return np.maximum.reduceat(per_token, local_starts, axis=1).sum(axis=0).astype(np.float32, copy=False)

@@ -64,6 +64,15 @@ class TokenMatrix:
             return self._columns["vectors"][rows]
         return self.codec.decode({name: col[rows] for name, col in self._columns.items()})
 
+    def similarities(self, query: FloatMatrix, rows: slice | npt.NDArray[np.integer[Any]]) -> FloatMatrix:
+        """``query @ self[rows].T`` for a prepared query, computed by the codec without normalised copies of
+        the rows (:meth:`.Codec.similarities`)."""
+        if isinstance(rows, slice):
+            rows = slice(*rows.indices(self._n))
+        if self.codec is None:
+            return np.ascontiguousarray(query, dtype=np.float32) @ self._columns["vectors"][rows].T
+        return self.codec.similarities(query, {name: col[rows] for name, col in self._columns.items()})
+
     def prepare_query(self, query: FloatMatrix) -> FloatMatrix:
         """A query in the space the stored vectors are decoded into."""
         return self.codec.prepare(query) if self.codec is not None else query

@@ -107,11 +107,12 @@ class MemorySearchOptions(SearchOptions):
     mode: SearchMode | str | None = None
     n_probe: int | None = None
     n_candidates: int | None = None
+    n_rescore: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode is not None:
             object.__setattr__(self, "mode", _search_mode(self.mode))
-        for name in ("n_probe", "n_candidates"):
+        for name in ("n_probe", "n_candidates", "n_rescore"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 msg = f"{name} must be a positive integer, got {value!r}"
@@ -491,7 +492,10 @@ class InMemoryMultiVectorStore(ThreadedAsync):
         """One result list per query (the filter is evaluated once for all of them).
 
         Approximate search re-scores ``n_candidates`` documents exactly (default: the store's setting, at
-        least ``4 * k``; a value given in ``options`` is used as is and must be at least ``k``). Scoring runs
+        least ``4 * k``; a value given in ``options`` is used as is and must be at least ``k``). A store that
+        decodes what it scores (a compressed codec) with ``n_rescore`` below that ranks the candidates by
+        centroid interaction (MaxSim over their tokens' centroids, from the codes alone) and decodes only the
+        ``n_rescore`` best. Scoring runs
         on a snapshot of the store, outside its lock: concurrent searches run in parallel, and writes wait
         only for the snapshot to be taken.
         """
@@ -538,13 +542,19 @@ class InMemoryMultiVectorStore(ThreadedAsync):
             n, len(tokens), k, n_probe=options.n_probe, n_candidates=options.n_candidates
         )  # adapted to the corpus (short documents, many documents) unless given for this search
         n_cand = min(n_cand, n if allowed is None else int(allowed.sum()))
+        # a compressed store decodes what it re-scores: rank the candidates by centroid interaction first
+        n_rescore = n_cand if tokens.raw is not None else min(n_cand, options.n_rescore or n_cand)
         results = []
         for query in (tokens.prepare_query(m) for m in matrices):
             if frozen is not None:
-                approx = frozen.approximate_scores(query, n_probe)
+                sims = query @ frozen.centroids.T
+                approx = frozen.approximate_scores(query, n_probe, sims)
                 if allowed is not None:
                     approx[~allowed] = -np.inf
                 candidates = np.argpartition(-approx, n_cand - 1)[:n_cand]
+                if n_rescore < n_cand:
+                    interaction = frozen.centroid_interaction(sims, starts, lengths, candidates)
+                    candidates = candidates[np.argpartition(-interaction, n_rescore - 1)[:n_rescore]]
                 top = top_k_exact(query, vectors, starts, lengths, k, candidates=candidates)
             elif allowed is not None and allowed.mean() < 0.5:
                 top = top_k_exact(query, vectors, starts, lengths, k, candidates=np.flatnonzero(allowed))

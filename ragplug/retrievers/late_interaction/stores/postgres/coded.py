@@ -40,6 +40,9 @@ import numpy.typing as npt
 
 from ragplug.errors import InvalidInputError, StoreCorruptedError, StoreError
 from ragplug.retrievers.late_interaction.codecs import Codec, CodecConfig
+from ragplug.retrievers.late_interaction.ivf import centroid_maxsim
+from ragplug.retrievers.late_interaction.tokens import TokenMatrix
+from ragplug.retrievers.late_interaction.twostage import pack
 
 __all__ = [
     "BAG_DIM",
@@ -49,6 +52,7 @@ __all__ = [
     "decode_row",
     "encode_rows",
     "restore_codec",
+    "scoring_rows",
 ]
 
 FloatMatrix = npt.NDArray[np.float32]
@@ -142,6 +146,27 @@ def decode_row(codec: Codec | None, n_tokens: int, tokens: bytes, codes: bytes |
     return codec.decode({"codes": code_array, "residuals": packed.reshape(n_tokens, width)})
 
 
+def scoring_rows(
+    codec: Codec | None, rows: Sequence[tuple[int, bytes, bytes | None]], dim: int
+) -> tuple[FloatMatrix | TokenMatrix, npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Stored rows (``n_tokens``, ``tokens``, ``codes``) as one packed matrix for exact MaxSim: float32
+    vectors, or, under a residual codec, the concatenated codes and residuals, which the scorer decodes
+    block by block (:meth:`.Codec.similarities`) without a normalised float32 copy of every token."""
+    if codec is None or codec.config.kind != "residual":
+        return pack([decode_row(codec, n, tokens, codes, dim) for n, tokens, codes in rows])
+    width = codec.dim * codec.config.nbits // 8
+    dtype = _code_dtype(codec)
+    lengths = np.array([n for n, _, _ in rows], dtype=np.int64)
+    for n, tokens, codes in rows:
+        if codes is None or len(codes) != n * dtype.itemsize or len(tokens) != n * width:
+            msg = f"a stored residual row does not hold {n} tokens"
+            raise StoreError(msg)
+    code_array = np.frombuffer(b"".join(codes for _, _, codes in rows if codes), dtype=dtype)
+    packed = np.frombuffer(b"".join(tokens for _, tokens, _ in rows), dtype=np.uint8).reshape(-1, width)
+    matrix = TokenMatrix.from_columns(codec.input_dim, codec, {"codes": code_array, "residuals": packed})
+    return matrix, np.cumsum(lengths) - lengths, lengths
+
+
 def query_bag(codec: Codec, query: FloatMatrix, n_probe: int) -> tuple[Any, FloatMatrix]:
     """The sparse query of the first stage, and the query's similarity to every centroid."""
     assert codec.centroids is not None
@@ -164,10 +189,8 @@ def centroid_interaction(sims: FloatMatrix, codes: Sequence[bytes], codec: Codec
     dtype = _code_dtype(codec)
     arrays = [np.frombuffer(c, dtype=dtype) for c in codes]
     lengths = np.array([len(a) for a in arrays], dtype=np.int64)
-    flat = np.concatenate(arrays).astype(np.int64)
-    per_token = sims[:, flat]  # (n_query, n_tokens)
     starts = np.cumsum(lengths) - lengths
-    return np.maximum.reduceat(per_token, starts, axis=1).sum(axis=0).astype(np.float32)
+    return centroid_maxsim(sims, np.concatenate(arrays), starts, lengths, np.arange(len(arrays)))
 
 
 def _sparse_vector() -> Any:

@@ -57,7 +57,7 @@ from ragplug.retrievers.late_interaction.filters import (
     fields_of,
     parse_filter,
 )
-from ragplug.retrievers.late_interaction.twostage import pack, top_k_exact
+from ragplug.retrievers.late_interaction.twostage import top_k_exact
 
 psycopg = require("psycopg", "postgres")
 from psycopg import sql  # noqa: E402
@@ -923,7 +923,7 @@ class PgVectorStore:
                     [[rows[i][0] for i in best]],
                     "all",
                 )
-            vectors, starts, lengths = pack([coded.decode_row(codec, r[4], r[5], r[6], info.dim) for r in rows])
+            vectors, starts, lengths = coded.scoring_rows(codec, [(r[4], r[5], r[6]) for r in rows], info.dim)
             top = top_k_exact(prepared, vectors, starts, lengths, k)
             results.append([Hit(rows[d][0], s, rows[d][2], rows[d][3], rows[d][1]) for d, s in top])
         return results
