@@ -65,6 +65,9 @@ CODECS: dict[str, dict[str, Any] | str] = {
     "pca128-residual-4bit": {"kind": "residual", "nbits": 4, "dim": 128},
     "pca256-residual-2bit": {"kind": "residual", "nbits": 2, "dim": 256},
     "pca176-residual-4bit": {"kind": "residual", "nbits": 4, "dim": 176},
+    "rotated-96B": "rotated",
+    "rotated-64B": {"kind": "rotated", "token_bytes": 64},
+    "rotated-192B": "rotated-4bit",
 }
 TARGET_BYTES = 96
 TARGET_NDCG_DROP = 0.005

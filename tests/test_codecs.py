@@ -111,6 +111,75 @@ def test_similarities_score_what_decoding_scores(spec: str | dict[str, object]) 
     np.testing.assert_allclose(got, expected, atol=2e-6)
 
 
+def test_rotated_codes_spend_bits_where_the_residuals_are() -> None:
+    """When residual variance is uneven across directions (as in real token vectors), the rotated codec
+    keeps less error than 2-bit residuals in fewer bytes, gives the loud directions more bits, and its
+    widths fill whole bytes within the budget."""
+    from ragplug.retrievers.late_interaction.codecs import WIDTHS
+
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((40, DIM))
+    loudness = np.geomspace(1.0, 0.02, DIM)  # residual spread by direction, in a random basis
+    basis, _ = np.linalg.qr(rng.standard_normal((DIM, DIM)))
+    noise = (rng.standard_normal((8000, DIM)) * loudness) @ basis.T
+    x = centres[rng.integers(0, 40, 8000)] + 0.5 * noise
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    def error(codec: Codec) -> float:
+        decoded = codec.lift(codec.decode(codec.encode(codec.prepare(x))))
+        return float(((decoded - x) ** 2).sum(axis=1).mean())
+
+    residual = Codec.train(CodecConfig(kind="residual", nbits=2), x)
+    rotated = Codec.train(CodecConfig(kind="rotated"), x)  # dim * 2 / 8 = 8 bytes, centroid id included
+    assert rotated.bytes_per_token <= 8 < residual.bytes_per_token == 10
+    assert error(rotated) < 0.8 * error(residual)
+    assert rotated.widths is not None and set(rotated.widths.tolist()) <= set(WIDTHS)
+    assert rotated.widths[0] >= 2 and rotated.widths[-1] == 0  # stored widest first; quiet directions get none
+    assert rotated.encode(rotated.prepare(x[:5]))["residuals"].shape == (5, rotated.bytes_per_token - 2)
+    bigger = Codec.train(CodecConfig(kind="rotated", token_bytes=20), x)
+    assert bigger.bytes_per_token <= 20 and error(bigger) < error(rotated)
+
+
+def test_the_bit_allocation_fits_the_budget_in_whole_bytes() -> None:
+    from ragplug.retrievers.late_interaction.codecs import WIDTHS, _allocate
+
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        dim = int(rng.integers(4, 200))
+        variance = rng.gamma(0.5, 1.0, dim)
+        errors = variance[:, None] * np.array([2.0 ** (-1.7 * w) for w in WIDTHS])[None, :]
+        budget = int(rng.integers(0, 9 * dim))
+        widths = _allocate(errors, budget)
+        assert widths.sum() <= budget, trial
+        assert all((int((widths == w).sum()) * w) % 8 == 0 for w in WIDTHS), trial
+        louder = np.argsort(-variance)
+        assert widths[louder[0]] >= widths[louder[-1]], trial
+
+
+def test_bad_rotated_settings_and_damaged_widths_are_refused() -> None:
+    x = _clustered(3000)
+    with pytest.raises(InvalidInputError, match="token_bytes applies to the rotated codec"):
+        CodecConfig(kind="residual", token_bytes=40)
+    with pytest.raises(InvalidInputError, match="more than 2 bytes per token"):
+        Codec.train(CodecConfig(kind="rotated", token_bytes=2), x)
+    assert codec_config("rotated-4bit") == CodecConfig(kind="rotated", nbits=4)
+    with pytest.raises(InvalidInputError, match="rotated-1bit"):
+        codec_config("rotated-3bit")
+    codec = Codec.train(CodecConfig(kind="rotated"), x)
+    arrays = codec.arrays()
+    assert Codec.restore(codec.to_dict(), arrays, "x").same_as(codec)
+    for widths, problem in (
+        (np.full(DIM, 3.0, dtype=np.float32), "widths, each one of"),
+        (arrays["widths"][::-1].copy(), "storage order"),
+        (np.array([1.0] * 3 + [0.0] * (DIM - 3), dtype=np.float32), "whole bytes of 1-bit"),
+        (np.full(DIM, 8.0, dtype=np.float32), "at most 8 bytes per token"),
+    ):
+        with pytest.raises(StoreCorruptedError, match=problem):
+            Codec.restore(codec.to_dict(), {**arrays, "widths": widths}, "x")
+    with pytest.raises(StoreCorruptedError, match="widths"):
+        Codec.restore(codec.to_dict(), {k: v for k, v in arrays.items() if k != "widths"}, "x")
+
+
 def test_lloyd_max_buckets_beat_colbert_ai_quantiles() -> None:
     """Fitted buckets cost less squared error than quantile cutoffs with median values, most in the tails."""
     values = np.random.default_rng(0).standard_t(4, 200_000).astype(np.float32) * 0.05
@@ -198,7 +267,7 @@ def test_compressed_search_finds_what_exact_float32_finds(tmp_path: Path) -> Non
     exact.add(docs)
     queries = [d.vectors[:4] + 0.05 for d in docs[::20]]
     truth = [[h.id for h in exact.search(q, k=5)] for q in queries]
-    for codec, wanted in (("float16", 1.0), ("residual-4bit", 0.9), ("residual", 0.8)):
+    for codec, wanted in (("float16", 1.0), ("residual-4bit", 0.9), ("residual", 0.8), ("rotated", 0.8)):
         store = InMemoryMultiVectorStore(mode="exact", codec=codec)
         store.add(docs)
         store.save(tmp_path / codec)
@@ -222,7 +291,7 @@ def test_centroid_interaction_decodes_only_the_best_candidates() -> None:
     docs = _docs(400)
     store = InMemoryMultiVectorStore(mode="approximate", codec=CodecConfig(kind="residual", nbits=4, train_tokens=1200))
     store.add(docs)
-    codec, tokens = store.codec, store._tokens  # noqa: SLF001
+    codec, tokens = store.codec, store._tokens
     assert codec is not None and codec.centroids is not None and tokens.codes is not None
     lengths = np.full(400, 12, dtype=np.int64)
     starts = np.arange(400, dtype=np.int64) * 12

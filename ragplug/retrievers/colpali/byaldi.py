@@ -665,7 +665,7 @@ def _memory_store(
         _write_pages(store, embeddings, torch, ids, parents, metadatas, batch_pages=len(ids))
         return store
     if config.needs_training:
-        rows = np.sort(np.random.default_rng(config.seed).choice(n, min(n, config.kmeans_sample), replace=False))
+        rows = np.sort(np.random.default_rng(config.seed).choice(n, min(n, config.training_rows), replace=False))
         logger.info("training the %s codec on %d of %d tokens", config.kind, len(rows), n)
         codec = Codec.train(config, _sampled(embeddings, torch, rows), n_tokens=n)
     else:

@@ -13,6 +13,17 @@ A store receives float32 token matrices from its encoder. A :class:`Codec` decid
   decode with the same code.
   8 bits is ragplug's own step beyond PLAID's 1, 2 and 4: a byte per dimension, 256 buckets,
   close to lossless for ranking at a quarter of float32's bytes (an eighth of them at half the dims).
+- ``rotated``: ragplug's own residual code at a fixed byte budget per token (``token_bytes``, centroid id
+  included; by default ``dim * nbits / 8``, 96 B at 384 dims and 2 bits: 1/16 of float32). Residuals are
+  not spread evenly over dimensions: on SciFact's MiniLM tokens the variance of the first principal
+  direction of the residuals is 17x the median one. The codec rotates every vector (documents and
+  queries, so scores are unchanged) into the principal basis of the training residuals and gives each
+  dimension 0, 1, 2, 4 or 8 bits, whichever minimises the total squared error within the budget (a
+  Lagrangian allocation over the errors measured per dimension and width, :func:`_allocate`), with
+  Lloyd-Max buckets fitted per dimension. At the same bytes it keeps a third less squared error than
+  2-bit ``residual`` codes, and recall@10 against float32 exact MaxSim rises from 0.917 to 0.967 on 100
+  SciFact queries (``benchmarks/codecs_scifact.py``). Dimensions of one width are stored together, so
+  every byte holds whole dimensions of one width and decodes by one table look-up, as 2-bit codes do.
 
 ``float16`` and ``float32`` may also keep each token's centroid id (``codes=True``): the vectors stay as
 precise as they are, and the ids serve candidate generation (a store's approximate index, Postgres's bags
@@ -33,6 +44,7 @@ numpy only: 1-D Lloyd-Max, packing and table look-ups; k-means is the engine's o
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -49,8 +61,10 @@ FloatMatrix = npt.NDArray[np.float32]
 Columns = dict[str, np.ndarray[Any, Any]]
 """A codec's per-token arrays, each with one row per token (``vectors``; or ``codes`` and ``residuals``)."""
 
-KINDS = ("float32", "float16", "residual")
+KINDS = ("float32", "float16", "residual", "rotated")
 NBITS = (1, 2, 4, 8)
+#: Bits a ``rotated`` codec may give one dimension (widths that divide a byte, so no dimension straddles two).
+WIDTHS = (8, 4, 2, 1, 0)
 PROJECTIONS = ("pca", "random")
 
 
@@ -58,8 +72,10 @@ PROJECTIONS = ("pca", "random")
 class CodecConfig:
     """What a store keeps per token; see the module docstring. Checked at construction."""
 
-    kind: str = field(default="float32", metadata={"help": "float32, float16 or residual"})
-    nbits: int = field(default=2, metadata={"help": "residual bits per dimension: 1, 2, 4 or 8"})
+    kind: str = field(default="float32", metadata={"help": "float32, float16, residual or rotated"})
+    nbits: int = field(
+        default=2, metadata={"help": "residual bits per dimension: 1, 2, 4 or 8 (rotated: on average, by default)"}
+    )
     dim: int | None = field(default=None, metadata={"help": "project to this many dimensions first (None: keep)"})
     projection: str = field(default="pca", metadata={"help": "pca (fitted) or random (orthonormal, seeded)"})
     codes: bool = field(
@@ -74,6 +90,10 @@ class CodecConfig:
     kmeans_iterations: int = 8
     kmeans_sample: int = 131072
     seed: int = 0
+    token_bytes: int | None = field(
+        default=None,
+        metadata={"help": "rotated: bytes per token, centroid id included; None: dim * nbits / 8"},
+    )
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -85,7 +105,7 @@ class CodecConfig:
         if self.projection not in PROJECTIONS:
             msg = f"unknown projection {self.projection!r}; one of {list(PROJECTIONS)}"
             raise InvalidInputError(msg)
-        for name in ("dim", "n_centroids"):
+        for name in ("dim", "n_centroids", "token_bytes"):
             value = getattr(self, name)
             if value is not None and (type(value) is not int or value < 1):
                 msg = f"CodecConfig.{name} must be a positive integer or None, got {value!r}"
@@ -101,11 +121,30 @@ class CodecConfig:
         if not isinstance(self.codes, bool):
             msg = f"CodecConfig.codes must be a bool, got {self.codes!r}"
             raise InvalidInputError(msg)
+        if self.token_bytes is not None and self.kind != "rotated":
+            msg = f"CodecConfig.token_bytes applies to the rotated codec, not {self.kind!r}"
+            raise InvalidInputError(msg)
 
     @property
     def has_codes(self) -> bool:
         """True when tokens keep their centroid ids (residual, or a float kind with ``codes=True``)."""
-        return self.kind == "residual" or self.codes
+        return self.compressed or self.codes
+
+    def budget(self, dim: int) -> int:
+        """Bytes per token a ``rotated`` codec may use at ``dim`` dimensions: ``token_bytes`` or ``dim * nbits / 8``."""
+        return self.token_bytes if self.token_bytes is not None else dim * self.nbits // 8
+
+    @property
+    def training_rows(self) -> int:
+        """Tokens a store samples to train this codec: ``kmeans_sample`` (k-means runs on that many), and four
+        times as many for ``rotated``, whose per-dimension buckets need the tails of the residuals: fitted on
+        500k SciFact tokens its recall@10 against float32 was 0.967, on 50-200k 0.917-0.975."""
+        return 4 * self.kmeans_sample if self.kind == "rotated" else self.kmeans_sample
+
+    @property
+    def compressed(self) -> bool:
+        """True for the kinds that keep a centroid id and coded residuals (``residual``, ``rotated``)."""
+        return self.kind in ("residual", "rotated")
 
     @property
     def needs_training(self) -> bool:
@@ -121,26 +160,27 @@ class CodecConfig:
 
 def codec_config(spec: CodecConfig | str | None) -> CodecConfig:
     """A :class:`CodecConfig` from a config or a short name: ``"float32"``, ``"float16"``,
-    ``"residual"`` (2 bits), ``"residual-1bit"``, ``"residual-4bit"``, ``"residual-8bit"``."""
+    ``"residual"`` (2 bits), ``"residual-1bit"``, ``"residual-4bit"``, ``"residual-8bit"``, and
+    ``"rotated"`` (2 bits on average) or ``"rotated-1bit"`` ... ``"rotated-8bit"``."""
     if spec is None:
         return CodecConfig()
     if isinstance(spec, CodecConfig):
         return spec
     if isinstance(spec, str):
         name, _, bits = spec.partition("-")
-        if name == "residual" and bits:
+        if name in ("residual", "rotated") and bits:
             if bits not in ("1bit", "2bit", "4bit", "8bit"):
-                msg = f"unknown codec {spec!r}; residual-1bit, residual-2bit, residual-4bit or residual-8bit"
+                msg = f"unknown codec {spec!r}; {name}-1bit, {name}-2bit, {name}-4bit or {name}-8bit"
                 raise InvalidInputError(msg)
-            return CodecConfig(kind="residual", nbits=int(bits[0]))
+            return CodecConfig(kind=name, nbits=int(bits[0]))
         if not bits:
             return CodecConfig(kind=name)
-    msg = f"codec must be a CodecConfig or one of float32, float16, residual[-Nbit], got {spec!r}"
+    msg = f"codec must be a CodecConfig or one of float32, float16, residual[-Nbit], rotated[-Nbit], got {spec!r}"
     raise InvalidInputError(msg)
 
 
 class Codec:
-    """A codec with its trained arrays (projection, centroids, bucket cutoffs and values).
+    """A codec with its trained arrays (projection, centroids, bucket cutoffs and values, widths).
 
     >>> import numpy as np
     >>> x = np.random.default_rng(0).standard_normal((2000, 64)).astype(np.float32)
@@ -148,6 +188,13 @@ class Codec:
     >>> columns = codec.encode(codec.prepare(x))
     >>> sorted(columns), columns["residuals"].shape, codec.bytes_per_token
     (['codes', 'residuals'], (2000, 16), 18)
+    >>> rotated = Codec.train(CodecConfig(kind="rotated", token_bytes=18), x)
+    >>> rotated.bytes_per_token <= 18, rotated.encode(rotated.prepare(x))["residuals"].shape[1] <= 16
+    (True, True)
+
+    A ``rotated`` codec keeps ``cutoffs`` and ``weights`` per dimension (rows of 255 and 256 values, the
+    first ``2 ** width - 1`` and ``2 ** width`` used) and ``widths``: the bits of every dimension, in
+    storage order (widths 8, 4, 2, 1, then 0, each group a whole number of bytes).
     """
 
     def __init__(
@@ -159,6 +206,7 @@ class Codec:
         centroids: FloatMatrix | None = None,
         cutoffs: FloatMatrix | None = None,
         weights: FloatMatrix | None = None,
+        widths: FloatMatrix | None = None,
     ) -> None:
         self.config = config
         self.input_dim = input_dim
@@ -166,13 +214,18 @@ class Codec:
         self.centroids = centroids
         self.cutoffs = cutoffs
         self.weights = weights
+        self.widths = None if widths is None else np.asarray(widths)
         self.dim = projection.shape[1] if projection is not None else input_dim
         self._check()
         self._table: FloatMatrix | None = None
+        self._groups: list[_Group] = []
         if config.kind == "residual":
             assert weights is not None
             self._table = _lookup_table(weights, config.nbits)
             self._table_items = self._table.view(np.dtype((np.void, self._table.shape[1] * 4))).reshape(256)
+        elif config.kind == "rotated":
+            assert self.widths is not None and weights is not None
+            self._groups = _groups(self.widths.astype(np.int64), weights)
 
     def _check(self) -> None:
         """Refuse arrays that do not fit the config (a corrupted or foreign saved codec)."""
@@ -180,7 +233,11 @@ class Codec:
         problems = []
         if c.dim is not None and (self.projection is None or self.projection.shape != (self.input_dim, c.dim)):
             problems.append(f"a projection of shape ({self.input_dim}, {c.dim})")
-        if c.dim is None and self.projection is not None:
+        if c.kind == "rotated" and (
+            self.projection is None or self.projection.shape != (self.input_dim, c.dim or self.input_dim)
+        ):
+            problems.append(f"a rotation of shape ({self.input_dim}, {c.dim or self.input_dim})")
+        elif c.dim is None and c.kind != "rotated" and self.projection is not None:
             problems.append("no projection")
         if c.has_codes:
             if self.centroids is None or self.centroids.ndim != 2 or self.centroids.shape[1] != self.dim:
@@ -197,12 +254,36 @@ class Codec:
                 problems.append(f"{n_buckets} bucket values")
             if (self.dim * c.nbits) % 8:
                 problems.append(f"dim * nbits divisible by 8 (dim {self.dim}, nbits {c.nbits})")
+        elif c.kind == "rotated":
+            problems.extend(self._check_rotated())
+        elif self.widths is not None:
+            problems.append("no widths")
         arrays = [a for a in (self.projection, self.centroids, self.cutoffs, self.weights) if a is not None]
         if any(not np.isfinite(a).all() for a in arrays):
             problems.append("finite values")
         if problems:
             msg = f"codec {c.kind!r} needs " + ", ".join(problems)
             raise InvalidInputError(msg)
+
+    def _check_rotated(self) -> list[str]:
+        if self.cutoffs is None or self.cutoffs.shape != (self.dim, 255):
+            return [f"bucket cutoffs of shape ({self.dim}, 255)"]
+        if self.weights is None or self.weights.shape != (self.dim, 256):
+            return [f"bucket values of shape ({self.dim}, 256)"]
+        widths = self.widths
+        if widths is None or widths.shape != (self.dim,) or not np.isin(widths, WIDTHS).all():
+            return [f"{self.dim} widths, each one of {list(WIDTHS)}"]
+        widths = widths.astype(np.int64)
+        if (np.diff(widths) > 0).any():
+            return ["widths in storage order (largest first)"]
+        ragged = [w for w in WIDTHS[:-1] if (int((widths == w).sum()) * w) % 8]
+        if ragged:
+            return [f"whole bytes of {ragged[0]}-bit dimensions"]
+        code = 2 if self.centroids is None or len(self.centroids) <= 1 << 16 else 4
+        budget = self.config.budget(self.dim)
+        if code + int(widths.sum()) // 8 > budget:
+            return [f"at most {budget} bytes per token"]
+        return []
 
     # -- training -------------------------------------------------------------------------------------
     @classmethod
@@ -239,12 +320,76 @@ class Codec:
         centroids = spherical_kmeans(
             points, n_centroids, iterations=config.kmeans_iterations, sample=config.kmeans_sample, seed=config.seed
         )
-        if config.kind != "residual":
+        if not config.compressed:
             return cls(config, input_dim, projection=projection, centroids=centroids)
+        if config.kind == "rotated":  # buckets fitted on every row given (k-means saw a sample of them)
+            every = normalise(vectors @ projection) if projection is not None else normalise(vectors)
+            residuals = every - centroids[assign_codes(every, centroids)]
+            return cls._train_rotated(config, input_dim, projection, centroids, residuals)
         residuals = points - centroids[assign_codes(points, centroids)]
         n_buckets = 2**config.nbits
         cutoffs, weights = _buckets(residuals, n_buckets)
         return cls(config, input_dim, projection=projection, centroids=centroids, cutoffs=cutoffs, weights=weights)
+
+    @classmethod
+    def _train_rotated(
+        cls,
+        config: CodecConfig,
+        input_dim: int,
+        projection: FloatMatrix | None,
+        centroids: FloatMatrix,
+        residuals: FloatMatrix,
+    ) -> Codec:
+        """The principal basis of the residuals, each dimension's buckets at every width, and the widths
+        that minimise the squared error within the byte budget (see the module docstring)."""
+        dim = centroids.shape[1]
+        code_bytes = 2 if len(centroids) <= 1 << 16 else 4
+        budget = config.budget(dim)
+        if budget <= code_bytes:
+            msg = f"a rotated codec needs more than {code_bytes} bytes per token (the centroid id), got {budget}"
+            raise InvalidInputError(msg)
+        gram = np.zeros((dim, dim))
+        for lo in range(0, len(residuals), 1 << 16):  # float64 sums without a float64 copy of every residual
+            chunk = residuals[lo : lo + (1 << 16)].astype(np.float64)
+            gram += chunk.T @ chunk
+        _, basis = np.linalg.eigh(gram)
+        basis = basis[:, ::-1].astype(np.float32)  # by residual variance, largest first
+        rotated = residuals @ basis
+        # One bucket shape per width, fitted on every dimension's values standardised and pooled, scaled back
+        # per dimension: Lloyd-Max fitted per dimension follows the few extreme values of each, and recall@10
+        # against float32 then varied from 0.908 to 0.975 with the training sample on SciFact.
+        centre, scale = rotated.mean(axis=0), rotated.std(axis=0)
+        scale[scale < 1e-12] = 1e-12
+        rows = np.arange(0, len(rotated), max(1, len(rotated) * dim // _POOLED_VALUES))
+        pooled = _Sorted((rotated[rows] - centre) / scale)
+        shapes = {w: _lloyd(pooled, 2**w) for w in WIDTHS if w}
+        errors = scale[:, None].astype(np.float64) ** 2 * np.array([shapes[w][2] if w else 1.0 for w in WIDTHS])
+        fitted = {
+            w: [(centre[d] + scale[d] * cut, centre[d] + scale[d] * val) for d in range(dim)]
+            for w, (cut, val, _) in shapes.items()
+        }
+        widths = _allocate(errors, 8 * (budget - code_bytes))
+        order = np.lexsort((np.arange(dim), -widths))  # storage order: widest first, then by variance
+        widths = widths[order]
+        cutoffs = np.zeros((dim, 255), dtype=np.float32)
+        weights = np.zeros((dim, 256), dtype=np.float32)
+        for i, d in enumerate(order):
+            w = int(widths[i])
+            if w:
+                cutoffs[i, : 2**w - 1], weights[i, : 2**w] = fitted[w][d]
+            else:
+                weights[i, 0] = centre[d]
+        rotation = basis[:, order]
+        full = rotation if projection is None else projection @ rotation
+        return cls(
+            config,
+            input_dim,
+            projection=np.ascontiguousarray(full, dtype=np.float32),
+            centroids=np.ascontiguousarray(centroids @ rotation, dtype=np.float32),
+            cutoffs=cutoffs,
+            weights=weights,
+            widths=widths.astype(np.float32),
+        )
 
     # -- coding ---------------------------------------------------------------------------------------
     def prepare(self, vectors: FloatMatrix) -> FloatMatrix:
@@ -259,7 +404,7 @@ class Codec:
 
     @property
     def column_names(self) -> tuple[str, ...]:
-        if self.config.kind == "residual":
+        if self.config.compressed:
             return ("codes", "residuals")
         return ("vectors", "codes") if self.config.codes else ("vectors",)
 
@@ -270,7 +415,7 @@ class Codec:
     def encode(self, vectors: FloatMatrix) -> Columns:
         """Columns for prepared vectors (see :meth:`prepare`)."""
         kind = self.config.kind
-        if kind != "residual":
+        if not self.config.compressed:
             dtype = np.float32 if kind == "float32" else np.float16
             columns = {"vectors": np.ascontiguousarray(vectors, dtype=dtype)}
             if self.centroids is not None:
@@ -279,35 +424,65 @@ class Codec:
         assert self.centroids is not None and self.cutoffs is not None
         codes = assign_codes(vectors, self.centroids)
         residuals = vectors - self.centroids[codes]
-        buckets = np.searchsorted(self.cutoffs, residuals, side="left").astype(np.uint8)
-        return {"codes": codes.astype(self.code_dtype), "residuals": pack_residuals(buckets, self.config.nbits)}
+        if kind == "residual":
+            buckets = np.searchsorted(self.cutoffs, residuals, side="left").astype(np.uint8)
+            packed = pack_residuals(buckets, self.config.nbits)
+        else:
+            parts = [np.empty((len(vectors), 0), dtype=np.uint8)]
+            for g in self._groups:
+                buckets = np.empty((len(vectors), g.stop - g.start), dtype=np.uint8)
+                for j, d in enumerate(range(g.start, g.stop)):
+                    cut = self.cutoffs[d, : 2**g.width - 1]
+                    buckets[:, j] = np.searchsorted(cut, residuals[:, d], side="left")
+                parts.append(pack_residuals(buckets, g.width))
+            packed = np.ascontiguousarray(np.concatenate(parts, axis=1))
+        return {"codes": codes.astype(self.code_dtype), "residuals": packed}
+
+    def _unnormalised(self, columns: Mapping[str, np.ndarray[Any, Any]]) -> FloatMatrix:
+        """Centroid plus bucket values of every row (float32, not re-normalised)."""
+        assert self.centroids is not None
+        codes, packed = columns["codes"], np.asarray(columns["residuals"], dtype=np.uint8)
+        if self.config.kind == "residual":
+            # one look-up per byte of whole table rows (viewed as single items): several times faster than
+            # fancy-indexing the 2-D table, same values
+            rows = np.take(self._table_items, packed)
+            values = np.ascontiguousarray(rows).view(np.float32).reshape(len(packed), self.dim)
+        else:
+            values = self.centroids[codes]
+            for g in self._groups:  # the same look-up, one table row per byte position of the group
+                rows = np.take(g.items, packed[:, g.first_byte : g.first_byte + g.n_bytes] + g.offsets)
+                values[:, g.start : g.stop] += rows.view(np.float32).reshape(len(packed), -1)
+            values[:, self._silent :] += self._silent_values
+            return values
+        values += self.centroids[codes]
+        return values
+
+    @property
+    def _silent(self) -> int:
+        """The first dimension that gets no bits (a rotated codec stores those last)."""
+        assert self.widths is not None
+        return int(np.count_nonzero(self.widths))
+
+    @property
+    def _silent_values(self) -> FloatMatrix:
+        assert self.weights is not None
+        return self.weights[self._silent :, 0]
 
     def decode(self, columns: Mapping[str, np.ndarray[Any, Any]]) -> FloatMatrix:
         """Float32 vectors (in the codec's space) for columns of any number of rows."""
-        if self.config.kind != "residual":
+        if not self.config.compressed:
             return np.asarray(columns["vectors"], dtype=np.float32)
-        assert self.centroids is not None and self._table is not None
-        codes, packed = columns["codes"], columns["residuals"]
-        # one look-up per byte of whole table rows (viewed as single items): several times faster than
-        # fancy-indexing the 2-D table, same values
-        rows = np.take(self._table_items, np.asarray(packed, dtype=np.uint8))
-        values = np.ascontiguousarray(rows).view(np.float32).reshape(len(packed), self.dim)
-        values += self.centroids[codes]
-        return normalise(values)
+        return normalise(self._unnormalised(columns))
 
     def similarities(self, query: FloatMatrix, columns: Mapping[str, np.ndarray[Any, Any]]) -> FloatMatrix:
         """``query @ decoded.T`` (``(n_query, n_rows)``) for prepared query vectors: the same values as
-        :meth:`decode` then a product, up to float rounding. A residual codec decodes the rows without
+        :meth:`decode` then a product, up to float rounding. A compressed codec decodes the rows without
         normalising them and divides the product's columns by the rows' norms instead: one pass over the
         decoded rows less (n_query is small next to the dimension), measured 1.2x faster on 84k tokens."""
         query = np.ascontiguousarray(query, dtype=np.float32)
-        if self.config.kind != "residual":
+        if not self.config.compressed:
             return query @ self.decode(columns).T
-        assert self.centroids is not None
-        codes, packed = columns["codes"], columns["residuals"]
-        rows = np.take(self._table_items, np.asarray(packed, dtype=np.uint8))
-        values = np.ascontiguousarray(rows).view(np.float32).reshape(len(packed), self.dim)
-        values += self.centroids[codes]
+        values = self._unnormalised(columns)
         norms = np.sqrt(np.einsum("ij,ij->i", values, values))
         norms[norms == 0] = 1.0
         sims = query @ values.T
@@ -319,6 +494,16 @@ class Codec:
         return np.uint16 if self.centroids is not None and len(self.centroids) <= 1 << 16 else np.int32
 
     @property
+    def residual_bytes(self) -> int:
+        """Bytes of coded residual per token (0 for the float kinds)."""
+        if self.config.kind == "residual":
+            return self.dim * self.config.nbits // 8
+        if self.config.kind == "rotated":
+            assert self.widths is not None
+            return int(self.widths.sum()) // 8
+        return 0
+
+    @property
     def bytes_per_token(self) -> int:
         """Bytes one token takes in the columns (not counting the shared arrays)."""
         kind = self.config.kind
@@ -327,7 +512,7 @@ class Codec:
             return 4 * self.dim + code
         if kind == "float16":
             return 2 * self.dim + code
-        return code + self.dim * self.config.nbits // 8
+        return code + self.residual_bytes
 
     # -- persistence ----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -337,6 +522,7 @@ class Codec:
     def arrays(self) -> dict[str, np.ndarray[Any, Any]]:
         named = {"projection": self.projection, "centroids": self.centroids, "cutoffs": self.cutoffs}
         named["weights"] = self.weights
+        named["widths"] = None if self.widths is None else self.widths.astype(np.float32)
         return {k: v for k, v in named.items() if v is not None}
 
     @classmethod
@@ -348,7 +534,7 @@ class Codec:
             if type(input_dim) is not int or input_dim < 1:
                 msg = f"input_dim {input_dim!r}"
                 raise InvalidInputError(msg)
-            unknown = set(arrays) - {"projection", "centroids", "cutoffs", "weights"}
+            unknown = set(arrays) - {"projection", "centroids", "cutoffs", "weights", "widths"}
             if unknown:
                 msg = f"unknown arrays {sorted(unknown)}"
                 raise InvalidInputError(msg)
@@ -370,6 +556,70 @@ class Codec:
         return mine.keys() == theirs.keys() and all(np.array_equal(mine[k], theirs[k]) for k in mine)
 
 
+@dataclass(frozen=True)
+class _Group:
+    """The dimensions ``start:stop`` of a rotated codec that share one width: where their bytes are in a
+    row (``first_byte``, ``n_bytes``) and the look-up table that decodes them, one table row per byte
+    position and byte value, each row the bucket values of the ``8 / width`` dimensions that byte holds
+    (``items``: the rows viewed as single items; ``offsets``: each byte position's first row)."""
+
+    width: int
+    start: int
+    stop: int
+    first_byte: int
+    n_bytes: int
+    items: np.ndarray[Any, Any]
+    offsets: npt.NDArray[np.int32]
+
+
+def _groups(widths: npt.NDArray[np.int64], weights: FloatMatrix) -> list[_Group]:
+    groups, start, first_byte = [], 0, 0
+    for w in WIDTHS[:-1]:
+        n = int((widths == w).sum())
+        if not n:
+            continue
+        per_byte, n_bytes = 8 // w, n * w // 8
+        buckets = unpack_residuals(np.arange(256, dtype=np.uint8)[:, None], w)  # (256, per_byte)
+        dims = start + np.arange(n_bytes)[:, None, None] * per_byte + np.arange(per_byte)[None, None, :]
+        table = np.ascontiguousarray(weights[dims, buckets[None, :, :]], dtype=np.float32)  # (bytes, 256, per)
+        items = table.reshape(n_bytes * 256, per_byte).view(np.dtype((np.void, per_byte * 4))).reshape(-1)
+        offsets = (np.arange(n_bytes, dtype=np.int32) * 256)[None, :]
+        groups.append(_Group(w, start, start + n, first_byte, n_bytes, items, offsets))
+        start, first_byte = start + n, first_byte + n_bytes
+    return groups
+
+
+def _allocate(errors: npt.NDArray[np.float64], budget_bits: int) -> npt.NDArray[np.int64]:
+    """Bits per dimension (one of ``WIDTHS``; ``errors[d, j]`` is dimension ``d``'s squared error at
+    ``WIDTHS[j]``) minimising the total error within ``budget_bits``: each dimension takes the width that
+    minimises ``error + price * bits`` for the lowest price that fits the budget (bisection), then each
+    width's count is trimmed to whole bytes by moving its cheapest-to-move dimensions one width down."""
+    widths_arr = np.array(WIDTHS, dtype=np.int64)
+
+    def at(price: float) -> npt.NDArray[np.int64]:
+        return widths_arr[np.argmin(errors + price * widths_arr[None, :], axis=1)]
+
+    low, high = 0.0, float(errors.max()) + 1.0  # at high every dimension is cheapest with 0 bits
+    if at(low).sum() > budget_bits:
+        for _ in range(60):
+            mid = (low + high) / 2
+            if at(mid).sum() > budget_bits:
+                low = mid
+            else:
+                high = mid
+        chosen = at(high)
+    else:
+        chosen = at(low)
+    column = {w: j for j, w in enumerate(WIDTHS)}
+    for w, lower in itertools.pairwise(WIDTHS):  # 8 -> 4 (always whole bytes), 4 -> 2, 2 -> 1, 1 -> 0
+        dims = np.flatnonzero(chosen == w)
+        extra = len(dims) % (8 // w)
+        if extra:
+            cost = errors[dims, column[lower]] - errors[dims, column[w]]
+            chosen[dims[np.argsort(cost, kind="stable")[:extra]]] = lower
+    return chosen
+
+
 def _buckets(residuals: FloatMatrix, n_buckets: int, iterations: int = 30) -> tuple[FloatMatrix, FloatMatrix]:
     """Bucket cutoffs and values for the residual values, all dimensions pooled as colbert-ai pools them:
     Lloyd-Max (1-D k-means: a value is the mean of its bucket, a cutoff the midpoint of two values),
@@ -377,8 +627,26 @@ def _buckets(residuals: FloatMatrix, n_buckets: int, iterations: int = 30) -> tu
     Lloyd-Max spends levels where the squared error is, which on SciFact's MiniLM tokens cuts the residual
     error by 31% at 2 bits and 70% at 4 bits, and lifts recall@10 against float32 from 0.884 to 0.930
     (2 bits) and 0.963 to 0.991 (4 bits) at the same bytes (``benchmarks/residual_buckets.py``)."""
-    flat = np.sort(residuals, axis=None).astype(np.float64)
-    sums = np.concatenate([[0.0], np.cumsum(flat)])
+    return _lloyd(_Sorted(residuals), n_buckets, iterations)[:2]
+
+
+#: Standardised residual values pooled to fit a rotated codec's bucket shapes.
+_POOLED_VALUES = 1 << 24
+
+
+class _Sorted:
+    """Values sorted once, with prefix sums of them and of their squares: every width's Lloyd-Max fit and
+    squared error from one sort (a rotated codec fits four widths per dimension)."""
+
+    def __init__(self, values: np.ndarray[Any, Any]) -> None:
+        self.flat = np.sort(values, axis=None).astype(np.float64)
+        self.sums = np.concatenate([[0.0], np.cumsum(self.flat)])
+        self.squares = np.concatenate([[0.0], np.cumsum(self.flat**2)])
+
+
+def _lloyd(data: _Sorted, n_buckets: int, iterations: int = 30) -> tuple[FloatMatrix, FloatMatrix, float]:
+    """Lloyd-Max cutoffs and values for sorted ``data``, and the mean squared error they leave."""
+    flat, sums = data.flat, data.sums
     weights = np.quantile(flat, np.arange(n_buckets) / n_buckets + 0.5 / n_buckets)
     for _ in range(iterations):
         cutoffs = (weights[1:] + weights[:-1]) / 2
@@ -389,7 +657,14 @@ def _buckets(residuals: FloatMatrix, n_buckets: int, iterations: int = 30) -> tu
         if np.array_equal(updated, weights):
             break
         weights = updated
-    return ((weights[1:] + weights[:-1]) / 2).astype(np.float32), weights.astype(np.float32)
+    cutoffs32 = ((weights[1:] + weights[:-1]) / 2).astype(np.float32)
+    weights32 = weights.astype(np.float32)
+    edges = np.concatenate([[0], np.searchsorted(flat, cutoffs32.astype(np.float64)), [len(flat)]])
+    w = weights32.astype(np.float64)
+    s1 = data.sums[edges[1:]] - data.sums[edges[:-1]]
+    s2 = data.squares[edges[1:]] - data.squares[edges[:-1]]
+    error = float((s2 - 2 * w * s1 + np.diff(edges) * w**2).sum() / max(len(flat), 1))
+    return cutoffs32, weights32, max(error, 0.0)
 
 
 def _fit_projection(sample: FloatMatrix, dim: int, how: str, rng: np.random.Generator) -> FloatMatrix:

@@ -343,7 +343,7 @@ class InMemoryMultiVectorStore(ThreadedAsync):
         """Train the codec on (a sample of) the stored tokens and re-encode them all (under the store's lock)."""
         config, n = self.codec_config, self._n_tokens
         rng = np.random.default_rng(config.seed)
-        rows = np.sort(rng.choice(n, min(n, config.kmeans_sample), replace=False))
+        rows = np.sort(rng.choice(n, min(n, config.training_rows), replace=False))
         sample = self._tokens.lift(self._tokens[rows])
         logger.info("training the %s codec on %d of %d tokens", config.kind, len(rows), n)
         codec = Codec.train(config, sample, n_tokens=n)

@@ -109,7 +109,7 @@ def encode_rows(codec: Codec | None, matrices: Sequence[FloatMatrix]) -> list[Co
     lengths = [len(m) for m in matrices]
     columns = codec.encode(codec.prepare(np.concatenate(matrices)))
     codes = columns["codes"].astype(_code_dtype(codec))
-    if codec.config.kind == "residual":
+    if codec.config.compressed:
         payload = columns["residuals"]
     else:
         payload = columns["vectors"].astype("<f2" if codec.config.kind == "float16" else "<f4")
@@ -126,7 +126,7 @@ def encode_rows(codec: Codec | None, matrices: Sequence[FloatMatrix]) -> list[Co
 
 def decode_row(codec: Codec | None, n_tokens: int, tokens: bytes, codes: bytes | None, dim: int) -> FloatMatrix:
     """A stored row's token matrix in the codec's space (what scoring reads); ``dim`` is the collection's."""
-    if codec is None or codec.config.kind != "residual":
+    if codec is None or not codec.config.compressed:
         dtype = "<f4" if codec is not None and codec.config.kind == "float32" else "<f2"
         width = codec.dim if codec is not None else dim
         matrix = np.frombuffer(tokens, dtype=dtype)
@@ -138,7 +138,7 @@ def decode_row(codec: Codec | None, n_tokens: int, tokens: bytes, codes: bytes |
         msg = "a row of a residual collection has no codes"
         raise StoreError(msg)
     code_array = np.frombuffer(codes, dtype=_code_dtype(codec))
-    width = codec.dim * codec.config.nbits // 8
+    width = codec.residual_bytes
     packed = np.frombuffer(tokens, dtype=np.uint8)
     if len(code_array) != n_tokens or packed.size != n_tokens * width:
         msg = f"a stored residual row does not hold {n_tokens} tokens"
@@ -152,9 +152,9 @@ def scoring_rows(
     """Stored rows (``n_tokens``, ``tokens``, ``codes``) as one packed matrix for exact MaxSim: float32
     vectors, or, under a residual codec, the concatenated codes and residuals, which the scorer decodes
     block by block (:meth:`.Codec.similarities`) without a normalised float32 copy of every token."""
-    if codec is None or codec.config.kind != "residual":
+    if codec is None or not codec.config.compressed:
         return pack([decode_row(codec, n, tokens, codes, dim) for n, tokens, codes in rows])
-    width = codec.dim * codec.config.nbits // 8
+    width = codec.residual_bytes
     dtype = _code_dtype(codec)
     lengths = np.array([n for n, _, _ in rows], dtype=np.int64)
     for n, tokens, codes in rows:

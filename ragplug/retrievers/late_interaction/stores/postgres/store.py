@@ -487,7 +487,7 @@ class PgVectorStore:
                 "SELECT n_tokens, tokens, codes FROM {} WHERE {} AND (hashtextextended(id, %s::bigint) & 1048575) < %s "
                 "ORDER BY seq"
             ).format(self._t["records"], self._where()),
-            [config.seed % (1 << 63), min(1.0, 1.2 * config.kmeans_sample / n_tokens) * 1048576],
+            [config.seed % (1 << 63), min(1.0, 1.2 * config.training_rows / n_tokens) * 1048576],
             "all",
         )
         if not sample_rows:
