@@ -4,9 +4,9 @@ A residual-coded memory store re-scores its approximate candidates by decoding t
 (256 candidates of 327 tokens each) that decoding made its approximate search 3.5-8x slower than float32's
 (``benchmarks/codecs_scifact.py``). PLAID's answer is a third stage: rank the candidates by *centroid
 interaction* (MaxSim with every token replaced by its centroid, from the codes alone, no decoding) and
-decode only the ``n_rescore`` best. This script measures, for float32 and for residual codes at 2, 4 and
-8 bits, recall@10 against float32 exact MaxSim, nDCG@10 and query latency, with every candidate decoded
-(``n_rescore`` unset) and with 32 to 128 of them, all arms timed interleaved per query in one run.
+decode only the ``n_rescore`` best. This script measures, for float32, residual codes at 2, 4 and 8 bits
+and rotated codes at 96 B, recall@10 against float32 exact MaxSim, nDCG@10 and query latency, with every
+candidate decoded (``n_rescore`` unset) and with 64 or 128 of them, all arms timed interleaved per query.
 
 Usage::
 
@@ -37,9 +37,9 @@ sys.path.insert(0, str(HERE))
 
 from codecs_scifact import DEFAULT_CACHE, K, exact_reference, load_corpus, ms, quality  # noqa: E402
 
-CODECS = {"float32": "float32", "residual-2bit": "residual", "residual-4bit": "residual-4bit"}
+CODECS = {"float32": "float32", "residual-2bit": "residual", "rotated-96B": "rotated", "residual-4bit": "residual-4bit"}
 CODECS["residual-8bit"] = "residual-8bit"
-RESCORE = (None, 128, 64, 32)
+RESCORE = (None, 128, 64)
 
 
 def build(spec: str, corpus: dict[str, Any], ids: list[str]) -> Any:

@@ -98,6 +98,31 @@ def test_a_residual_collection_trains_itself_and_finds_what_exact_search_finds(p
     assert row is not None and row[0] == pytest.approx(10.0)
 
 
+def test_a_rotated_collection_keeps_its_byte_budget_and_ranks_as_its_decoded_vectors(postgres_dsn: str) -> None:
+    records = _corpus()
+    queries = _queries(records)
+    config = CodecConfig(kind="rotated", token_bytes=8, train_tokens=2000)
+    store = PgVectorStore(postgres_dsn, collection=_collection(), codec=config)
+    store.add(records)
+    codec = store.codec
+    assert codec is not None and codec.config.kind == "rotated" and codec.bytes_per_token <= 8
+    got = [[h.id for h in store.search(q, k=10)] for q in queries]
+    decoded = InMemoryMultiVectorStore(mode="exact")
+    decoded.add(list(store.records()))
+    assert _overlap(got, [[h.id for h in decoded.search(q, k=10)] for q in queries]) >= 0.9
+    hit, truth = store.search(queries[0], k=1)[0], decoded.search(queries[0], k=1)[0]
+    assert hit.id == truth.id and hit.score == pytest.approx(truth.score, abs=1e-4)
+    reopened = PgVectorStore(postgres_dsn, collection=store.collection)
+    assert reopened.codec is not None and reopened.codec.same_as(codec)
+    with psycopg.connect(postgres_dsn) as conn:
+        row = conn.execute(
+            "SELECT sum(length(tokens) + length(codes)) / sum(n_tokens)::float FROM ragplug_records "
+            "WHERE collection = %s",
+            [store.collection],
+        ).fetchone()
+    assert row is not None and row[0] == pytest.approx(codec.bytes_per_token)
+
+
 def test_a_selective_filter_still_returns_k_matches_over_bags(postgres_dsn: str) -> None:
     store = PgVectorStore(postgres_dsn, collection=_collection(), codec=RESIDUAL)
     records = _corpus(1000)
