@@ -623,9 +623,12 @@ def loss_table(res: dict[str, Any]) -> list[str]:
     ]
     for name, row in res["codecs"].items():
         cfg, ex, ap = row["config"], row["exact"], row["approximate"]
-        bits = {"float32": 32, "float16": 16}.get(cfg["kind"], cfg["nbits"])
+        dims = cfg["dim"] or res["corpus"]["dim"]
+        bits: Any = {"float32": 32, "float16": 16}.get(cfg["kind"], cfg["nbits"])
+        if cfg["kind"] == "rotated":  # on average: the residual bytes over the dimensions (2 B of centroid id)
+            bits = f"{(row['vectors_bytes_per_token'] - 2) * 8 / dims:.2f} (mean)"
         lines.append(
-            f"| {name} | {cfg['dim'] or res['corpus']['dim']} | {bits} | {ex['recall@10_vs_exact']:.3f} | "
+            f"| {name} | {dims} | {bits} | {ex['recall@10_vs_exact']:.3f} | "
             f"{ex['ndcg@10'] - ref:+.4f} | {ap['recall@10_vs_exact']:.3f} | "
             f"{ap['recall@10_vs_exact'] - ex['recall@10_vs_exact']:+.3f} |"
         )
