@@ -305,8 +305,9 @@ def test_centroid_interaction_decodes_only_the_best_candidates() -> None:
     def search(**kw: int) -> list[tuple[str, float]]:
         return [(h.id, h.score) for h in store.search(query, k=5, options=store.search_options(**kw))]
 
-    everything = search(n_candidates=60)
-    assert search(n_candidates=60, n_rescore=60) == everything == search(n_candidates=60, n_rescore=500)
+    everything = search(n_candidates=60, n_rescore=60)
+    assert search(n_candidates=60, n_rescore=500) == everything
+    assert search(n_candidates=60) == search(n_candidates=60, n_rescore=30)  # by default half the candidates
     cut = search(n_candidates=60, n_rescore=8)
     assert len(cut) == 5 and cut[0] == everything[0]  # the query's own document survives the cut
     exact = {h.id: h.score for h in store.search(query, k=400, options=store.search_options(mode="exact"))}

@@ -155,3 +155,14 @@ def test_bad_values_are_refused(kwargs: dict, args: tuple | None) -> None:
         config = ApproximateConfig(**kwargs)
         assert args is not None
         config.effective(*args)
+
+
+def test_a_compressed_store_rescores_half_its_candidates_unless_told() -> None:
+    config = ApproximateConfig()
+    assert config.rescore_for(256, 10) == 128
+    assert config.rescore_for(60, 10) == 40  # at least 4 * k ...
+    assert config.rescore_for(30, 10) == 30  # ... and at most the candidates
+    assert ApproximateConfig(n_rescore=200).rescore_for(256, 10) == 200
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(InvalidInputError, match="n_rescore"):
+            ApproximateConfig(n_rescore=bad)  # type: ignore[arg-type]

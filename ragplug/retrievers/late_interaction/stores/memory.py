@@ -493,9 +493,9 @@ class InMemoryMultiVectorStore(ThreadedAsync):
 
         Approximate search re-scores ``n_candidates`` documents exactly (default: the store's setting, at
         least ``4 * k``; a value given in ``options`` is used as is and must be at least ``k``). A store that
-        decodes what it scores (a compressed codec) with ``n_rescore`` below that ranks the candidates by
-        centroid interaction (MaxSim over their tokens' centroids, from the codes alone) and decodes only the
-        ``n_rescore`` best. Scoring runs
+        decodes what it scores (a compressed codec) ranks the candidates by centroid interaction (MaxSim over
+        their tokens' centroids, from the codes alone) and decodes only the ``n_rescore`` best (default: the
+        store's setting, half of the candidates; see :meth:`.ApproximateConfig.rescore_for`). Scoring runs
         on a snapshot of the store, outside its lock: concurrent searches run in parallel, and writes wait
         only for the snapshot to be taken.
         """
@@ -543,7 +543,9 @@ class InMemoryMultiVectorStore(ThreadedAsync):
         )  # adapted to the corpus (short documents, many documents) unless given for this search
         n_cand = min(n_cand, n if allowed is None else int(allowed.sum()))
         # a compressed store decodes what it re-scores: rank the candidates by centroid interaction first
-        n_rescore = n_cand if tokens.raw is not None else min(n_cand, options.n_rescore or n_cand)
+        n_rescore = (
+            n_cand if tokens.raw is not None else min(n_cand, options.n_rescore or settings.rescore_for(n_cand, k))
+        )
         results = []
         for query in (tokens.prepare_query(m) for m in matrices):
             if frozen is not None:
