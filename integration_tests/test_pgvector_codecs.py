@@ -99,19 +99,20 @@ def test_a_residual_collection_trains_itself_and_finds_what_exact_search_finds(p
 
 
 def test_a_rotated_collection_keeps_its_byte_budget_and_ranks_as_its_decoded_vectors(postgres_dsn: str) -> None:
-    records = _corpus()
+    records = _corpus(800, common=2)  # shared tokens keep every topic reachable in the bags' HNSW (see below)
     queries = _queries(records)
     config = CodecConfig(kind="rotated", token_bytes=8, train_tokens=2000)
     store = PgVectorStore(postgres_dsn, collection=_collection(), codec=config)
     store.add(records)
     codec = store.codec
     assert codec is not None and codec.config.kind == "rotated" and codec.bytes_per_token <= 8
-    got = [[h.id for h in store.search(q, k=10)] for q in queries]
     decoded = InMemoryMultiVectorStore(mode="exact")
     decoded.add(list(store.records()))
-    assert _overlap(got, [[h.id for h in decoded.search(q, k=10)] for q in queries]) >= 0.9
-    hit, truth = store.search(queries[0], k=1)[0], decoded.search(queries[0], k=1)[0]
-    assert hit.id == truth.id and hit.score == pytest.approx(truth.score, abs=1e-4)
+    opts = PgSearchOptions(n_candidates=100, n_rescore=40)
+    for q in queries:
+        got, truth = store.search(q, k=10, options=opts), decoded.search(q, k=10)
+        assert len({h.id for h in got} & {h.id for h in truth}) >= 8
+        assert got[0].id == truth[0].id and got[0].score == pytest.approx(truth[0].score, abs=1e-4)
     reopened = PgVectorStore(postgres_dsn, collection=store.collection)
     assert reopened.codec is not None and reopened.codec.same_as(codec)
     with psycopg.connect(postgres_dsn) as conn:
