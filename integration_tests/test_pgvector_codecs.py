@@ -56,6 +56,18 @@ def _overlap(a: list[list[str]], b: list[list[str]]) -> float:
     return float(np.mean([len(set(x) & set(y)) / len(y) for x, y in zip(a, b, strict=True)]))
 
 
+def _stored_bytes_per_token(dsn: str, collection: str) -> float:
+    """What a collection's rows keep per token: token bytes plus centroid ids."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT sum(length(tokens) + length(codes)) / sum(n_tokens)::float FROM ragplug_records "
+            "WHERE collection = %s",
+            [collection],
+        ).fetchone()
+    assert row is not None
+    return float(row[0])
+
+
 def test_a_residual_collection_trains_itself_and_finds_what_exact_search_finds(postgres_dsn: str) -> None:
     records = _corpus()
     exact = InMemoryMultiVectorStore(mode="exact")
@@ -89,13 +101,7 @@ def test_a_residual_collection_trains_itself_and_finds_what_exact_search_finds(p
     assert [[h.id for h in reopened.search(q, k=10)] for q in queries] == got
 
     # bytes kept per token: codes (2) + residual bits (32 dims x 2 bits = 8), far below fp16's 64
-    with psycopg.connect(postgres_dsn) as conn:
-        row = conn.execute(
-            "SELECT sum(length(tokens) + length(codes)) / sum(n_tokens)::float FROM ragplug_records "
-            "WHERE collection = %s",
-            [store.collection],
-        ).fetchone()
-    assert row is not None and row[0] == pytest.approx(10.0)
+    assert _stored_bytes_per_token(postgres_dsn, store.collection) == pytest.approx(10.0)
 
 
 def test_a_rotated_collection_keeps_its_byte_budget_and_ranks_as_its_decoded_vectors(postgres_dsn: str) -> None:
@@ -115,13 +121,7 @@ def test_a_rotated_collection_keeps_its_byte_budget_and_ranks_as_its_decoded_vec
         assert got[0].id == truth[0].id and got[0].score == pytest.approx(truth[0].score, abs=1e-4)
     reopened = PgVectorStore(postgres_dsn, collection=store.collection)
     assert reopened.codec is not None and reopened.codec.same_as(codec)
-    with psycopg.connect(postgres_dsn) as conn:
-        row = conn.execute(
-            "SELECT sum(length(tokens) + length(codes)) / sum(n_tokens)::float FROM ragplug_records "
-            "WHERE collection = %s",
-            [store.collection],
-        ).fetchone()
-    assert row is not None and row[0] == pytest.approx(codec.bytes_per_token)
+    assert _stored_bytes_per_token(postgres_dsn, store.collection) == pytest.approx(codec.bytes_per_token)
 
 
 def test_a_selective_filter_still_returns_k_matches_over_bags(postgres_dsn: str) -> None:
