@@ -134,6 +134,11 @@ def decode_row(codec: Codec | None, n_tokens: int, tokens: bytes, codes: bytes |
             msg = f"a stored token matrix holds {matrix.size} values, not {n_tokens} x {width}"
             raise StoreError(msg)
         return matrix.reshape(n_tokens, width).astype(np.float32)
+    return codec.decode(_coded_columns(codec, n_tokens, tokens, codes))
+
+
+def _coded_columns(codec: Codec, n_tokens: int, tokens: bytes, codes: bytes | None) -> dict[str, np.ndarray[Any, Any]]:
+    """A stored row of a compressed collection as codec columns (``codes``, ``residuals``), checked."""
     if codes is None:
         msg = "a row of a residual collection has no codes"
         raise StoreError(msg)
@@ -143,27 +148,21 @@ def decode_row(codec: Codec | None, n_tokens: int, tokens: bytes, codes: bytes |
     if len(code_array) != n_tokens or packed.size != n_tokens * width:
         msg = f"a stored residual row does not hold {n_tokens} tokens"
         raise StoreError(msg)
-    return codec.decode({"codes": code_array, "residuals": packed.reshape(n_tokens, width)})
+    return {"codes": code_array, "residuals": packed.reshape(n_tokens, width)}
 
 
 def scoring_rows(
     codec: Codec | None, rows: Sequence[tuple[int, bytes, bytes | None]], dim: int
 ) -> tuple[FloatMatrix | TokenMatrix, npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """Stored rows (``n_tokens``, ``tokens``, ``codes``) as one packed matrix for exact MaxSim: float32
-    vectors, or, under a residual codec, the concatenated codes and residuals, which the scorer decodes
+    vectors, or, under a compressed codec, the concatenated codes and residuals, which the scorer decodes
     block by block (:meth:`.Codec.similarities`) without a normalised float32 copy of every token."""
     if codec is None or not codec.config.compressed:
         return pack([decode_row(codec, n, tokens, codes, dim) for n, tokens, codes in rows])
-    width = codec.residual_bytes
-    dtype = _code_dtype(codec)
+    parts = [_coded_columns(codec, n, tokens, codes) for n, tokens, codes in rows]
+    columns = {name: np.concatenate([part[name] for part in parts]) for name in ("codes", "residuals")}
     lengths = np.array([n for n, _, _ in rows], dtype=np.int64)
-    for n, tokens, codes in rows:
-        if codes is None or len(codes) != n * dtype.itemsize or len(tokens) != n * width:
-            msg = f"a stored residual row does not hold {n} tokens"
-            raise StoreError(msg)
-    code_array = np.frombuffer(b"".join(codes for _, _, codes in rows if codes), dtype=dtype)
-    packed = np.frombuffer(b"".join(tokens for _, tokens, _ in rows), dtype=np.uint8).reshape(-1, width)
-    matrix = TokenMatrix.from_columns(codec.input_dim, codec, {"codes": code_array, "residuals": packed})
+    matrix = TokenMatrix.from_columns(codec.input_dim, codec, columns)
     return matrix, np.cumsum(lengths) - lengths, lengths
 
 
