@@ -28,7 +28,7 @@ A store receives float32 token matrices from its encoder. A :class:`Codec` decid
   than 2-bit ``residual`` codes (approximate search p50 127 against 88 ms on SciFact).
 
 ``float16`` and ``float32`` may also keep each token's centroid id (``codes=True``): the vectors stay as
-precise as they are, and the ids serve candidate generation (a store's approximate index, Postgres's bags
+precise as they are, and the ids serve candidate generation (a store's approximate index, the Postgres inverted lists
 of centroids) as a residual codec's do.
 
 Any kind may first project the vectors to fewer dimensions (``dim``): an orthonormal map fitted by PCA

@@ -7,15 +7,18 @@ Tables (in the schema the store is given, ``public`` by default):
   its codec (settings as ``jsonb``; trained arrays as safetensors ``bytea``);
 - ``ragplug_records``: one row per record: ``(collection, id)``, ``parent_id``, ``metadata jsonb``, ``text``,
   the token matrix as ``bytea`` (fp16 until the collection's codec is trained, then the codec's bytes:
-  :mod:`.coded`), the residual codec's centroid ids (``codes bytea``) and bag of centroids (``bag
-  sparsevec``), and the record's summary vector as ``halfvec`` (mean or MUVERA,
-  :mod:`~ragplug.retrievers.late_interaction.fde`).
+  :mod:`.coded`), the codec's centroid ids (``codes bytea``), and the record's summary vector as ``halfvec``
+  (mean or MUVERA, :mod:`~ragplug.retrievers.late_interaction.fde`);
+- ``ragplug_postings``: a collection's inverted lists once its codec keeps centroid ids: per centroid, the
+  ``seq`` of every record with a token under it (little-endian int64 ``bytea``), in parts that writers
+  append and that are merged as they accumulate (:mod:`.coded`).
 
 Each collection gets a partial HNSW index over its summaries (``WHERE collection = '<name>'``, the
-expression cast to the collection's dimension), made by :func:`create_collection_index`, and once a
-residual codec is trained one over its bags (:func:`create_bag_index`). Version 1 tables (no codec
-columns) are upgraded in place by :func:`create_schema`; their collections keep fp16. Identifiers are
-composed with :class:`psycopg.sql.Identifier`, values with :class:`psycopg.sql.Literal`: never f-strings.
+expression cast to the collection's dimension), made by :func:`create_collection_index`. Older tables are
+upgraded in place by :func:`create_schema`: version 1 (no codec columns; its collections keep fp16) and
+version 2 (a ``bag sparsevec`` column and an HNSW index over it as the first stage, replaced by the
+postings). Identifiers are composed with :class:`psycopg.sql.Identifier`, values with
+:class:`psycopg.sql.Literal`: never f-strings.
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ __all__ = [
     "SCHEMA_VERSION",
     "bag_index_name",
     "check_pgvector",
-    "create_bag_index",
     "create_collection_index",
     "create_schema",
     "index_name",
@@ -40,7 +42,7 @@ __all__ = [
     "tables",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: halfvec and its HNSW operator classes arrived in 0.7.0; iterative index scans (without which a filtered
 #: HNSW search silently returns fewer rows than asked) in 0.8.0.
 MIN_PGVECTOR = (0, 8, 0)
@@ -48,7 +50,10 @@ MIN_PGVECTOR = (0, 8, 0)
 
 def tables(schema: str) -> dict[str, sql.Composable]:
     """The qualified names of the store's tables in ``schema``."""
-    return {name: sql.Identifier(schema, f"ragplug_{name}") for name in ("schema_version", "collections", "records")}
+    return {
+        name: sql.Identifier(schema, f"ragplug_{name}")
+        for name in ("schema_version", "collections", "records", "postings")
+    }
 
 
 def index_name(collection: str) -> str:
@@ -57,7 +62,7 @@ def index_name(collection: str) -> str:
 
 
 def bag_index_name(collection: str) -> str:
-    """The HNSW index of a collection's bags of centroids."""
+    """The HNSW index of a version 2 collection's bags of centroids (dropped by the upgrade to version 3)."""
     return "ragplug_bag_" + hashlib.sha256(collection.encode()).hexdigest()[:24]
 
 
@@ -142,7 +147,6 @@ def create_schema(schema: str) -> Op:
                 tokens bytea NOT NULL,
                 summary halfvec NOT NULL,
                 codes bytea,
-                bag sparsevec,
                 PRIMARY KEY (collection, id)
             )"""
         ).format(records=t["records"], collections=t["collections"])
@@ -153,32 +157,37 @@ def create_schema(schema: str) -> Op:
             "WHERE parent_id IS NOT NULL"
         ).format(t["records"])
     )
+    yield Query(sql.SQL("CREATE INDEX IF NOT EXISTS ragplug_records_seq ON {} (seq)").format(t["records"]))
+    yield Query(
+        sql.SQL(
+            """CREATE TABLE IF NOT EXISTS {postings} (
+                collection text NOT NULL REFERENCES {collections} (name) ON DELETE CASCADE,
+                centroid integer NOT NULL,
+                part bigserial NOT NULL,
+                seqs bytea NOT NULL,
+                PRIMARY KEY (collection, centroid, part)
+            )"""
+        ).format(postings=t["postings"], collections=t["collections"])
+    )
     if found is None:
         yield Query(sql.SQL("INSERT INTO {} (version) VALUES (%s)").format(t["schema_version"]), [SCHEMA_VERSION])
-    elif found < 2:  # version 1: no codec columns
+        return
+    if found < 2:  # version 1: no codec columns
         yield Query(
             sql.SQL(
                 "ALTER TABLE {} ADD COLUMN IF NOT EXISTS codec jsonb, ADD COLUMN IF NOT EXISTS codec_arrays bytea"
             ).format(t["collections"])
         )
-        yield Query(
-            sql.SQL(
-                "ALTER TABLE {} ADD COLUMN IF NOT EXISTS codes bytea, ADD COLUMN IF NOT EXISTS bag sparsevec"
-            ).format(t["records"])
-        )
+        yield Query(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS codes bytea").format(t["records"]))
+    if found < 3:  # version 2: bags of centroids in an HNSW index (dropped with their column), no postings
+        yield Query(sql.SQL("ALTER TABLE {} DROP COLUMN IF EXISTS bag").format(t["records"]))
+    if found < SCHEMA_VERSION:
         yield Query(sql.SQL("UPDATE {} SET version = %s").format(t["schema_version"]), [SCHEMA_VERSION])
 
 
 def create_collection_index(schema: str, collection: str, dim: int, m: int, ef_construction: int) -> Op:
     """The partial HNSW index of one collection's record summaries (inner product over ``halfvec``)."""
     yield from _hnsw(schema, collection, index_name(collection), "summary", "halfvec", dim, m, ef_construction)
-
-
-def create_bag_index(schema: str, collection: str, n_centroids: int, m: int, ef_construction: int) -> Op:
-    """The partial HNSW index of one collection's bags of centroids (inner product over ``sparsevec``)."""
-    yield from _hnsw(
-        schema, collection, bag_index_name(collection), "bag", "sparsevec", n_centroids, m, ef_construction
-    )
 
 
 def _hnsw(schema: str, collection: str, name: str, column: str, kind: str, dim: int, m: int, ef: int) -> Op:

@@ -24,6 +24,7 @@ class Query:
     query: Any
     params: Sequence[Any] = ()
     fetch: str = "none"  # "none" | "one" | "all"
+    binary: bool = False  # results in binary format (bytea arrives as bytes, not hex text to decode)
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def _execute(cur: Any, step: Step) -> Any:
             for row in step.rows:
                 copy.write_row(row)
         return None
-    cur.execute(step.query, step.params or None)
+    cur.execute(step.query, step.params or None, binary=step.binary)
     if step.fetch == "one":
         return cur.fetchone()
     if step.fetch == "all":
@@ -79,7 +80,7 @@ async def _aexecute(cur: Any, step: Step) -> Any:
             for row in step.rows:
                 await copy.write_row(row)
         return None
-    await cur.execute(step.query, step.params or None)
+    await cur.execute(step.query, step.params or None, binary=step.binary)
     if step.fetch == "one":
         return await cur.fetchone()
     if step.fetch == "all":

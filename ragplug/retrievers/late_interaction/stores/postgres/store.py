@@ -3,15 +3,16 @@
 Each collection keeps its token matrices with a codec (:mod:`.coded`; by default each token's k-means
 centroid id and its residual at 8 bits per dimension, trained once the collection holds
 ``CodecConfig.train_tokens`` tokens, fp16 until then; 2- or 4-bit residuals take 2-4 times less space
-for some recall, fp16 with ``codes=True`` twice as much for none). Search runs in stages.
-Inside Postgres, an HNSW index proposes ``n_candidates`` records, filtered
-in the same query (pgvector 0.8 iterative scans keep scanning until enough rows pass the filter; when
-fewer come back than asked, the query is re-run without the index, so a selective filter still yields
-every match): over each record's bag of centroids once a codec with codes is trained, else over one summary
-vector per record (the mean of its token vectors, or a MUVERA encoding:
-:mod:`~ragplug.retrievers.late_interaction.fde`; ``halfvec``). A collection with codes then ranks the
-candidates by centroid interaction (from their codes alone) and fetches the ``n_rescore`` best ones'
-vectors or residuals. The survivors' token matrices are re-scored with exact MaxSim in the client
+for some recall, fp16 with ``codes=True`` twice as much for none). Search runs in stages. Once a codec
+with codes is trained, the collection's inverted lists in Postgres propose ``n_candidates`` records
+(each query token probes ``n_probe`` centroids), which are ranked by centroid interaction (from their
+codes alone); the ``n_rescore`` best ones' vectors or residuals are fetched (:mod:`.coded`). A filter
+applies when candidates are fetched; when fewer than ``n_candidates`` pass it, every matching record is
+considered, so a selective filter still yields every match. Before that (and for float codecs without
+codes) an HNSW index over one summary vector per record (the mean of its token vectors, or a MUVERA
+encoding: :mod:`~ragplug.retrievers.late_interaction.fde`; ``halfvec``) proposes the candidates, filtered
+in the same query (pgvector 0.8 iterative scans; when fewer come back than asked, the query is re-run
+without the index). The survivors' token matrices are re-scored with exact MaxSim in the client
 (:mod:`~ragplug.retrievers.late_interaction.twostage`).
 
 Every operation is one transaction: a write that fails (a duplicate, a lost connection) leaves nothing
@@ -96,12 +97,13 @@ class HNSWConfig:
 class PgSearchOptions(SearchOptions):
     """Per-search settings of :class:`PgVectorStore`.
 
-    ``n_candidates``: records proposed by the index (default ``max(100, 4 * k)`` over summaries, ``max(1000,
-    16 * k)`` over bags of centroids; at least ``k``); ``ef_search``: HNSW's search breadth (default
-    ``max(n_candidates, 40)``, at most 1000); ``n_probe``: centroids weighted per query token in the bag
-    query (default 8); ``n_rescore``: candidates of a collection with codes re-scored exactly after centroid
-    interaction (default ``max(400, 4 * k)``); ``exact``: skip the index and score the encodings of every
-    (matching) record.
+    ``n_candidates``: records proposed by the first stage (default ``max(100, 4 * k)`` over summaries,
+    ``max(1000, 16 * k)`` from the inverted lists of a collection with codes; at least ``k``);
+    ``ef_search``: HNSW's search breadth over summaries (default ``max(n_candidates, 40)``, at most 1000);
+    ``n_probe``: centroids probed per query token in the inverted lists (default 8); ``n_rescore``:
+    candidates of a collection with codes re-scored exactly after centroid interaction (default
+    ``max(300, 4 * k)``); ``exact``: no first stage: score the encodings of every (matching) record (a
+    collection with codes: exact MaxSim over all of them).
     """
 
     n_candidates: int | None = None
@@ -135,6 +137,7 @@ class _Collection:
     codec_version: int
     deferred: bool = False  # a bulk load is under way (drop_index): training waits for create_index
     trained_tokens: int = 0  # the collection's size when its codec was trained
+    postings: bool = False  # its inverted lists are kept (a codec with codes, trained by schema version 3)
 
 
 class PgVectorStore:
@@ -270,6 +273,7 @@ class PgVectorStore:
             codec_version=version,
             deferred=bool(state.get("deferred", False)),
             trained_tokens=int(state.get("trained_tokens", 0)),
+            postings=bool(state.get("postings", False)),
         )
         self._info = info
         return info
@@ -360,14 +364,14 @@ class PgVectorStore:
             self._info = dataclasses.replace(info, encoder=identity)
 
     def drop_index(self) -> None:
-        """Drop this collection's HNSW indexes before a large bulk load: building them once afterwards with
-        :meth:`create_index` is faster than growing them row by row. Searches scan without them meanwhile,
-        and a codec still to be trained waits for :meth:`create_index` (which trains it on the whole load)."""
+        """Drop this collection's HNSW index before a large bulk load: building it once afterwards with
+        :meth:`create_index` is faster than growing it row by row. Searches scan without it meanwhile, and a
+        codec still to be trained waits for :meth:`create_index` (which trains it on the whole load)."""
         self._run(self._drop_index(defer=True))
 
     def _drop_index(self, *, defer: bool = False) -> Op:
-        for name in (ddl.index_name(self.collection), ddl.bag_index_name(self.collection)):
-            yield Query(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(self.schema, name)))
+        name = sql.Identifier(self.schema, ddl.index_name(self.collection))
+        yield Query(sql.SQL("DROP INDEX IF EXISTS {}").format(name))
         if defer:
             yield from self._set_deferred(True)
 
@@ -380,8 +384,8 @@ class PgVectorStore:
         )
 
     def create_index(self, *, maintenance_work_mem: str = "1GB") -> None:
-        """Build this collection's HNSW indexes if they are missing (see :meth:`drop_index`). First its codec
-        is trained if it still needs training, or re-trained if the collection has grown 4 times since."""
+        """Build this collection's HNSW index if it is missing (see :meth:`drop_index`). First its codec is
+        trained if it still needs training, or re-trained if the collection has grown 4 times since."""
         self._run(self._train(force=False, anyway=True))
         self._run(self._create_index(maintenance_work_mem))
 
@@ -395,10 +399,6 @@ class PgVectorStore:
         yield from ddl.create_collection_index(
             self.schema, self.collection, info.summary.dim(info.dim), self.hnsw.m, self.hnsw.ef_construction
         )
-        if info.codec is not None and info.codec.centroids is not None:
-            yield from ddl.create_bag_index(
-                self.schema, self.collection, coded.BAG_DIM, self.hnsw.m, self.hnsw.ef_construction
-            )
 
     def train_codec(self) -> bool:
         """(Re)train this collection's codec on a sample of its tokens and re-encode every record, in one
@@ -408,20 +408,20 @@ class PgVectorStore:
         return bool(self._run(self._train(force=True)))
 
     def compact(self, *, full: bool = False) -> dict[str, int]:
-        """Reclaim the space that re-encoding left behind, and return the records table's bytes after it.
+        """Rebuild this collection's inverted lists (without the records deleted since they were written),
+        reclaim the space that re-encoding left behind, and return the tables' bytes after it.
 
         Postgres keeps a row's old version until ``VACUUM``: :meth:`train_codec` (and :meth:`create_index`
         after a bulk load, which trains the codec) rewrites every token matrix, so the table holds the old
         matrices beside the new ones until then. ``full=False`` runs ``VACUUM (ANALYZE)``: later writes reuse
         the space, readers and writers go on, but the files rarely shrink. ``full=True`` runs
         ``VACUUM (FULL, ANALYZE)``: the table is rewritten at its live size, under a lock that blocks every
-        collection in this schema while it runs (the table is shared). Returns ``heap``, ``toast``,
-        ``indexes`` and ``total`` in bytes, for the whole records table (all collections)."""
+        collection in this schema while it runs (the tables are shared). Returns :meth:`table_sizes`."""
         import psycopg
 
-        table = self._t["records"]
-        statement = sql.SQL("VACUUM (FULL, ANALYZE) {}" if full else "VACUUM (ANALYZE) {}").format(table)
-        self._run(self._collection())  # the store's first-use step (pgvector and schema checks) runs first
+        tables = sql.SQL(", ").join([self._t["records"], self._t["postings"]])
+        statement = sql.SQL("VACUUM (FULL, ANALYZE) {}" if full else "VACUUM (ANALYZE) {}").format(tables)
+        self._run(self._rebuild_postings())  # also the store's first-use step (pgvector and schema checks)
         with self._connector.connection() as conn:
             autocommit = conn.autocommit
             try:
@@ -435,19 +435,24 @@ class PgVectorStore:
         return self.table_sizes()
 
     def table_sizes(self) -> dict[str, int]:
-        """Bytes of the records table that holds this schema's collections: ``heap``, ``toast`` (the token
-        matrices), ``indexes`` and ``total``."""
+        """Bytes of the tables that hold this schema's collections (all of them): the records table's
+        ``heap``, ``toast`` (the token matrices) and ``indexes``, the inverted lists' ``postings`` (table and
+        index), and the ``total`` of both tables."""
         return dict(self._run(self._sizes()))
 
     def _sizes(self) -> Op:
-        row = yield Query(
-            "SELECT pg_relation_size(c.oid), coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0), "
-            "pg_indexes_size(c.oid), pg_total_relation_size(c.oid) FROM pg_class c "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = 'ragplug_records'",
+        rows = yield Query(
+            "SELECT c.relname, pg_relation_size(c.oid), "
+            "coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0), pg_indexes_size(c.oid), "
+            "pg_total_relation_size(c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname IN ('ragplug_records', 'ragplug_postings') ORDER BY c.relname",
             [self.schema],
-            "one",
+            "all",
         )
-        return dict(zip(("heap", "toast", "indexes", "total"), (int(v) for v in row), strict=True))
+        sizes = {r[0]: [int(v) for v in r[1:]] for r in rows}
+        heap, toast, indexes, records = sizes["ragplug_records"]
+        postings = sizes.get("ragplug_postings", [0, 0, 0, 0])[3]
+        return {"heap": heap, "toast": toast, "indexes": indexes, "postings": postings, "total": records + postings}
 
     @property
     def codec(self) -> Codec | None:
@@ -499,13 +504,8 @@ class PgVectorStore:
                 "all",
             )
         codec = Codec.train(config, np.concatenate([self._lifted(info, *r) for r in sample_rows]), n_tokens=n_tokens)
-        yield Query(
-            sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(self.schema, ddl.bag_index_name(self.collection)))
-        )
-        yield Query(
-            "CREATE TEMP TABLE ragplug_recode (id text PRIMARY KEY, tokens bytea, codes bytea, bag sparsevec) "
-            "ON COMMIT DROP"
-        )
+        yield Query("CREATE TEMP TABLE ragplug_recode (id text PRIMARY KEY, tokens bytea, codes bytea) ON COMMIT DROP")
+        parts: list[tuple[int, bytes]] = []
         after = 0
         while True:
             page = yield Query(
@@ -519,32 +519,123 @@ class PgVectorStore:
                 break
             encoded = coded.encode_rows(codec, [self._lifted(info, r[2], r[3], r[4]) for r in page])
             yield Copy(
-                sql.SQL("COPY ragplug_recode (id, tokens, codes, bag) FROM STDIN (FORMAT BINARY)"),
-                ["text", "bytea", "bytea", "sparsevec"],
-                [(r[1], c.tokens, c.codes, c.bag) for r, c in zip(page, encoded, strict=True)],
+                sql.SQL("COPY ragplug_recode (id, tokens, codes) FROM STDIN (FORMAT BINARY)"),
+                ["text", "bytea", "bytea"],
+                [(r[1], c.tokens, c.codes) for r, c in zip(page, encoded, strict=True)],
             )
+            if codec.centroids is not None:
+                parts += coded.postings_parts([r[0] for r in page], [c.codes or b"" for c in encoded], codec)
             after = page[-1][0]
         yield Query(
             sql.SQL(
-                "UPDATE {} AS r SET tokens = t.tokens, codes = t.codes, bag = t.bag FROM ragplug_recode AS t "
+                "UPDATE {} AS r SET tokens = t.tokens, codes = t.codes FROM ragplug_recode AS t "
                 "WHERE r.collection = %s AND r.id = t.id"
             ).format(self._t["records"]),
             [self.collection],
         )
+        yield from self._replace_postings(coded.merge_parts(parts))
         version = info.codec_version + 1
         state = {"config": config.to_dict(), "trained": codec.to_dict(), "version": version}
-        state |= {"trained_tokens": n_tokens, "deferred": info.deferred}
+        state |= {"trained_tokens": n_tokens, "deferred": info.deferred, "postings": codec.centroids is not None}
         yield Query(
             sql.SQL("UPDATE {} SET codec = %s, codec_arrays = %s WHERE name = %s").format(self._t["collections"]),
             [Jsonb(state), coded.codec_arrays_blob(codec), self.collection],
         )
-        if codec.centroids is not None:
-            yield from ddl.create_bag_index(
-                self.schema, self.collection, coded.BAG_DIM, self.hnsw.m, self.hnsw.ef_construction
-            )
         self._codecs = {version: codec}
-        self._info = dataclasses.replace(info, codec=codec, codec_version=version)
+        self._info = dataclasses.replace(info, codec=codec, codec_version=version, postings=bool(state["postings"]))
         return True
+
+    # -- inverted lists (a codec with codes) -------------------------------------------------------------
+    def _replace_postings(self, parts: list[tuple[int, bytes]]) -> Op:
+        """Step: this collection's inverted lists become ``parts``."""
+        yield Query(sql.SQL("DELETE FROM {} WHERE {}").format(self._t["postings"], self._where()))
+        yield from self._insert_postings(parts)
+
+    def _insert_postings(self, parts: list[tuple[int, bytes]]) -> Op:
+        if parts:
+            yield Copy(
+                sql.SQL("COPY {} (collection, centroid, seqs) FROM STDIN (FORMAT BINARY)").format(self._t["postings"]),
+                ["text", "int4", "bytea"],
+                [(self.collection, c, blob) for c, blob in parts],
+            )
+
+    def _rebuild_postings(self) -> Op:
+        """Rebuild the inverted lists from every record's codes (a collection with codes; compact(), and a
+        collection trained before schema version 3, which had none); returns the collection."""
+        info = yield from self._collection()
+        if info is None or info.codec is None or info.codec.centroids is None:
+            return info
+        info = yield from self._collection(lock="update")  # writers wait; so does a concurrent rebuild
+        assert info is not None and info.codec is not None
+        parts: list[tuple[int, bytes]] = []
+        after = 0
+        while True:
+            page = yield Query(
+                sql.SQL("SELECT seq, codes FROM {} WHERE {} AND seq > %s ORDER BY seq LIMIT 5000").format(
+                    self._t["records"], self._where()
+                ),
+                [after],
+                "all",
+                binary=True,
+            )
+            if not page:
+                break
+            parts += coded.postings_parts([r[0] for r in page], [r[1] or b"" for r in page], info.codec)
+            after = page[-1][0]
+        yield from self._replace_postings(coded.merge_parts(parts))
+        if not info.postings:
+            yield Query(
+                sql.SQL("UPDATE {} SET codec = jsonb_set(codec, '{{postings}}', 'true') WHERE name = %s").format(
+                    self._t["collections"]
+                ),
+                [self.collection],
+            )
+            info = dataclasses.replace(info, postings=True)
+            self._info = info
+        return info
+
+    def _append_postings(self, info: _Collection, ids: list[str], encoded: list[coded.Coded]) -> Op:
+        """Step of a write: one part per centroid the new records touch, then merge the crowded ones."""
+        assert info.codec is not None
+        rows = yield Query(
+            sql.SQL("SELECT id, seq FROM {} WHERE {} AND id = ANY(%s)").format(self._t["records"], self._where()),
+            [ids],
+            "all",
+        )
+        seq_of = dict(rows)
+        parts = coded.postings_parts([seq_of[i] for i in ids], [c.codes or b"" for c in encoded], info.codec)
+        yield from self._insert_postings(parts)
+        locked = yield Query(  # one merger at a time per collection; the others leave it to the next write
+            "SELECT pg_try_advisory_xact_lock(hashtextextended('ragplug.postings' || chr(31) || %s, 0))",
+            [self.collection],
+            "one",
+        )
+        if not locked[0]:
+            return
+        crowded = yield Query(
+            sql.SQL(
+                "SELECT centroid FROM {} WHERE {} AND centroid = ANY(%s) GROUP BY centroid HAVING count(*) > %s"
+            ).format(self._t["postings"], self._where()),
+            [[c for c, _ in parts], coded.MAX_PARTS],
+            "all",
+        )
+        if not crowded:
+            return
+        old = yield Query(
+            sql.SQL("DELETE FROM {} WHERE {} AND centroid = ANY(%s) RETURNING centroid, seqs").format(
+                self._t["postings"], self._where()
+            ),
+            [[r[0] for r in crowded]],
+            "all",
+            binary=True,
+        )
+        listed = np.unique(np.concatenate([np.frombuffer(blob, dtype="<i8") for _, blob in old]))
+        live = yield Query(
+            sql.SQL("SELECT seq FROM {} WHERE {} AND seq = ANY(%s)").format(self._t["records"], self._where()),
+            [listed.tolist()],
+            "all",
+        )
+        yield from self._insert_postings(coded.merge_parts(old, np.array([r[0] for r in live], dtype=np.int64)))
 
     def drop(self) -> None:
         """Delete this collection and every record in it."""
@@ -701,17 +792,19 @@ class PgVectorStore:
         HalfVector = require("pgvector", "postgres").HalfVector
         encoded = coded.encode_rows(info.codec, matrices)
         rows_out = [
-            (self.collection, r.id, r.parent_id, Jsonb(meta), r.text, len(m), c.tokens, HalfVector(f), c.codes, c.bag)
+            (self.collection, r.id, r.parent_id, Jsonb(meta), r.text, len(m), c.tokens, HalfVector(f), c.codes)
             for r, m, meta, f, c in zip(records, matrices, metadatas, summaries, encoded, strict=True)
         ]
         yield Copy(
             sql.SQL(
-                "COPY {} (collection, id, parent_id, metadata, text, n_tokens, tokens, summary, codes, bag) "
+                "COPY {} (collection, id, parent_id, metadata, text, n_tokens, tokens, summary, codes) "
                 "FROM STDIN (FORMAT BINARY)"
             ).format(self._t["records"]),
-            ["text", "text", "text", "jsonb", "text", "int4", "bytea", "halfvec", "bytea", "sparsevec"],
+            ["text", "text", "text", "jsonb", "text", "int4", "bytea", "halfvec", "bytea"],
             rows_out,
         )
+        if info.postings:
+            yield from self._append_postings(info, new_ids, encoded)
         config = info.codec_config
         if info.codec is not None or config is None or not config.needs_training or info.deferred:
             return False
@@ -866,66 +959,129 @@ class PgVectorStore:
                 msg = f"query {i} has dimension {q.shape[1]}, but this store holds dimension {info.dim}"
                 raise InvalidInputError(msg)
         codec = info.codec
-        bags = codec is not None and codec.centroids is not None
-        n_cand = options.n_candidates or (max(1000, 16 * k) if bags else max(100, 4 * k))
+        if codec is not None and codec.centroids is not None:
+            if not info.postings:  # trained before schema version 3: build them once
+                info = yield from self._rebuild_postings()
+                if info is None:
+                    raise self._dropped()
+            return (yield from self._search_postings(info, queries, k, node, options))
+        n_cand = options.n_candidates or max(100, 4 * k)
         yield Query(
             "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', 'relaxed_order', true)",
             [str(min(1000, options.ef_search or max(n_cand, 40)))],
             "one",
         )
-        where: sql.Composable = self._where()
-        params: list[Any] = []
-        if node is not None:
-            clause, params = to_sql(node, sql.Identifier("metadata"))
-            where = sql.SQL("{} AND {}").format(where, clause)
-        full = sql.SQL("id, parent_id, metadata, text, n_tokens, tokens, codes")
-        if bags:
-            assert codec is not None and codec.centroids is not None
-            statement = sql.SQL(
-                "SELECT id, n_tokens, codes FROM {} WHERE {} ORDER BY bag::sparsevec({dim}) <#> %s::sparsevec({dim}) "
-                "LIMIT %s"
-            ).format(self._t["records"], where, dim=sql.Literal(coded.BAG_DIM))
-        else:
-            statement = sql.SQL(
-                "SELECT {} FROM {} WHERE {} ORDER BY summary::halfvec({dim}) <#> %s::halfvec({dim}) LIMIT %s"
-            ).format(full, self._t["records"], where, dim=sql.Literal(info.summary.dim(info.dim)))
+        where, params = self._filtered(node)
+        statement = sql.SQL(
+            "SELECT id, parent_id, metadata, text, n_tokens, tokens, codes FROM {} WHERE {} "
+            "ORDER BY summary::halfvec({dim}) <#> %s::halfvec({dim}) LIMIT %s"
+        ).format(self._t["records"], where, dim=sql.Literal(info.summary.dim(info.dim)))
         HalfVector = require("pgvector", "postgres").HalfVector
         summarizer = self._summarizer(info)
-        exact = options.exact
-        if exact:
+        if options.exact:
             yield Query("SELECT set_config('enable_indexscan', 'off', true)", (), "one")
         results: list[list[Hit]] = []
         for query in queries:
             prepared = codec.prepare(query) if codec is not None else query
-            if bags:
-                assert codec is not None
-                qvec, sims = coded.query_bag(codec, prepared, options.n_probe or 8)
-            else:
-                qvec = HalfVector(summarizer.query(query))
-            rows = yield Query(statement, [*params, qvec, n_cand], "all")
-            if len(rows) < n_cand and not exact:  # too few passed the filter in the index scan: scan them all
+            qvec = HalfVector(summarizer.query(query))
+            rows = yield Query(statement, [*params, qvec, n_cand], "all", binary=True)
+            if len(rows) < n_cand and not options.exact:  # too few passed the filter in the index scan: scan all
                 yield Query("SELECT set_config('enable_indexscan', 'off', true)", (), "one")
-                rows = yield Query(statement, [*params, qvec, n_cand], "all")
+                rows = yield Query(statement, [*params, qvec, n_cand], "all", binary=True)
                 yield Query("SELECT set_config('enable_indexscan', 'on', true)", (), "one")
             if not rows:
                 yield from self._explain_empty(node)
                 results.append([])
                 continue
-            if bags:  # centroid interaction from the codes, then the survivors' vectors or residuals
-                assert codec is not None
-                scores = coded.centroid_interaction(sims, [r[2] for r in rows], codec)
-                n_rescore = min(len(rows), options.n_rescore or max(400, 4 * k))
-                best = np.argpartition(-scores, n_rescore - 1)[:n_rescore]
-                rows = yield Query(
-                    sql.SQL("SELECT {} FROM {} WHERE {} AND id = ANY(%s)").format(
-                        full, self._t["records"], self._where()
-                    ),
-                    [[rows[i][0] for i in best]],
-                    "all",
-                )
             vectors, starts, lengths = coded.scoring_rows(codec, [(r[4], r[5], r[6]) for r in rows], info.dim)
             top = top_k_exact(prepared, vectors, starts, lengths, k)
             results.append([Hit(rows[d][0], s, rows[d][2], rows[d][3], rows[d][1]) for d, s in top])
+        return results
+
+    def _filtered(self, node: FilterNode | None) -> tuple[sql.Composable, list[Any]]:
+        """This collection's rows, and those ``node`` lets through: a ``WHERE`` clause and its parameters."""
+        if node is None:
+            return self._where(), []
+        clause, params = to_sql(node, sql.Identifier("metadata"))
+        return sql.SQL("{} AND {}").format(self._where(), clause), list(params)
+
+    def _search_postings(
+        self, info: _Collection, queries: list[FloatMatrix], k: int, node: FilterNode | None, options: PgSearchOptions
+    ) -> Op:
+        """Search a collection with codes: inverted lists, centroid interaction, exact MaxSim (see :mod:`.coded`)."""
+        codec = info.codec
+        assert codec is not None
+        n_cand = options.n_candidates or max(1000, 16 * k)
+        where, params = self._filtered(node)
+        records = self._t["records"]
+        of_seqs = sql.SQL("FROM {} WHERE {} AND seq = ANY(%s)").format(records, where)
+        results: list[list[Hit]] = []
+        for query in queries:
+            prepared = codec.prepare(query)
+            found = coded.probe(codec, prepared, options.n_probe or 8)
+            if options.exact:
+                rows = yield Query(sql.SQL("SELECT seq, codes FROM {} WHERE {}").format(records, where), params, "all")
+            else:
+                lists = yield Query(
+                    sql.SQL("SELECT centroid, seqs FROM {} WHERE {} AND centroid = ANY(%s)").format(
+                        self._t["postings"], self._where()
+                    ),
+                    [found.wanted],
+                    "all",
+                    binary=True,
+                )
+                listed, approx = coded.postings_scores(found, lists)
+                best = np.argpartition(-approx, n_cand - 1)[:n_cand] if len(listed) > n_cand else slice(None)
+                rows = yield Query(
+                    sql.SQL("SELECT seq, codes {}").format(of_seqs),
+                    [*params, listed[best].tolist()],
+                    "all",
+                    binary=True,
+                )
+                if len(rows) < n_cand and (node is not None or len(listed) <= n_cand):
+                    # a filter left too few of the candidates, or the lists hold too few records: every
+                    # matching record competes (those in no probed list after those in one)
+                    matching = yield Query(sql.SQL("SELECT seq FROM {} WHERE {}").format(records, where), params, "all")
+                    ranked = listed[np.argsort(-approx, kind="stable")]
+                    pool = np.array([r[0] for r in matching], dtype=np.int64)
+                    rank = np.full(len(pool), len(ranked), dtype=np.int64)
+                    where_listed = np.searchsorted(listed, pool)
+                    hit = where_listed < len(listed)
+                    hit[hit] = listed[where_listed[hit]] == pool[hit]
+                    position = np.empty(len(ranked), dtype=np.int64)
+                    position[np.searchsorted(listed, ranked)] = np.arange(len(ranked))
+                    rank[hit] = position[where_listed[hit]]
+                    have = {r[0] for r in rows}
+                    extra = [int(q) for q in pool[np.argsort(rank, kind="stable")][:n_cand] if int(q) not in have]
+                    if extra:
+                        rows += yield Query(
+                            sql.SQL("SELECT seq, codes {}").format(of_seqs), [*params, extra], "all", binary=True
+                        )
+            if not rows:
+                yield from self._explain_empty(node)
+                results.append([])
+                continue
+            survivors = [r[0] for r in rows]
+            if not options.exact:
+                n_rescore = min(len(rows), options.n_rescore or max(300, 4 * k))
+                interaction = coded.centroid_interaction(found.sims, [r[1] for r in rows], codec)
+                survivors = [rows[i][0] for i in np.argpartition(-interaction, n_rescore - 1)[:n_rescore]]
+            scored = yield Query(
+                sql.SQL("SELECT seq, n_tokens, tokens, codes {}").format(of_seqs),
+                [*params, survivors],
+                "all",
+                binary=True,
+            )
+            vectors, starts, lengths = coded.scoring_rows(codec, [(r[1], r[2], r[3]) for r in scored], info.dim)
+            top = top_k_exact(prepared, vectors, starts, lengths, k)
+            described = yield Query(
+                sql.SQL("SELECT seq, id, parent_id, metadata, text {}").format(of_seqs),
+                [*params, [scored[d][0] for d, _ in top]],
+                "all",
+            )
+            about = {r[0]: r[1:] for r in described}  # seq -> id, parent_id, metadata, text
+            hits = [(about[scored[d][0]], s) for d, s in top]
+            results.append([Hit(a[0], s, a[2], a[3], a[1]) for a, s in hits])
         return results
 
     def _explain_empty(self, node: FilterNode | None) -> Op:
