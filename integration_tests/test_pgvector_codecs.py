@@ -143,6 +143,11 @@ def test_a_selective_filter_still_returns_k_matches_from_the_inverted_lists(post
     assert store.codec is not None
     hits = store.search(_queries(records)[3], k=10, filter={"rare": True})
     assert len(hits) == 10 and all(h.metadata["rare"] for h in hits)
+    exact = PgSearchOptions(exact=True)
+    for q in _queries(records)[:4]:  # a broad filter: the candidates that pass are topped up from the ranking
+        half = {"i": {"$lt": 500}}
+        got, truth = store.search(q, k=10, filter=half), store.search(q, k=10, filter=half, options=exact)
+        assert len(got) == 10 and all(h.metadata["i"] < 500 for h in got) and got[0].id == truth[0].id
 
 
 def test_retraining_re_encodes_every_record_and_writes_go_on(postgres_dsn: str) -> None:
@@ -194,10 +199,17 @@ def test_a_memory_store_copies_into_a_residual_collection(postgres_dsn: str) -> 
     records = _corpus(300)
     source.add(records)
     target = PgVectorStore(postgres_dsn, collection=_collection(), codec=RESIDUAL)
-    copy_records(source, target)
+    copy_records(source, target, batch_size=50)  # six batches: one bulk load, the codec trained on all of it
     assert target.codec is not None and len(target) == 300
     query = _queries(records)[2]
     assert target.search(query, k=1)[0].id == source.search(query, k=1)[0].id
+    with psycopg.connect(postgres_dsn) as conn:
+        trained = conn.execute(
+            "SELECT codec->>'trained_tokens', codec->>'deferred' FROM ragplug_collections WHERE name = %s",
+            [target.collection],
+        ).fetchone()
+        indexed = conn.execute("SELECT count(*) FROM pg_indexes WHERE indexdef LIKE %s", [f"%{target.collection}%"])
+        assert trained == ("2400", "false") and indexed.fetchone() == (1,)  # not 2,000: training waited
 
 
 def test_float16_and_projected_codecs(postgres_dsn: str) -> None:
@@ -278,8 +290,8 @@ def test_candidates_found_by_centroids_are_scored_as_exact_maxsim_would(
         assert len({h.id for h in got} & {h.id for h in truth}) >= 8
         assert got[0].id == truth[0].id and got[0].score == pytest.approx(truth[0].score, abs=2e-2)
     assert PgVectorStore(postgres_dsn, collection=_collection()).codec_config == default_codec()  # a new one
-    reopened = PgVectorStore(postgres_dsn, collection=store.collection).codec  # as it was made
-    assert reopened is not None and reopened.config == config
+    reopened = PgVectorStore(postgres_dsn, collection=store.collection)  # as it was made, whatever the default
+    assert reopened.codec is not None and reopened.codec.config == config and reopened.codec_config == config
 
 
 def test_training_ignores_where_the_rows_lie_in_the_table(postgres_dsn: str) -> None:
@@ -471,3 +483,10 @@ def test_a_version_2_collection_builds_its_inverted_lists_on_first_search(postgr
     assert [h.id for h in reopened.search(query, k=5)] == ranked
     listed, _ = _listed(postgres_dsn, store.collection)
     assert listed == _owned(postgres_dsn, store.collection)
+
+
+def test_a_reopened_collection_reports_the_codec_it_was_made_with_before_training(postgres_dsn: str) -> None:
+    store = PgVectorStore(postgres_dsn, collection=_collection(), codec=RESIDUAL)
+    store.add(_corpus(10))  # far below train_tokens: nothing trained yet
+    reopened = PgVectorStore(postgres_dsn, collection=store.collection)  # the default would be 8-bit residuals
+    assert reopened.codec is None and reopened.codec_config == RESIDUAL != default_codec()

@@ -8,6 +8,7 @@ default, saved to folders in the :mod:`.folder` format) and ``postgres`` (``PgVe
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 from typing import Any
@@ -61,7 +62,12 @@ def copy_records(
 ) -> int:
     """Copy every record of ``source`` into ``target`` (vectors as stored: nothing is re-encoded), binding
     ``target`` to ``source``'s encoder first; an id already in ``target`` is a ``DuplicateIdError``. Returns
-    the number of records copied. ``source`` needs a ``records()`` iterator (both built-in stores have one)."""
+    the number of records copied. ``source`` needs a ``records()`` iterator (both built-in stores have one).
+
+    A copy of more than one batch into a store with a bulk-load protocol (``drop_index()`` /
+    ``create_index()``: the Postgres store) runs inside it: the target's index is built, and its codec
+    trained, once on the whole copy rather than grown record by record (and rebuilt for what was copied
+    when the copy fails)."""
     from tqdm.auto import tqdm
 
     records = getattr(source, "records", None)
@@ -70,20 +76,32 @@ def copy_records(
         raise InvalidInputError(msg)
     if source.encoder is not None:
         target.bind_encoder(source.encoder)
+    total = len(source)
+    bulk = total > batch_size and callable(getattr(target, "drop_index", None))
     copied = 0
     batch = []
-    with tqdm(total=len(source), desc="copy records", unit="rec", disable=not show_progress) as bar:
-        for record in records():
-            batch.append(record)
-            if len(batch) == batch_size:
+    if bulk:
+        target.drop_index()  # type: ignore[attr-defined]
+    try:
+        with tqdm(total=total, desc="copy records", unit="rec", disable=not show_progress) as bar:
+            for record in records():
+                batch.append(record)
+                if len(batch) == batch_size:
+                    target.add(batch)
+                    copied += len(batch)
+                    bar.update(len(batch))
+                    batch = []
+            if batch:
                 target.add(batch)
                 copied += len(batch)
                 bar.update(len(batch))
-                batch = []
-        if batch:
-            target.add(batch)
-            copied += len(batch)
-            bar.update(len(batch))
+    except BaseException:
+        if bulk:  # put the index back for what was copied; the copy's own error is the one to see
+            with contextlib.suppress(Exception):
+                target.create_index()  # type: ignore[attr-defined]
+        raise
+    if bulk:
+        target.create_index()  # type: ignore[attr-defined]
     return copied
 
 

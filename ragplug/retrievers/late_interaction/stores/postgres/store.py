@@ -102,7 +102,7 @@ class PgSearchOptions(SearchOptions):
     ``ef_search``: HNSW's search breadth over summaries (default ``max(n_candidates, 40)``, at most 1000);
     ``n_probe``: centroids probed per query token in the inverted lists (default 8); ``n_rescore``:
     candidates of a collection with codes re-scored exactly after centroid interaction (default
-    ``max(300, 4 * k)``); ``exact``: no first stage: score the encodings of every (matching) record (a
+    ``max(200, 4 * k)``); ``exact``: no first stage: score the encodings of every (matching) record (a
     collection with codes: exact MaxSim over all of them).
     """
 
@@ -180,7 +180,7 @@ class PgVectorStore:
         self.schema = schema
         self.summary = summary or SummaryConfig()
         self.hnsw = hnsw or HNSWConfig()
-        self.codec_config = codec_config(codec) if codec is not None else coded.default_codec()
+        self._codec_config = codec_config(codec) if codec is not None else coded.default_codec()
         self._codecs: dict[int, Codec] = {}  # trained codecs by version: their arrays are fetched once
         self._t = ddl.tables(schema)
         self._info: _Collection | None = None
@@ -189,6 +189,7 @@ class PgVectorStore:
             self._connector, self._prepare, tables="ragplug tables", async_methods="aadd, asearch, ..."
         )
         self._create_schema = create_schema
+        self._defer_new = False  # drop_index() before the collection existed: make it as a bulk load's
         self.pgvector_version: str | None = None
 
     @property
@@ -291,10 +292,11 @@ class PgVectorStore:
         info = yield from self._collection()
         if info is not None:
             return info
-        config = self.codec_config
+        config = self._codec_config
         state: dict[str, Any] = {"config": config.to_dict(), "trained": None, "version": 0}
         if not config.needs_training:  # float16/float32 without a projection: ready as it is
             state |= {"trained": Codec.untrained(config, dim).to_dict(), "version": 1}
+        state["deferred"] = self._defer_new
         yield Query(
             sql.SQL("INSERT INTO {} (name, dim, encoder, summary, codec) VALUES (%s, %s, %s, %s, %s)").format(
                 self._t["collections"]
@@ -307,9 +309,10 @@ class PgVectorStore:
                 Jsonb(state),
             ],
         )
-        yield from ddl.create_collection_index(
-            self.schema, self.collection, self.summary.dim(dim), self.hnsw.m, self.hnsw.ef_construction
-        )
+        if not self._defer_new:
+            yield from ddl.create_collection_index(
+                self.schema, self.collection, self.summary.dim(dim), self.hnsw.m, self.hnsw.ef_construction
+            )
         return (yield from self._collection())
 
     def _ensure_collection(self, dim: int, encoder: EncoderIdentity | None = None) -> None:
@@ -325,6 +328,13 @@ class PgVectorStore:
         if key not in self._summarizers:
             self._summarizers[key] = Summarizer(info.dim, info.summary)
         return self._summarizers[key]
+
+    @property
+    def codec_config(self) -> CodecConfig | None:
+        """What this collection keeps per token: the settings it was made with once it exists (None: made
+        before codecs, fp16 for good), else those it will be made with (the ``codec`` given, or the default)."""
+        info = self._run(self._collection())
+        return info.codec_config if info is not None else self._codec_config
 
     @property
     def dim(self) -> int | None:
@@ -366,7 +376,11 @@ class PgVectorStore:
     def drop_index(self) -> None:
         """Drop this collection's HNSW index before a large bulk load: building it once afterwards with
         :meth:`create_index` is faster than growing it row by row. Searches scan without it meanwhile, and a
-        codec still to be trained waits for :meth:`create_index` (which trains it on the whole load)."""
+        codec still to be trained waits for :meth:`create_index` (which trains it on the whole load). Before
+        the collection exists, it is then made without its index, as a bulk load's."""
+        if self._run(self._collection()) is None:
+            self._defer_new = True
+            return
         self._run(self._drop_index(defer=True))
 
     def _drop_index(self, *, defer: bool = False) -> Op:
@@ -388,6 +402,7 @@ class PgVectorStore:
         trained if it still needs training, or re-trained if the collection has grown 4 times since."""
         self._run(self._train(force=False, anyway=True))
         self._run(self._create_index(maintenance_work_mem))
+        self._defer_new = False
 
     def _create_index(self, maintenance_work_mem: str) -> Op:
         info = yield from self._collection()
@@ -1020,50 +1035,18 @@ class PgVectorStore:
             prepared = codec.prepare(query)
             found = coded.probe(codec, prepared, options.n_probe or 8)
             if options.exact:
-                rows = yield Query(sql.SQL("SELECT seq, codes FROM {} WHERE {}").format(records, where), params, "all")
-            else:
-                lists = yield Query(
-                    sql.SQL("SELECT centroid, seqs FROM {} WHERE {} AND centroid = ANY(%s)").format(
-                        self._t["postings"], self._where()
-                    ),
-                    [found.wanted],
-                    "all",
-                    binary=True,
-                )
-                listed, approx = coded.postings_scores(found, lists)
-                best = np.argpartition(-approx, n_cand - 1)[:n_cand] if len(listed) > n_cand else slice(None)
                 rows = yield Query(
-                    sql.SQL("SELECT seq, codes {}").format(of_seqs),
-                    [*params, listed[best].tolist()],
-                    "all",
-                    binary=True,
+                    sql.SQL("SELECT seq, codes FROM {} WHERE {}").format(records, where), params, "all", binary=True
                 )
-                if len(rows) < n_cand and (node is not None or len(listed) <= n_cand):
-                    # a filter left too few of the candidates, or the lists hold too few records: every
-                    # matching record competes (those in no probed list after those in one)
-                    matching = yield Query(sql.SQL("SELECT seq FROM {} WHERE {}").format(records, where), params, "all")
-                    ranked = listed[np.argsort(-approx, kind="stable")]
-                    pool = np.array([r[0] for r in matching], dtype=np.int64)
-                    rank = np.full(len(pool), len(ranked), dtype=np.int64)
-                    where_listed = np.searchsorted(listed, pool)
-                    hit = where_listed < len(listed)
-                    hit[hit] = listed[where_listed[hit]] == pool[hit]
-                    position = np.empty(len(ranked), dtype=np.int64)
-                    position[np.searchsorted(listed, ranked)] = np.arange(len(ranked))
-                    rank[hit] = position[where_listed[hit]]
-                    have = {r[0] for r in rows}
-                    extra = [int(q) for q in pool[np.argsort(rank, kind="stable")][:n_cand] if int(q) not in have]
-                    if extra:
-                        rows += yield Query(
-                            sql.SQL("SELECT seq, codes {}").format(of_seqs), [*params, extra], "all", binary=True
-                        )
+            else:
+                rows = yield from self._candidates(found, n_cand, node, where, params)
             if not rows:
                 yield from self._explain_empty(node)
                 results.append([])
                 continue
             survivors = [r[0] for r in rows]
             if not options.exact:
-                n_rescore = min(len(rows), options.n_rescore or max(300, 4 * k))
+                n_rescore = min(len(rows), options.n_rescore or max(200, 4 * k))
                 interaction = coded.centroid_interaction(found.sims, [r[1] for r in rows], codec)
                 survivors = [rows[i][0] for i in np.argpartition(-interaction, n_rescore - 1)[:n_rescore]]
             scored = yield Query(
@@ -1083,6 +1066,52 @@ class PgVectorStore:
             hits = [(about[scored[d][0]], s) for d, s in top]
             results.append([Hit(a[0], s, a[2], a[3], a[1]) for a, s in hits])
         return results
+
+    def _candidates(
+        self, found: coded.Probe, n_cand: int, node: FilterNode | None, where: sql.Composable, params: list[Any]
+    ) -> Op:
+        """Step: ``(seq, codes)`` of the ``n_cand`` records the inverted lists rank best among those ``where``
+        lets through. When too few pass (a filter, or records deleted since the lists were written), the
+        next ones in the ranking are fetched as many as the share that passed predicts; when the lists
+        hold too few, or that share is under a quarter (a selective filter), every matching record competes,
+        those in no probed list after those in one: ``k`` results whenever ``k`` records match."""
+        lists = yield Query(
+            sql.SQL("SELECT centroid, seqs FROM {} WHERE {} AND centroid = ANY(%s)").format(
+                self._t["postings"], self._where()
+            ),
+            [found.wanted],
+            "all",
+            binary=True,
+        )
+        listed, approx = coded.postings_scores(found, lists)
+        of_seqs = sql.SQL("SELECT seq, codes FROM {} WHERE {} AND seq = ANY(%s)").format(self._t["records"], where)
+        best = np.argpartition(-approx, n_cand - 1)[:n_cand] if len(listed) > n_cand else slice(None)
+        rows = yield Query(of_seqs, [*params, listed[best].tolist()], "all", binary=True)
+        if len(rows) >= n_cand:
+            return rows
+        ranked = listed[np.argsort(-approx, kind="stable")]
+        passed = len(rows) / n_cand
+        if len(listed) > n_cand and passed >= 0.25:
+            more = ranked[n_cand : n_cand + int((n_cand - len(rows)) / passed * 1.5) + 1]
+            rows += yield Query(of_seqs, [*params, more.tolist()], "all", binary=True)
+        if len(rows) >= n_cand or not (node is not None or len(listed) <= n_cand or passed < 0.25):
+            return rows
+        matching = yield Query(
+            sql.SQL("SELECT seq FROM {} WHERE {}").format(self._t["records"], where), params, "all", binary=True
+        )
+        pool = np.array([r[0] for r in matching], dtype=np.int64)
+        position = np.empty(len(ranked), dtype=np.int64)  # of each listed record (ascending seq) in the ranking
+        position[np.searchsorted(listed, ranked)] = np.arange(len(ranked))
+        rank = np.full(len(pool), len(ranked), dtype=np.int64)  # unlisted: after every listed one
+        at = np.minimum(np.searchsorted(listed, pool), max(len(listed) - 1, 0))
+        if len(listed):
+            is_listed = listed[at] == pool
+            rank[is_listed] = position[at[is_listed]]
+        have = {r[0] for r in rows}
+        extra = [int(q) for q in pool[np.argsort(rank, kind="stable")][:n_cand] if int(q) not in have]
+        if extra:
+            rows += yield Query(of_seqs, [*params, extra], "all", binary=True)
+        return rows
 
     def _explain_empty(self, node: FilterNode | None) -> Op:
         """A filter that matched nothing: find out whether it is a mistake (:func:`explain_empty`)."""
