@@ -2,8 +2,8 @@
 
 On the 100k-document haystack of ``pgvector_scale.py`` (same vectors, projection and distractors; its
 encoded passages are reused from the cache), for the first 50 SciFact test queries: 8,192 k-means
-centroids; stage 1 ranks documents by a sparse bag of centroids (what the Postgres ``bag`` HNSW index
-holds), keeping ``N``; stage 2 ranks those by centroid interaction (MaxSim against their tokens'
+centroids; stage 1 ranks documents by a sparse bag of centroids (what the version 2 Postgres ``bag``
+HNSW index held), keeping ``N``; stage 2 ranks those by centroid interaction (MaxSim against their tokens'
 centroids), keeping ``M``; stage 3 scores the ``M`` exactly with float32 vectors, or with vectors decoded
 from 2-, 4- or 8-bit residuals (Lloyd-Max buckets, as the codec trains them). Reported: the share of
 exact MaxSim's top 10 still present after each stage (``stageN``, ``stageM``) and in the final top 10
