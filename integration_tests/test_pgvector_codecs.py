@@ -16,7 +16,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from ragplug.errors import StoreCorruptedError
+from ragplug.errors import StoreCorruptedError, StoreError
 from ragplug.retrievers.late_interaction import CodecConfig, InMemoryMultiVectorStore, Record, copy_records
 
 pytestmark = pytest.mark.integration
@@ -490,3 +490,14 @@ def test_a_reopened_collection_reports_the_codec_it_was_made_with_before_trainin
     store.add(_corpus(10))  # far below train_tokens: nothing trained yet
     reopened = PgVectorStore(postgres_dsn, collection=store.collection)  # the default would be 8-bit residuals
     assert reopened.codec is None and reopened.codec_config == RESIDUAL != default_codec()
+
+
+def test_older_tables_are_refused_without_create_schema_and_upgraded_with_it(postgres_dsn: str) -> None:
+    schema = f"old_{uuid.uuid4().hex[:8]}"
+    PgVectorStore(postgres_dsn, collection="x", schema=schema).create_schema()
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(f'UPDATE "{schema}".ragplug_schema_version SET version = 2')
+    with pytest.raises(StoreError, match=r"version 2, older .* call create_schema\(\)"):
+        len(PgVectorStore(postgres_dsn, collection="x", schema=schema, create_schema=False))
+    assert len(PgVectorStore(postgres_dsn, collection="x", schema=schema)) == 0  # upgraded in place
+    assert len(PgVectorStore(postgres_dsn, collection="x", schema=schema, create_schema=False)) == 0

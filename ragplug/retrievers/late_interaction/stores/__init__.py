@@ -8,7 +8,6 @@ default, saved to folders in the :mod:`.folder` format) and ``postgres`` (``PgVe
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 from typing import Any
@@ -66,8 +65,8 @@ def copy_records(
 
     A copy of more than one batch into a store with a bulk-load protocol (``drop_index()`` /
     ``create_index()``: the Postgres store) runs inside it: the target's index is built, and its codec
-    trained, once on the whole copy rather than grown record by record (and rebuilt for what was copied
-    when the copy fails)."""
+    trained, once on the whole copy (even below its ``train_tokens``) rather than grown record by record;
+    when the copy fails, the index is rebuilt for what was copied."""
     from tqdm.auto import tqdm
 
     records = getattr(source, "records", None)
@@ -95,10 +94,12 @@ def copy_records(
                 target.add(batch)
                 copied += len(batch)
                 bar.update(len(batch))
-    except BaseException:
+    except Exception as err:
         if bulk:  # put the index back for what was copied; the copy's own error is the one to see
-            with contextlib.suppress(Exception):
+            try:
                 target.create_index()  # type: ignore[attr-defined]
+            except Exception as rebuild:
+                err.add_note(f"the target's index could not be rebuilt ({rebuild}); call create_index() on it")
         raise
     if bulk:
         target.create_index()  # type: ignore[attr-defined]

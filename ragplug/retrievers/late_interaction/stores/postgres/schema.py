@@ -108,6 +108,15 @@ def require_schema(schema: str) -> Op:
     if row is None or row[0] is None:
         msg = f"the ragplug tables do not exist in schema {schema!r}; call create_schema() first"
         raise StoreError(msg)
+    row = yield Query(sql.SQL("SELECT max(version) FROM {}").format(tables(schema)["schema_version"]), (), "one")
+    found = row[0] if row else None
+    if found != SCHEMA_VERSION:
+        relation = "older" if found is None or found < SCHEMA_VERSION else "newer"
+        msg = (
+            f"the ragplug tables in schema {schema!r} are version {found}, {relation} than this ragplug's "
+            f"{SCHEMA_VERSION}; call create_schema() (it upgrades older tables in place)"
+        )
+        raise StoreError(msg)
 
 
 def create_schema(schema: str) -> Op:

@@ -7,13 +7,13 @@ for some recall, fp16 with ``codes=True`` twice as much for none). Search runs i
 with codes is trained, the collection's inverted lists in Postgres propose ``n_candidates`` records
 (each query token probes ``n_probe`` centroids), which are ranked by centroid interaction (from their
 codes alone); the ``n_rescore`` best ones' vectors or residuals are fetched (:mod:`.coded`). A filter
-applies when candidates are fetched; when fewer than ``n_candidates`` pass it, every matching record is
-considered, so a selective filter still yields every match. Before that (and for float codecs without
-codes) an HNSW index over one summary vector per record (the mean of its token vectors, or a MUVERA
-encoding: :mod:`~ragplug.retrievers.late_interaction.fde`; ``halfvec``) proposes the candidates, filtered
-in the same query (pgvector 0.8 iterative scans; when fewer come back than asked, the query is re-run
-without the index). The survivors' token matrices are re-scored with exact MaxSim in the client
-(:mod:`~ragplug.retrievers.late_interaction.twostage`).
+applies when candidates are fetched; when too few pass it, the next ones in the ranking are fetched, and
+under a selective filter every matching record is considered, so it still yields every match. Before
+that (and for float codecs without codes) an HNSW index over one summary vector per record (the mean
+of its token vectors, or a MUVERA encoding: :mod:`~ragplug.retrievers.late_interaction.fde`;
+``halfvec``) proposes the candidates, filtered in the same query (pgvector 0.8 iterative scans; when
+fewer come back than asked, the query is re-run without the index). The survivors' token matrices are
+re-scored with exact MaxSim in the client (:mod:`~ragplug.retrievers.late_interaction.twostage`).
 
 Every operation is one transaction: a write that fails (a duplicate, a lost connection) leaves nothing
 half-written. Writers of one item serialise on a transaction-scoped advisory lock, so two processes
@@ -333,7 +333,7 @@ class PgVectorStore:
     def codec_config(self) -> CodecConfig | None:
         """What this collection keeps per token: the settings it was made with once it exists (None: made
         before codecs, fp16 for good), else those it will be made with (the ``codec`` given, or the default)."""
-        info = self._run(self._collection())
+        info = self._info or self._run(self._collection())
         return info.codec_config if info is not None else self._codec_config
 
     @property
@@ -400,9 +400,9 @@ class PgVectorStore:
     def create_index(self, *, maintenance_work_mem: str = "1GB") -> None:
         """Build this collection's HNSW index if it is missing (see :meth:`drop_index`). First its codec is
         trained if it still needs training, or re-trained if the collection has grown 4 times since."""
+        self._defer_new = False
         self._run(self._train(force=False, anyway=True))
         self._run(self._create_index(maintenance_work_mem))
-        self._defer_new = False
 
     def _create_index(self, maintenance_work_mem: str) -> Op:
         info = yield from self._collection()
@@ -574,14 +574,16 @@ class PgVectorStore:
                 [(self.collection, c, blob) for c, blob in parts],
             )
 
-    def _rebuild_postings(self) -> Op:
-        """Rebuild the inverted lists from every record's codes (a collection with codes; compact(), and a
-        collection trained before schema version 3, which had none); returns the collection."""
+    def _rebuild_postings(self, *, missing_only: bool = False) -> Op:
+        """Rebuild the inverted lists from every record's codes (a collection with codes; compact(), and,
+        ``missing_only``, a collection trained before schema version 3, which had none); returns it."""
         info = yield from self._collection()
         if info is None or info.codec is None or info.codec.centroids is None:
             return info
         info = yield from self._collection(lock="update")  # writers wait; so does a concurrent rebuild
         assert info is not None and info.codec is not None
+        if missing_only and info.postings:  # another search built them meanwhile
+            return info
         parts: list[tuple[int, bytes]] = []
         after = 0
         while True:
@@ -656,6 +658,7 @@ class PgVectorStore:
         """Delete this collection and every record in it."""
         self._run(self._drop())
         self._info = None
+        self._defer_new = False
 
     def _drop(self) -> Op:
         yield from self._drop_index()
@@ -976,7 +979,7 @@ class PgVectorStore:
         codec = info.codec
         if codec is not None and codec.centroids is not None:
             if not info.postings:  # trained before schema version 3: build them once
-                info = yield from self._rebuild_postings()
+                info = yield from self._rebuild_postings(missing_only=True)
                 if info is None:
                     raise self._dropped()
             return (yield from self._search_postings(info, queries, k, node, options))
@@ -1046,25 +1049,22 @@ class PgVectorStore:
                 continue
             survivors = [r[0] for r in rows]
             if not options.exact:
-                n_rescore = min(len(rows), options.n_rescore or max(200, 4 * k))
+                n_rescore = min(len(rows), max(k, options.n_rescore or max(200, 4 * k)))
                 interaction = coded.centroid_interaction(found.sims, [r[1] for r in rows], codec)
                 survivors = [rows[i][0] for i in np.argpartition(-interaction, n_rescore - 1)[:n_rescore]]
+            # one statement: what is scored is what is described (a record deleted meanwhile is in neither)
             scored = yield Query(
-                sql.SQL("SELECT seq, n_tokens, tokens, codes {}").format(of_seqs),
+                sql.SQL("SELECT n_tokens, tokens, codes, id, parent_id, metadata, text {}").format(of_seqs),
                 [*params, survivors],
                 "all",
                 binary=True,
             )
-            vectors, starts, lengths = coded.scoring_rows(codec, [(r[1], r[2], r[3]) for r in scored], info.dim)
+            if not scored:
+                results.append([])
+                continue
+            vectors, starts, lengths = coded.scoring_rows(codec, [r[:3] for r in scored], info.dim)
             top = top_k_exact(prepared, vectors, starts, lengths, k)
-            described = yield Query(
-                sql.SQL("SELECT seq, id, parent_id, metadata, text {}").format(of_seqs),
-                [*params, [scored[d][0] for d, _ in top]],
-                "all",
-            )
-            about = {r[0]: r[1:] for r in described}  # seq -> id, parent_id, metadata, text
-            hits = [(about[scored[d][0]], s) for d, s in top]
-            results.append([Hit(a[0], s, a[2], a[3], a[1]) for a, s in hits])
+            results.append([Hit(scored[d][3], s, scored[d][5], scored[d][6], scored[d][4]) for d, s in top])
         return results
 
     def _candidates(
@@ -1086,13 +1086,15 @@ class PgVectorStore:
         listed, approx = coded.postings_scores(found, lists)
         of_seqs = sql.SQL("SELECT seq, codes FROM {} WHERE {} AND seq = ANY(%s)").format(self._t["records"], where)
         best = np.argpartition(-approx, n_cand - 1)[:n_cand] if len(listed) > n_cand else slice(None)
-        rows = yield Query(of_seqs, [*params, listed[best].tolist()], "all", binary=True)
+        asked = listed[best]
+        rows = yield Query(of_seqs, [*params, asked.tolist()], "all", binary=True)
         if len(rows) >= n_cand:
             return rows
         ranked = listed[np.argsort(-approx, kind="stable")]
         passed = len(rows) / n_cand
-        if len(listed) > n_cand and passed >= 0.25:
-            more = ranked[n_cand : n_cand + int((n_cand - len(rows)) / passed * 1.5) + 1]
+        if len(listed) > n_cand and passed >= 0.25:  # the next ones (ties at the cut may order either way)
+            rest = ranked[~np.isin(ranked, asked)]
+            more = rest[: int((n_cand - len(rows)) / passed * 1.5) + 1]
             rows += yield Query(of_seqs, [*params, more.tolist()], "all", binary=True)
         if len(rows) >= n_cand or not (node is not None or len(listed) <= n_cand or passed < 0.25):
             return rows
