@@ -99,8 +99,10 @@ class Transactions:
         self.connector, self.prepare, self.tables, self.async_methods = connector, prepare, tables, async_methods
         self.ready = False  # the schema step has run (or is running, in create_schema)
 
-    def run(self, op: Op) -> Any:
-        """Run ``op`` on a sync connection; returns its value."""
+    def run(self, op: Op, *, snapshot: bool = False) -> Any:
+        """Run ``op`` on a sync connection; returns its value. ``snapshot``: every statement of ``op`` sees one
+        state of the database (``REPEATABLE READ``), unless the caller's connection is already in a
+        transaction of its own (its isolation applies)."""
         import psycopg
 
         from ragplug._postgres import register_types
@@ -116,14 +118,17 @@ class Transactions:
                         drive(self.prepare(), cur)
                     self.ready = True
                 register_types(conn)
+                fresh = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
                 with conn.transaction(), conn.cursor() as cur:
+                    if snapshot and fresh:
+                        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                     return drive(op, cur)
             except psycopg.Error as err:
                 raise translate(err, self.connector.description, self.tables) from err
             finally:
                 op.close()
 
-    async def arun(self, make_op: Callable[[], Op]) -> Any:
+    async def arun(self, make_op: Callable[[], Op], *, snapshot: bool = False) -> Any:
         """Run ``make_op()`` on an async connection (a sync one given by the caller: in a worker thread)."""
         import psycopg
 
@@ -131,14 +136,17 @@ class Transactions:
 
         async with self.connector.aconnection() as conn:
             if conn is None:  # a sync connection or pool was given: the sync driver in a worker thread
-                return await asyncio.to_thread(lambda: self.run(make_op()))
+                return await asyncio.to_thread(lambda: self.run(make_op(), snapshot=snapshot))
             try:
                 if not self.ready:
                     async with conn.transaction(), conn.cursor() as cur:
                         await adrive(self.prepare(), cur)
                     self.ready = True
                 await aregister_types(conn)
+                fresh = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
                 async with conn.transaction(), conn.cursor() as cur:
+                    if snapshot and fresh:
+                        await cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                     return await adrive(make_op(), cur)
             except psycopg.Error as err:
                 raise translate(err, self.connector.description, self.tables) from err

@@ -201,18 +201,18 @@ class PgVectorStore:
         return f"PgVectorStore({self._connector.description}, collection={self.collection!r})"
 
     # -- the drivers ----------------------------------------------------------------------------------
-    def _run(self, op: Op) -> Any:
+    def _run(self, op: Op, *, snapshot: bool = False) -> Any:
         before = self._info
         try:
-            return self._tx.run(op)
+            return self._tx.run(op, snapshot=snapshot)
         except BaseException:
             self._info = before  # what a rolled-back transaction read is not known to exist
             raise
 
-    async def _arun(self, make_op: Any) -> Any:
+    async def _arun(self, make_op: Any, *, snapshot: bool = False) -> Any:
         before = self._info
         try:
-            return await self._tx.arun(make_op)
+            return await self._tx.arun(make_op, snapshot=snapshot)
         except BaseException:
             self._info = before
             raise
@@ -931,9 +931,12 @@ class PgVectorStore:
         filter: FilterNode | Filter | None = None,
         options: SearchOptions | None = None,
     ) -> list[list[Hit]]:
-        """One result list per query, all in one transaction."""
+        """One result list per query, all in one transaction that sees one state of the collection (a
+        concurrent write, re-training or compaction is seen whole or not at all)."""
         args = self._search_args(queries, k, filter, options)
-        return list(self._run(self._search(*args)))
+        if self._lists_missing(self._info or self._run(self._collection())):
+            self._run(self._rebuild_postings(missing_only=True))
+        return list(self._run(self._search(*args), snapshot=True))
 
     async def asearch_batch(
         self,
@@ -944,7 +947,15 @@ class PgVectorStore:
         options: SearchOptions | None = None,
     ) -> list[list[Hit]]:
         args = self._search_args(queries, k, filter, options)
-        return list(await self._arun(lambda: self._search(*args)))
+        if self._lists_missing(self._info or await self._arun(self._collection)):
+            await self._arun(lambda: self._rebuild_postings(missing_only=True))
+        return list(await self._arun(lambda: self._search(*args), snapshot=True))
+
+    @staticmethod
+    def _lists_missing(info: _Collection | None) -> bool:
+        """A collection with codes trained before schema version 3 (its lists are built before it is searched,
+        in a transaction of their own)."""
+        return info is not None and info.codec is not None and info.codec.centroids is not None and not info.postings
 
     def _search_args(
         self,
