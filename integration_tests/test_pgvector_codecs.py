@@ -501,3 +501,23 @@ def test_older_tables_are_refused_without_create_schema_and_upgraded_with_it(pos
         len(PgVectorStore(postgres_dsn, collection="x", schema=schema, create_schema=False))
     assert len(PgVectorStore(postgres_dsn, collection="x", schema=schema)) == 0  # upgraded in place
     assert len(PgVectorStore(postgres_dsn, collection="x", schema=schema, create_schema=False)) == 0
+
+
+def test_a_search_batch_sees_one_state_of_the_collection(postgres_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = PgVectorStore(postgres_dsn, collection=_collection(), codec=RESIDUAL)
+    records = _corpus(300)
+    store.add(records)
+    query = _queries(records)[0]
+    best = store.search(query, k=1)[0].id
+    score_rows, calls = coded.scoring_rows, []
+
+    def deleting_meanwhile(*args: object) -> object:  # between the batch's two queries, another client deletes
+        if not calls:
+            PgVectorStore(postgres_dsn, collection=store.collection).delete([best])
+        calls.append(1)
+        return score_rows(*args)
+
+    monkeypatch.setattr(coded, "scoring_rows", deleting_meanwhile)
+    first, second = store.search_batch([query, query], k=1)
+    assert len(calls) == 2 and first[0].id == second[0].id == best  # the second query saw the same state
+    assert best not in store and store.search(query, k=1)[0].id != best  # the next search sees the delete
