@@ -68,6 +68,7 @@ CODECS: dict[str, dict[str, Any] | str] = {
     "rotated-96B": "rotated",
     "rotated-64B": {"kind": "rotated", "token_bytes": 64},
     "rotated-192B": "rotated-4bit",
+    "pq-96B": "pq",
 }
 TARGET_BYTES = 96
 TARGET_NDCG_DROP = 0.005
@@ -625,7 +626,7 @@ def loss_table(res: dict[str, Any]) -> list[str]:
         cfg, ex, ap = row["config"], row["exact"], row["approximate"]
         dims = cfg["dim"] or res["corpus"]["dim"]
         bits: Any = {"float32": 32, "float16": 16}.get(cfg["kind"], cfg["nbits"])
-        if cfg["kind"] == "rotated":  # on average: the residual bytes over the dimensions (2 B of centroid id)
+        if cfg["kind"] in ("rotated", "pq"):  # on average: the residual bytes over the dimensions (2 B of centroid id)
             bits = f"{(row['vectors_bytes_per_token'] - 2) * 8 / dims:.2f} (mean)"
         lines.append(
             f"| {name} | {dims} | {bits} | {ex['recall@10_vs_exact']:.3f} | "

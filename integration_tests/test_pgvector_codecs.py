@@ -114,14 +114,17 @@ def test_a_residual_collection_trains_itself_and_finds_what_exact_search_finds(p
     assert _stored_bytes_per_token(postgres_dsn, store.collection) == pytest.approx(10.0)
 
 
-def test_a_rotated_collection_keeps_its_byte_budget_and_ranks_as_its_decoded_vectors(postgres_dsn: str) -> None:
-    records = _corpus(800, common=2)  # shared tokens keep every topic reachable in the bags' HNSW (see below)
+@pytest.mark.parametrize("kind", ["rotated", "pq"])
+def test_a_budgeted_collection_keeps_its_byte_budget_and_ranks_as_its_decoded_vectors(
+    postgres_dsn: str, kind: str
+) -> None:
+    records = _corpus(800, common=2)
     queries = _queries(records)
-    config = CodecConfig(kind="rotated", token_bytes=8, train_tokens=2000)
+    config = CodecConfig(kind=kind, token_bytes=8, train_tokens=2000)
     store = PgVectorStore(postgres_dsn, collection=_collection(), codec=config)
     store.add(records)
     codec = store.codec
-    assert codec is not None and codec.config.kind == "rotated" and codec.bytes_per_token <= 8
+    assert codec is not None and codec.config.kind == kind and codec.bytes_per_token <= 8
     decoded = InMemoryMultiVectorStore(mode="exact")
     decoded.add(list(store.records()))
     opts = PgSearchOptions(n_candidates=100, n_rescore=40)
