@@ -183,8 +183,8 @@ def test_bad_pq_settings_and_damaged_codebooks_are_refused() -> None:
     ):
         with pytest.raises(StoreCorruptedError, match=problem):
             Codec.restore(codec.to_dict(), {**arrays, **changed}, "x")
+    rotated = Codec.train(CodecConfig(kind="rotated"), x)
     with pytest.raises(StoreCorruptedError, match="no codebooks"):
-        rotated = Codec.train(CodecConfig(kind="rotated"), x)
         Codec.restore(rotated.to_dict(), {**rotated.arrays(), "codebooks": books}, "x")
 
 

@@ -27,16 +27,16 @@ Search over a collection with codes (PLAID's pipeline, with the inverted lists i
    centroids (from ``codes`` alone), keeping the ``n_rescore`` best;
 3. exact MaxSim over those records' decoded tokens (a third round trip fetches their vectors or residuals).
 
-Every fetch is in binary format: bytea arrives as bytes rather than hex text to decode, which halved the
-time of fetching 400 records' 8-bit residuals (20.6 to 11.4 ms). On the 100k-document haystack of
-``benchmarks/pgvector_scale.py`` (16,384 centroids, 8-bit residuals, 300 queries; committed results) the
-defaults (8 probes, 1,000 candidates, 200 re-scored) keep 0.959 of exact MaxSim's top 10 at a p50 of
-37-48 ms (two timings; the machine's speed varied by a fifth); 300 re-scored keep 0.963, a few ms
-slower. The version 2 first stage (an HNSW index over a sparse bag of centroids per record) kept 0.932 at
-73 ms: a bag's single inner product sums the similarities of every probed centroid a record has, where
-MaxSim takes the best one per query token. 8-bit residuals score as fp16 does at half its bytes
-(``benchmarks/codes_pipeline_recall.py``: 0.956 against float32's 0.958 on the same candidates; 4-bit
-0.932, 2-bit 0.882).
+Every fetch is in binary format: bytea arrives as bytes rather than hex text to decode (in a one-off
+prototype on the haystack below, fetching 400 records' 8-bit residuals took about half the time). On the
+100k-document haystack of ``benchmarks/pgvector_scale.py`` (16,384 centroids, 8-bit residuals, 300
+queries; committed results) the defaults (8 probes, 1,000 candidates, 200 re-scored) keep 0.959 of exact
+MaxSim's top 10 at a p50 of 37-48 ms (two timings; the machine's speed varied by a fifth); 300 re-scored
+keep 0.963, a few ms slower. The version 2 first stage (an HNSW index over a sparse bag of centroids per
+record) kept 0.932 at 73 ms: a bag's single inner product sums the similarities of every probed centroid
+a record has, where MaxSim takes the best one per query token. 8-bit residuals score as fp16 does at half
+its bytes (``benchmarks/codes_pipeline_recall.py``: 0.956 against float32's 0.958 on the same candidates;
+4-bit 0.932, 2-bit 0.882).
 """
 
 from __future__ import annotations
