@@ -989,10 +989,9 @@ class PgVectorStore:
                 raise InvalidInputError(msg)
         codec = info.codec
         if codec is not None and codec.centroids is not None:
-            if not info.postings:  # trained before schema version 3: build them once
-                info = yield from self._rebuild_postings(missing_only=True)
-                if info is None:
-                    raise self._dropped()
+            if not info.postings:  # search_batch builds them first (_lists_missing); a snapshot must not write
+                msg = f"collection {self.collection!r} has no inverted lists yet; call compact() to build them"
+                raise StoreError(msg)
             return (yield from self._search_postings(info, queries, k, node, options))
         n_cand = options.n_candidates or max(100, 4 * k)
         yield Query(
