@@ -9,6 +9,8 @@ its rotation (the principal basis of the residuals); they differ in how the rota
 - ``pq``: the dimensions, in variance order, cut into consecutive groups that reverse water-filling gives
   about equal bits (at most 16 dimensions each), as many groups as bytes left after the centroid id; each
   group is coded by the nearest of 256 codewords fitted by k-means (Euclidean, on a sample of residuals).
+  The grouping and the k-means are the ``pq`` codec's own (``codecs._pq_groups``, ``_codewords``); this study keeps the
+  rotated codec's basis so that the two arms differ only in how the residual is coded.
 
 Reported: recall@10 of exact MaxSim over each arm's decoded vectors against float32 exact MaxSim (brute
 force, no approximate first stage), nDCG@10, and the mean squared error of the decoded residuals.
@@ -32,57 +34,18 @@ sys.path.insert(0, str(HERE))
 from _machine import cpu_flags, machine_info  # noqa: E402
 from codecs_scifact import DEFAULT_CACHE, load_corpus  # noqa: E402
 
-from ragplug.retrievers.late_interaction.codecs import Codec, CodecConfig  # noqa: E402
+from ragplug.retrievers.late_interaction.codecs import (  # noqa: E402
+    Codec,
+    CodecConfig,
+    _codewords,
+    _nearest,
+    _pq_groups,
+)
 from ragplug.retrievers.late_interaction.ivf import assign_codes, normalise  # noqa: E402
 from ragplug.retrievers.late_interaction.twostage import top_k_exact  # noqa: E402
 
 K = 10
 CHUNK = 200_000
-
-
-def pq_groups(variance: np.ndarray, n_groups: int, max_width: int = 16) -> list[np.ndarray]:
-    """Consecutive groups of dimensions (``variance`` is in decreasing order) of about equal bits under
-    reverse water-filling of ``8 * n_groups`` bits: at most ``n_groups`` groups of at most ``max_width``."""
-    lo, hi = 1e-12, float(variance.max())
-    for _ in range(100):  # the water level that spends the bits
-        level = np.sqrt(lo * hi)
-        bits = np.maximum(0.0, 0.5 * np.log2(variance / level))
-        lo, hi = (level, hi) if bits.sum() > 8 * n_groups else (lo, level)
-    bits = np.maximum(0.0, 0.5 * np.log2(variance / hi))
-
-    def cut(target: float) -> list[np.ndarray]:
-        groups, start, acc = [], 0, 0.0
-        for d, b in enumerate(bits):
-            acc += b
-            if acc >= target or d + 1 - start >= max_width:
-                groups.append(np.arange(start, d + 1))
-                start, acc = d + 1, 0.0
-        if start < len(bits):
-            groups.append(np.arange(start, len(bits)))
-        return groups
-
-    low, high = 0.5, 16.0
-    for _ in range(40):  # the bits per group that make n_groups groups
-        mid = (low + high) / 2
-        low, high = (mid, high) if len(cut(mid)) > n_groups else (low, mid)
-    return cut(high)
-
-
-def kmeans(points: np.ndarray, k: int, iterations: int, rng: np.random.Generator) -> np.ndarray:
-    """Euclidean k-means (Lloyd) codewords."""
-    codewords = points[rng.choice(len(points), k, replace=False)].copy()
-    for _ in range(iterations):
-        nearest = nearest_codeword(points, codewords)
-        sums = np.zeros_like(codewords)
-        np.add.at(sums, nearest, points)
-        counts = np.bincount(nearest, minlength=k)
-        filled = counts > 0
-        codewords[filled] = sums[filled] / counts[filled, None]
-    return codewords
-
-
-def nearest_codeword(points: np.ndarray, codewords: np.ndarray) -> np.ndarray:
-    return np.argmin((codewords**2).sum(axis=1)[None, :] - 2 * points @ codewords.T, axis=1)
 
 
 def recall_and_ndcg(
@@ -158,14 +121,14 @@ def main() -> None:
     rows = np.sort(rng.choice(len(tokens), min(args.pq_sample, len(tokens)), replace=False))
     variance = (residuals[rows] ** 2).mean(axis=0)  # the rotation keeps dimensions by decreasing variance
     order = np.argsort(-variance, kind="stable")
-    groups = [order[g] for g in pq_groups(variance[order], args.token_bytes - code_bytes)]
+    groups = [order[g] for g in _pq_groups(variance[order].astype(np.float64), args.token_bytes - code_bytes)]
     t0 = time.perf_counter()
     decoded = codec.centroids[codes]
     for group in groups:
-        books = kmeans(np.ascontiguousarray(residuals[rows][:, group]), 256, 12, rng)
+        books = _codewords(np.ascontiguousarray(residuals[rows][:, group]), rng)
         for lo in range(0, len(tokens), CHUNK):
             part = residuals[lo : lo + CHUNK][:, group]
-            decoded[lo : lo + CHUNK, group] += books[nearest_codeword(part, books)]
+            decoded[lo : lo + CHUNK, group] += books[_nearest(part, books)]
     mse = float(((decoded - prepared) ** 2).sum(axis=1).mean())
     res["arms"]["pq"] = {
         "bytes_per_token": code_bytes + len(groups),
