@@ -143,7 +143,8 @@ def test_rotated_codes_spend_bits_where_the_residuals_are() -> None:
 
 def test_product_quantised_codes_keep_less_error_than_rotated_ones_in_the_same_bytes() -> None:
     """Codewords of groups of dimensions (``pq``) against bits per dimension (``rotated``), on the same
-    uneven residuals: less error within the same budget, one byte per group, every dimension in a group."""
+    uneven residuals: less error in the same bytes of codes (``pq`` also keeps a byte for the norm, which lets
+    it score without decoding), one byte per group, every dimension in a group."""
     rng = np.random.default_rng(3)
     centres = rng.standard_normal((40, DIM))
     loudness = np.geomspace(1.0, 0.02, DIM)
@@ -156,19 +157,19 @@ def test_product_quantised_codes_keep_less_error_than_rotated_ones_in_the_same_b
         return float(((decoded - x) ** 2).sum(axis=1).mean())
 
     for budget in (8, 12):
-        rotated = Codec.train(CodecConfig(kind="rotated", token_bytes=budget), x)
+        rotated = Codec.train(CodecConfig(kind="rotated", token_bytes=budget - 1), x)
         pq = Codec.train(CodecConfig(kind="pq", token_bytes=budget), x)
         assert pq.bytes_per_token <= budget and pq.widths is not None
-        assert len(pq.widths) == pq.bytes_per_token - 2  # a byte per group after the centroid id
-        assert pq.encode(pq.prepare(x[:5]))["residuals"].shape == (5, len(pq.widths))
+        assert len(pq.widths) == pq.bytes_per_token - 3  # a byte per group after the centroid id and the norm
+        assert pq.encode(pq.prepare(x[:5]))["residuals"].shape == (5, len(pq.widths) + 1)
         assert int(pq.widths.sum()) == DIM and (np.diff(pq.widths) >= 0).all()  # narrowest first, all covered
         assert error(pq) < 0.9 * error(rotated), budget
 
 
 def test_bad_pq_settings_and_damaged_codebooks_are_refused() -> None:
     x = _clustered(3000)
-    with pytest.raises(InvalidInputError, match="at least 2 bytes after the centroid id"):
-        Codec.train(CodecConfig(kind="pq", token_bytes=3), x)  # 32 dims, at most 16 per byte
+    with pytest.raises(InvalidInputError, match="at least 2 bytes after the centroid id and the norm"):
+        Codec.train(CodecConfig(kind="pq", token_bytes=4), x)  # 32 dims, at most 16 per byte
     assert codec_config("pq-4bit") == CodecConfig(kind="pq", nbits=4)
     codec = Codec.train(CodecConfig(kind="pq"), x)
     arrays = codec.arrays()
@@ -186,6 +187,60 @@ def test_bad_pq_settings_and_damaged_codebooks_are_refused() -> None:
     rotated = Codec.train(CodecConfig(kind="rotated"), x)
     with pytest.raises(StoreCorruptedError, match="no codebooks"):
         Codec.restore(rotated.to_dict(), {**rotated.arrays(), "codebooks": books}, "x")
+
+
+def test_pq_tokens_keep_their_decoded_norm_and_score_without_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``pq`` token's last byte names its decoded vector's norm: decoding divides by it (unit vectors up to
+    the norm levels' spacing), and the summed look-up tables (torch) give the same similarities as decoding
+    then a product (numpy, the path without torch), for queries of any length and any number of rows."""
+    from ragplug import _extras
+
+    x = _clustered(6000, dim=64, seed=5)
+    codec = Codec.train(CodecConfig(kind="pq", token_bytes=20), x)
+    assert codec.cutoffs is not None and codec.weights is not None and codec.residual_bytes == 18
+    columns = codec.encode(codec.prepare(x[:700]))
+    decoded = codec.decode(columns)
+    assert np.allclose(np.linalg.norm(decoded, axis=1), 1.0, atol=2e-3)
+    exact_norms = np.linalg.norm(codec._unnormalised(columns), axis=1)
+    assert np.abs(codec._norms(columns) / exact_norms - 1.0).max() < 2e-3
+    for n_query, rows in ((1, slice(0, 700)), (23, slice(5, 300)), (32, slice(0, 0)), (40, slice(600, 700))):
+        query = codec.prepare(_clustered(n_query, dim=64, seed=n_query))
+        part = {name: col[rows] for name, col in columns.items()}
+        assert _extras.is_available("torch")
+        fast = codec.similarities(query, part)
+        assert fast.shape == (n_query, len(part["codes"]))
+        np.testing.assert_allclose(fast, query @ codec.decode(part).T, atol=2e-5)
+        monkeypatch.setattr(_extras, "is_available", lambda module: False)
+        monkeypatch.setattr("ragplug.retrievers.late_interaction.codecs.is_available", lambda module: False)
+        np.testing.assert_allclose(codec.similarities(query, part), fast, atol=2e-5)
+        monkeypatch.undo()
+
+
+def test_pq_codecs_saved_without_norms_still_decode_and_score() -> None:
+    """A ``pq`` codec from before the norm byte (no norm buckets: a byte per group only) restores, codes,
+    decodes to unit vectors and scores as its decoded vectors do; damaged norm buckets are refused."""
+    x = _clustered(4000, dim=64, seed=6)
+    codec = Codec.train(CodecConfig(kind="pq", token_bytes=20), x)
+    arrays = {k: v for k, v in codec.arrays().items() if k not in ("cutoffs", "weights")}
+    older = Codec.restore(codec.to_dict(), arrays, "older")
+    assert older.residual_bytes == codec.residual_bytes - 1 and older.bytes_per_token == 19
+    columns = older.encode(older.prepare(x[:50]))
+    assert columns["residuals"].shape == (50, older.residual_bytes)
+    np.testing.assert_allclose(columns["residuals"], codec.encode(codec.prepare(x[:50]))["residuals"][:, :-1])
+    decoded = older.decode(columns)
+    assert np.allclose(np.linalg.norm(decoded, axis=1), 1.0, atol=1e-5)
+    query = older.prepare(x[100:110])
+    np.testing.assert_allclose(older.similarities(query, columns), query @ decoded.T, atol=2e-5)
+    full = codec.arrays()
+    for changed, problem in (
+        ({"cutoffs": full["cutoffs"][:100]}, "255 norm cutoffs"),
+        ({"weights": -full["weights"]}, "positive norm values"),
+        ({"cutoffs": full["cutoffs"][::-1].copy()}, "increasing cutoffs"),
+    ):
+        with pytest.raises(StoreCorruptedError, match=problem):
+            Codec.restore(codec.to_dict(), {**full, **changed}, "x")
+    with pytest.raises(StoreCorruptedError, match="or neither"):
+        Codec.restore(codec.to_dict(), {**arrays, "cutoffs": full["cutoffs"]}, "x")
 
 
 def test_the_bit_allocation_fits_the_budget_in_whole_bytes() -> None:
