@@ -331,7 +331,7 @@ def _codec(store: Any) -> str | None:
     if codec is not None:
         text += f", {codec.bytes_per_token} bytes per token"
     elif config.needs_training:
-        text += " (not trained yet)"
+        text += f" (not trained yet: vectors are kept as they came until {config.train_tokens:,} tokens)"
     return text
 
 

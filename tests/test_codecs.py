@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import mmap
 import os
@@ -30,6 +31,10 @@ def _clustered(n: int, dim: int = DIM, seed: int = 0, n_clusters: int = 40) -> n
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((n_clusters, dim))
     x = centres[rng.integers(0, n_clusters, n)] + 0.4 * rng.standard_normal((n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -382,6 +387,90 @@ def test_compressed_search_finds_what_exact_float32_finds(tmp_path: Path) -> Non
         assert [[h.id for h in loaded.search(q, k=5)] for q in queries] == got
         approx = [h.id for h in loaded.search(queries[0], k=5, options=loaded.search_options(mode="approximate"))]
         assert approx[0] == got[0][0]
+
+
+def test_the_default_codec_keeps_small_stores_exact_and_compresses_large_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a codec a store keeps float32 vectors (saved as they are: exact scores after a load) until it
+    holds ``DEFAULT_TRAIN_TOKENS`` tokens, then compresses them with ``pq`` at dim / 4 - 1 bytes per token."""
+    from ragplug.retrievers.late_interaction import codecs as codecs_module
+
+    monkeypatch.setattr(codecs_module, "DEFAULT_TRAIN_TOKENS", 3000)
+    store = InMemoryMultiVectorStore()
+    assert store.codec_config.kind == "pq" and store.codec_config.token_bytes is None  # no dimension yet
+    small = _docs(100)
+    store.add(small)
+    assert store.codec_config == codecs_module.default_codec(DIM) and store.codec is None
+    assert store.codec_config.token_bytes == DIM // 4 - 1 and not store.codec_config.train_on_save
+    queries = [d.vectors[:4] + 0.05 for d in small[::10]]
+    before = [[(h.id, h.score) for h in store.search(q, k=5)] for q in queries]
+    store.save(tmp_path / "small")
+    loaded = InMemoryMultiVectorStore.load(tmp_path / "small")
+    assert loaded.codec is None and loaded.nbytes == 4 * DIM * 1200
+    assert [[(h.id, h.score) for h in loaded.search(q, k=5)] for q in queries] == before
+    more = [Record(f"e{i}", r.vectors, r.metadata) for i, r in enumerate(_docs(200, seed=1))]
+    loaded.add(more)  # 3,600 tokens: past the threshold
+    assert loaded.codec is not None and loaded.codec.config.kind == "pq"
+    assert loaded.codec.bytes_per_token == DIM // 4 - 1 and loaded.nbytes == (DIM // 4 - 1) * 3600
+    exact = InMemoryMultiVectorStore(mode="exact", codec="float32")
+    exact.add(small + more)
+    truth = [[h.id for h in exact.search(q, k=5)] for q in queries]
+    got = [[h.id for h in loaded.search(q, k=5, options=loaded.search_options(mode="exact"))] for q in queries]
+    assert np.mean([len(set(g) & set(t)) / 5 for g, t in zip(got, truth, strict=True)]) >= 0.8
+
+
+def test_build_index_keeps_a_compressed_store_s_codec_and_codes() -> None:
+    """A compressed store's index is its codec's centroids: ``build_index()`` does not re-train the codec on
+    decoded vectors (which would quantise them twice), and approximate search still works after it."""
+    store = InMemoryMultiVectorStore(mode="approximate", codec=CodecConfig(kind="pq", train_tokens=1200))
+    docs = _docs(200)
+    store.add(docs)
+    codec, columns = store.codec, {k: v.copy() for k, v in store._tokens.columns().items()}
+    assert codec is not None
+    store.build_index()
+    assert store.codec is codec and store.index_status == "ready"
+    assert all(np.array_equal(columns[k], v) for k, v in store._tokens.columns().items())
+    assert store.search(docs[7].vectors, k=1)[0].id == "d7"
+
+
+def test_kept_float32_vectors_re_rank_the_final_top_k_exactly(tmp_path: Path) -> None:
+    """``keep_float32``: the codes serve the search, and the final top k are re-ranked by exact MaxSim over the
+    float32 vectors kept beside them (memory-mapped after a load): hits carry exact scores, in exact order,
+    and records give back their vectors; float codecs and Postgres collections refuse the setting."""
+    from ragplug.retrievers.late_interaction.stores.postgres import PgVectorStore
+
+    docs = _docs(300, seed=4)
+    exact = InMemoryMultiVectorStore(mode="exact", codec="float32")
+    exact.add(docs)
+    config = CodecConfig(kind="pq", token_bytes=6, train_tokens=1200, keep_float32=True)
+    store = InMemoryMultiVectorStore(codec=config)
+    store.add(docs)
+    assert store.codec is not None and store.codec.bytes_per_token == 2 + 4 + 4 * DIM
+    assert store.nbytes == store.n_tokens * store.codec.bytes_per_token
+    rough = InMemoryMultiVectorStore(codec=dataclasses.replace(config, keep_float32=False))
+    rough.add(docs)
+    queries = [_unit_rows(d.vectors[:3] + 0.1) for d in docs[::25]]  # as encoders give them
+    reordered = 0
+    for query in queries:
+        scores = {h.id: h.score for h in exact.search(query, k=len(docs))}
+        for mode in ("exact", "approximate"):
+            hits = store.search(query, k=5, options=store.search_options(mode=mode))
+            coded = rough.search(query, k=5, options=rough.search_options(mode=mode))
+            assert {h.id for h in hits} == {h.id for h in coded}  # the codes chose them
+            assert [h.score for h in hits] == pytest.approx([scores[h.id] for h in hits], abs=1e-5)
+            assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+            reordered += [h.id for h in hits] != [h.id for h in coded]
+    assert reordered  # the exact scores changed some order the codes gave
+    assert np.allclose(store.get(["d3"])[0].vectors, docs[3].vectors, atol=1e-6)
+    store.save(tmp_path / "kept")
+    loaded = InMemoryMultiVectorStore.load(tmp_path / "kept")
+    assert loaded._tokens.kept is not None and not loaded._tokens.kept.flags.writeable  # memory-mapped
+    assert [h.id for h in loaded.search(queries[0], k=5)] == [h.id for h in store.search(queries[0], k=5)]
+    with pytest.raises(InvalidInputError, match="compressed codecs"):
+        CodecConfig(kind="float16", keep_float32=True)
+    with pytest.raises(InvalidInputError, match="for memory stores"):
+        PgVectorStore(connection="postgresql://nobody@127.0.0.1:1/none", codec=config)
 
 
 def test_centroid_interaction_decodes_only_the_best_candidates() -> None:

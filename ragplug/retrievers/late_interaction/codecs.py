@@ -31,7 +31,7 @@ A store receives float32 token matrices from its encoder. A :class:`Codec` decid
   dimensions, in variance order, cut into consecutive groups of about equal bits under reverse
   water-filling (:func:`_pq_groups`, at most 16 dimensions per group), one byte per group naming the
   nearest of 256 codewords fitted by k-means on the training residuals (256 per codeword, faiss's cap), and
-  one byte naming the decoded vector's norm (256 Lloyd-Max levels). With the norm stored, a query is scored
+  one byte naming the decoded vector's norm (256 levels, even in log-norm). With the norm stored, a query is scored
   against tokens without decoding them: its similarity to every codeword is tabulated once, and a token's
   score is its centroid's similarity plus one table entry per group, over the norm (asymmetric distance
   computation, summed by torch's ``embedding_bag`` where torch is installed; decoding otherwise). Codecs
@@ -76,7 +76,7 @@ from ragplug._threads import torch_threads
 from ragplug.errors import InvalidInputError, StoreCorruptedError
 from ragplug.retrievers.late_interaction.ivf import ApproximateConfig, assign_codes, normalise, spherical_kmeans
 
-__all__ = ["KINDS", "NBITS", "Codec", "CodecConfig", "Columns", "codec_config"]
+__all__ = ["KINDS", "NBITS", "Codec", "CodecConfig", "Columns", "codec_config", "default_codec"]
 
 FloatMatrix = npt.NDArray[np.float32]
 Columns = dict[str, np.ndarray[Any, Any]]
@@ -122,6 +122,20 @@ class CodecConfig:
         default=None,
         metadata={"help": "rotated, pq: bytes per token, centroid id included; None: dim * nbits / 8"},
     )
+    keep_float32: bool = field(
+        default=False,
+        metadata={
+            "help": "compressed kinds, memory stores: also keep every token's float32 vector (memory-mapped once "
+            "saved) and re-rank the final top k by exact MaxSim over them"
+        },
+    )
+    train_on_save: bool = field(
+        default=True,
+        metadata={
+            "help": "a store saved before it holds train_tokens tokens trains the codec on what it has (True) or "
+            "keeps its vectors as they came until it does (False)"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -146,8 +160,12 @@ class CodecConfig:
         if type(self.seed) is not int:
             msg = f"CodecConfig.seed must be an integer, got {self.seed!r}"
             raise InvalidInputError(msg)
-        if not isinstance(self.codes, bool):
-            msg = f"CodecConfig.codes must be a bool, got {self.codes!r}"
+        for name in ("codes", "train_on_save", "keep_float32"):
+            if not isinstance(getattr(self, name), bool):
+                msg = f"CodecConfig.{name} must be a bool, got {getattr(self, name)!r}"
+                raise InvalidInputError(msg)
+        if self.keep_float32 and not self.compressed:
+            msg = f"CodecConfig.keep_float32 applies to compressed codecs (residual, rotated, pq), not {self.kind!r}"
             raise InvalidInputError(msg)
         if self.token_bytes is not None and self.kind not in ROTATING:
             msg = f"CodecConfig.token_bytes applies to the rotated and pq codecs, not {self.kind!r}"
@@ -186,6 +204,25 @@ class CodecConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CodecConfig:
         return cls(**dict(data))
+
+
+#: Tokens a store holds before the default codec compresses them (as many as make ``AUTO`` search approximate:
+#: smaller stores are searched exactly, from float32 vectors).
+DEFAULT_TRAIN_TOKENS = 200_000
+
+
+def default_codec(dim: int | None = None) -> CodecConfig:
+    """The memory store's codec when none is given: ``pq`` at 1/16 of float32's bytes per token with the
+    store's per-document offsets counted (``dim / 4 - 1`` bytes: 95 at 384 dims, 31 at 128), trained once the
+    store holds :data:`DEFAULT_TRAIN_TOKENS` tokens; a smaller store keeps float32 vectors, also when saved.
+    On all of SciFact its approximate search keeps recall@10 0.95 of exact float32 MaxSim at float32's speed
+    (see the module docstring). ``dim`` None: the budget is settled when the store learns its dimension.
+
+    >>> default_codec(384).token_bytes, default_codec(128).token_bytes, default_codec(16).token_bytes
+    (95, 31, 4)
+    """
+    token_bytes = None if dim is None else max(dim // 4 - 1, 3 + -(-dim // PQ_MAX_WIDTH))
+    return CodecConfig(kind="pq", token_bytes=token_bytes, train_tokens=DEFAULT_TRAIN_TOKENS, train_on_save=False)
 
 
 def codec_config(spec: CodecConfig | str | None) -> CodecConfig:
@@ -498,19 +535,25 @@ class Codec:
         )
 
     def _with_norms(self, vectors: FloatMatrix, rng: np.random.Generator) -> Codec:
-        """This ``pq`` codec with norm buckets: 256 Lloyd-Max levels fitted to the norms of decoded (centroid
-        plus codewords) training tokens. A token then keeps one byte naming its decoded vector's norm, and is
-        scored without decoding it (:meth:`similarities`)."""
+        """This ``pq`` codec with norm levels: 256 levels evenly spaced in log-norm over the range of the norms
+        of decoded (centroid plus codewords) training tokens, widened by half of it on each side. A token then
+        keeps one byte naming its decoded vector's norm (within a fraction of a percent: on SciFact the range is
+        0.95-1.04, a step of 0.06%), and is scored without decoding it (:meth:`similarities`). Even spacing
+        bounds every token's error, where Lloyd-Max levels left the rare tail norms 1% off."""
         rows = np.sort(rng.choice(len(vectors), min(len(vectors), PQ_TRAINING_ROWS), replace=False))
         values = self._unnormalised(self.encode(self.prepare(vectors[rows])))
-        norms = np.sqrt(np.einsum("ij,ij->i", values, values))
-        cutoffs, levels = _buckets(np.maximum(norms, 1e-6)[:, None], 256)
+        logs = np.log(np.maximum(np.sqrt(np.einsum("ij,ij->i", values, values)), 1e-6))
+        low, high = float(logs.min()), float(logs.max())
+        span = max(high - low, 1e-3)
+        levels = np.linspace(low - span / 2, high + span / 2, 256)
+        cutoffs, weights = np.exp((levels[1:] + levels[:-1]) / 2), np.exp(levels)
+        arrays = {k: v for k, v in self.arrays().items() if k not in ("cutoffs", "weights")}
         return Codec(
             self.config,
             self.input_dim,
-            cutoffs=cutoffs,
-            weights=np.maximum(levels, 1e-6),
-            **{k: v for k, v in self.arrays().items() if k not in ("cutoffs", "weights")},
+            cutoffs=cutoffs.astype(np.float32),
+            weights=weights.astype(np.float32),
+            **arrays,
         )
 
     # -- coding ---------------------------------------------------------------------------------------
@@ -527,7 +570,7 @@ class Codec:
     @property
     def column_names(self) -> tuple[str, ...]:
         if self.config.compressed:
-            return ("codes", "residuals")
+            return ("codes", "residuals", "vectors") if self.config.keep_float32 else ("codes", "residuals")
         return ("vectors", "codes") if self.config.codes else ("vectors",)
 
     def empty(self) -> Columns:
@@ -546,6 +589,7 @@ class Codec:
         assert self.centroids is not None
         codes = assign_codes(vectors, self.centroids)
         residuals = vectors - self.centroids[codes]
+        kept = {"vectors": np.ascontiguousarray(vectors, dtype=np.float32)} if self.config.keep_float32 else {}
         if kind == "pq":
             n_groups = len(self._offsets)
             packed = np.empty((len(vectors), self.residual_bytes), dtype=np.uint8)
@@ -558,7 +602,7 @@ class Codec:
                 values = self._unnormalised(columns)
                 norms = np.sqrt(np.einsum("ij,ij->i", values, values))
                 packed[:, n_groups] = np.searchsorted(self.cutoffs, norms, side="left")
-            return columns
+            return {**columns, **kept}
         assert self.cutoffs is not None
         if kind == "residual":
             buckets = np.searchsorted(self.cutoffs, residuals, side="left").astype(np.uint8)
@@ -572,7 +616,7 @@ class Codec:
                     buckets[:, j] = np.searchsorted(cut, residuals[:, d], side="left")
                 parts.append(pack_residuals(buckets, g.width))
             packed = np.ascontiguousarray(np.concatenate(parts, axis=1))
-        return {"codes": codes.astype(self.code_dtype), "residuals": packed}
+        return {"codes": codes.astype(self.code_dtype), "residuals": packed, **kept}
 
     def _unnormalised(self, columns: Mapping[str, np.ndarray[Any, Any]]) -> FloatMatrix:
         """Centroid plus bucket values of every row (float32, not re-normalised)."""
@@ -707,7 +751,7 @@ class Codec:
             return 4 * self.dim + code
         if kind == "float16":
             return 2 * self.dim + code
-        return code + self.residual_bytes
+        return code + self.residual_bytes + (4 * self.dim if self.config.keep_float32 else 0)
 
     # -- persistence ----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -880,7 +924,7 @@ def _nearest(points: FloatMatrix, codewords: FloatMatrix) -> npt.NDArray[np.uint
     return out
 
 
-def _codewords(points: FloatMatrix, rng: np.random.Generator, iterations: int = 12) -> FloatMatrix:
+def _codewords(points: FloatMatrix, rng: np.random.Generator, iterations: int = 20) -> FloatMatrix:
     """256 codewords fitted by Euclidean k-means (Lloyd) on ``points`` (repeated when fewer)."""
     start = rng.choice(len(points), 256, replace=len(points) < 256)
     codewords = points[start].astype(np.float32).copy()

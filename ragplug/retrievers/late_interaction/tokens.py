@@ -60,8 +60,8 @@ class TokenMatrix:
         """Float32 vectors of ``rows`` (a slice within ``len(self)`` or an array of row indices)."""
         if isinstance(rows, slice):
             rows = slice(*rows.indices(self._n))
-        if self.codec is None:
-            return self._columns["vectors"][rows]
+        if self.codec is None or self.kept is not None:  # vectors as they are (or kept beside the codes)
+            return np.asarray(self._columns["vectors"][rows], dtype=np.float32)
         return self.codec.decode({name: col[rows] for name, col in self._columns.items()})
 
     def similarities(self, query: FloatMatrix, rows: slice | npt.NDArray[np.integer[Any]]) -> FloatMatrix:
@@ -94,6 +94,13 @@ class TokenMatrix:
     def raw(self) -> FloatMatrix | None:
         """The float32 vectors themselves when they are stored as they are (no decoding needed), else None."""
         if self.codec is None or self.codec.config.kind == "float32":
+            return self._columns["vectors"][: self._n]
+        return None
+
+    @property
+    def kept(self) -> FloatMatrix | None:
+        """The float32 vectors a compressed codec keeps beside its codes (``keep_float32``), else None."""
+        if self.codec is not None and self.codec.config.compressed and "vectors" in self._columns:
             return self._columns["vectors"][: self._n]
         return None
 

@@ -4,8 +4,9 @@ Layout: every token in one packed :class:`~.tokens.TokenMatrix` under the store'
 float16, or PLAID-style residuals with an optional projection; :mod:`.codecs`) with per-document
 ``starts`` / ``lengths`` (grown by doubling, compacted on delete), plus ids, metadata and texts in
 parallel lists. A codec that needs training (residuals, projection) is trained on the stored tokens once
-the store holds ``CodecConfig.train_tokens`` tokens, or at the first save; until then tokens are kept as
-they came. Search is
+the store holds ``CodecConfig.train_tokens`` tokens, or at the first save (unless ``train_on_save`` is
+off, as in the default codec, :func:`~.codecs.default_codec`: ``pq`` from 200,000 tokens); until then
+tokens are kept as they came. Search is
 exact MaxSim (:mod:`.maxsim`) or, for large corpora, centroid candidate generation followed by exact
 re-scoring (:mod:`.ivf`); :class:`SearchMode` picks one, ``AUTO`` by corpus size.
 
@@ -56,7 +57,7 @@ from ragplug.retrievers.late_interaction.base import (
     copy_metadata,
     plan_write,
 )
-from ragplug.retrievers.late_interaction.codecs import Codec, CodecConfig, codec_config
+from ragplug.retrievers.late_interaction.codecs import Codec, CodecConfig, codec_config, default_codec
 from ragplug.retrievers.late_interaction.filters import (
     Filter,
     FilterNode,
@@ -147,6 +148,11 @@ class InMemoryMultiVectorStore(ThreadedAsync):
     >>> store.add([Record("a", np.eye(2, dtype=np.float32), {"n": 1}), Record("b", -np.eye(2, dtype=np.float32))])
     >>> [(h.id, h.score) for h in store.search(np.array([[1.0, 0.0]], dtype=np.float32), k=2)]
     [('a', 1.0), ('b', 0.0)]
+
+    ``codec`` says how tokens are kept (:mod:`..codecs`). The default (:func:`..codecs.default_codec`) keeps
+    them as float32 until the store holds 200,000 tokens (where ``AUTO`` search turns approximate), then
+    compresses them with the ``pq`` codec to 1/16 of the bytes; ``codec="float32"`` keeps exact vectors at
+    any size.
     """
 
     def __init__(
@@ -167,7 +173,8 @@ class InMemoryMultiVectorStore(ThreadedAsync):
         self.mode = _search_mode(mode)
         self.approximate = approximate or ApproximateConfig()
         self.approximate_min_tokens = approximate_min_tokens
-        self.codec_config = codec_config(codec)
+        self._default_codec = codec is None  # settled by the dimension (default_codec)
+        self.codec_config = codec_config(codec) if codec is not None else default_codec(self._dim)
         self._tokens = self._new_tokens(self._dim or 0)
         self._n_tokens = 0
         self._starts = np.empty(0, dtype=np.int64)
@@ -189,6 +196,8 @@ class InMemoryMultiVectorStore(ThreadedAsync):
     search_options: ClassVar[type[SearchOptions]] = MemorySearchOptions
 
     def _new_tokens(self, dim: int) -> TokenMatrix:
+        if self._default_codec and dim:
+            self.codec_config = default_codec(dim)
         config = self.codec_config
         return TokenMatrix(dim, None if config.needs_training else Codec.untrained(config, dim))
 
@@ -396,6 +405,11 @@ class InMemoryMultiVectorStore(ThreadedAsync):
         ``config`` also becomes the store's default ``n_probe`` / ``n_candidates``. Searches and writes go
         on while the index is fitted; tokens added meanwhile are assigned to the new centroids before it is
         installed. Call it again after the corpus has changed a lot, so the centroids follow the data.
+
+        A store whose codec keeps centroid ids (``residual``, ``rotated``, ``pq``, or a float codec with
+        ``codes=True``) uses the codec's centroids as its index, fitted when the codec was trained: they are
+        not refitted here, since the original vectors are gone and re-training on decoded ones would
+        quantise them twice. Re-add the documents from their vectors (a new store) to re-train it.
         """
         with self._lock:
             if config is not None:
@@ -419,9 +433,7 @@ class InMemoryMultiVectorStore(ThreadedAsync):
                     raise InvalidInputError(msg)
                 codec = self._tokens.codec
                 if codec is not None and codec.centroids is not None:  # residuals: the codec is the index
-                    if refit:
-                        self._train_codec()  # new centroids: re-train the codec (writes wait meanwhile)
-                    self._ivf = self._codec_ivf()
+                    self._ivf = self._codec_ivf()  # not re-trained: that would re-quantise decoded vectors
                     return
                 vectors, n, removals = self._tokens.snapshot(), self._n_tokens, self._removals
                 generation, config, n_docs = self._generation, self.approximate, len(self._ids)
@@ -562,6 +574,8 @@ class InMemoryMultiVectorStore(ThreadedAsync):
                 top = top_k_exact(query, vectors, starts, lengths, k, candidates=np.flatnonzero(allowed))
             else:
                 top = top_k_exact(query, vectors, starts, lengths, k, mask=allowed)
+            if tokens.kept is not None and top:  # the final top k re-ranked by exact MaxSim over kept vectors
+                top = top_k_exact(query, tokens.kept, starts, lengths, k, candidates=np.array([d for d, _ in top]))
             results.append([Hit(ids[d], s, copy_metadata(metadata[d]), texts[d], parents[d]) for d, s in top])
         return results
 
@@ -578,8 +592,9 @@ class InMemoryMultiVectorStore(ThreadedAsync):
                 if self._dim is None:
                     msg = "cannot save an empty store that has no dimension yet"
                     raise InvalidInputError(msg)
-                if self._n_tokens and self._tokens.codec is None and self.codec_config.needs_training:
-                    self._train_codec()  # a saved store is always stored with its codec
+                config = self.codec_config
+                if self._n_tokens and self._tokens.codec is None and config.needs_training and config.train_on_save:
+                    self._train_codec()  # saved with its codec (unless it keeps raw vectors until train_tokens)
                 codec = self._tokens.codec
                 tensors: dict[str, dict[str, np.ndarray[Any, Any]]] = {
                     "vectors": {**self._tokens.columns(), "starts": self._starts, "lengths": self._lengths}

@@ -173,6 +173,10 @@ class PgVectorStore:
             if not isinstance(value, str) or not value or len(value.encode()) > 1000 or "\x00" in value:
                 msg = f"{name} must be a non-empty string without NUL characters, got {value!r}"
                 raise InvalidInputError(msg)
+        config = codec_config(codec) if codec is not None else coded.default_codec()
+        if config.keep_float32:
+            msg = "CodecConfig.keep_float32 is for memory stores: a Postgres collection keeps only the codec's columns"
+            raise InvalidInputError(msg)
         if connection is None:
             connection = start_embedded(embedded if embedded is not None else ".ragplug-postgres")
         self._connector = Connector(connection, pool_size=pool_size)
@@ -180,7 +184,7 @@ class PgVectorStore:
         self.schema = schema
         self.summary = summary or SummaryConfig()
         self.hnsw = hnsw or HNSWConfig()
-        self._codec_config = codec_config(codec) if codec is not None else coded.default_codec()
+        self._codec_config = config
         self._codecs: dict[int, Codec] = {}  # trained codecs by version: their arrays are fetched once
         self._t = ddl.tables(schema)
         self._info: _Collection | None = None
