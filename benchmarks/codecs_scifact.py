@@ -53,7 +53,7 @@ SHARD = 256  # documents per resumable encoding shard
 K = 10
 
 # name -> CodecConfig keyword arguments (or a short codec name); the first is the float32 reference.
-CODECS: dict[str, dict[str, Any] | str] = {
+CODECS: dict[str, dict[str, Any] | str | None] = {
     "float32": "float32",
     "float16": "float16",
     "pca128-float16": {"kind": "float16", "dim": 128},
@@ -69,6 +69,9 @@ CODECS: dict[str, dict[str, Any] | str] = {
     "rotated-64B": {"kind": "rotated", "token_bytes": 64},
     "rotated-192B": "rotated-4bit",
     "pq-96B": "pq",
+    "pq-95B": {"kind": "pq", "token_bytes": 95},
+    "pq-95B+float32": {"kind": "pq", "token_bytes": 95, "keep_float32": True},
+    "default": None,  # the memory store's default codec (codecs.default_codec: pq, 95 B at 384 dims)
 }
 TARGET_BYTES = 96
 TARGET_NDCG_DROP = 0.005
@@ -343,14 +346,22 @@ def exact_reference(store: Any, queries: list[np.ndarray]) -> tuple[list[list[in
     return ranked, scores
 
 
-def interleaved(stores: dict[str, Any], queries: list[np.ndarray], mode: str, every: int, seed: int) -> dict:
+def interleaved(
+    stores: dict[str, Any],
+    queries: list[np.ndarray],
+    mode: str,
+    every: int,
+    seed: int,
+    rescore: dict[str, int] | None = None,
+) -> dict:
     """Per store: ranked document rows and wall/CPU seconds of ``search(mode=...)``, every ``every``-th query,
-    the stores in a random order per query so that load from other processes hits them alike."""
+    the stores in a random order per query so that load from other processes hits them alike (``rescore``:
+    a store's ``n_rescore`` for these searches, else its default)."""
     from tqdm.auto import tqdm
 
     from ragplug.retrievers.late_interaction import MemorySearchOptions
 
-    options = MemorySearchOptions(mode=mode)
+    options = {name: MemorySearchOptions(mode=mode, n_rescore=(rescore or {}).get(name)) for name in stores}
     rows = {name: {id_: i for i, id_ in enumerate(store.ids())} for name, store in stores.items()}
     out = {name: {"ranked": {}, "wall": [], "cpu": []} for name in stores}
     names, rng = list(stores), np.random.default_rng(seed)
@@ -359,7 +370,7 @@ def interleaved(stores: dict[str, Any], queries: list[np.ndarray], mode: str, ev
         for j in rng.permutation(len(names)):
             name = names[j]
             w0, c0 = time.perf_counter(), time.process_time()
-            hits = stores[name].search(queries[i], k=K, options=options)
+            hits = stores[name].search(queries[i], k=K, options=options[name])
             out[name]["wall"].append(time.perf_counter() - w0)
             out[name]["cpu"].append(time.process_time() - c0)
             out[name]["ranked"][i] = [rows[name][h.id] for h in hits]
@@ -558,6 +569,23 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
             lines += ["", f"Settings: {first['settings']}; {first['versions']}."]
     else:
         lines += ["", "## fast-plaid", "", f"Not measured: {fp.get('error', 'not requested')}"]
+    sweep = res.get("rescore_sweep")
+    if sweep:
+        lines += [
+            "",
+            "## n_rescore sweep (approximate search, interleaved with float32 at its defaults)",
+            "",
+            "A compressed store ranks its 256 candidates by centroid interaction and scores only the `n_rescore` "
+            "best from their codes; a second interleaved loop over the same stores and queries.",
+            "",
+            "| store | nDCG@10 | recall@10 vs exact | p50 / p95 ms |",
+            "|---|---|---|---|",
+        ]
+        for name, row in sweep.items():
+            lines.append(
+                f"| {name} | {row['ndcg@10']:.4f} | {row['recall@10_vs_exact']:.3f} | "
+                f"{row['p50_ms']:.1f} / {row['p95_ms']:.1f} |"
+            )
     lines += [
         "",
         "## Targets per codec",
@@ -734,6 +762,9 @@ def main() -> None:
     parser.add_argument("--limit-docs", type=int, default=None)
     parser.add_argument("--limit-queries", type=int, default=None)
     parser.add_argument("--keep-stores", action="store_true")
+    parser.add_argument(
+        "--rescore", default="", help="n_rescore values to sweep on the compressed stores (interleaved with float32)"
+    )
     parser.add_argument("--rewrite", action="store_true", help="only rewrite the .md and .png from the .json")
     parser.add_argument(
         "--fastplaid-only",
@@ -837,6 +868,20 @@ def main() -> None:
         agree = np.mean([ranked == row["exact_ranked"][i] for i, ranked in exact[name]["ranked"].items()])
         row["exact"].update(ms(exact[name]["wall"]), store_exact_matches_decoded=round(float(agree), 3))
         del row["exact_ranked"]
+    sweep = [int(v) for v in args.rescore.split(",") if v]
+    if sweep:  # the same stores under other n_rescore values, interleaved with float32 at its defaults
+        variants = {names[0]: stores[names[0]]}
+        chosen = {}
+        for name, store in stores.items():
+            if store.codec is not None and store.codec.config.compressed:
+                for value in sweep:
+                    variants[f"{name} n_rescore={value}"] = store
+                    chosen[f"{name} n_rescore={value}"] = value
+        swept = interleaved(variants, qvecs, "approximate", 1, seed=2, rescore=chosen)
+        res["rescore_sweep"] = {
+            name: {**quality(swept[name]["ranked"], reference, ids, qids, qrels), **ms(swept[name]["wall"])}
+            for name in variants
+        }
     del stores
     gc.collect()
     ref_p50 = rows[names[0]]["approximate"]["p50_ms"]
