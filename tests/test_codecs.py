@@ -248,6 +248,19 @@ def test_pq_codecs_saved_without_norms_still_decode_and_score() -> None:
         Codec.restore(codec.to_dict(), {**arrays, "cutoffs": full["cutoffs"]}, "x")
 
 
+def test_centroid_scale_multiplies_the_default_centroid_count() -> None:
+    x = _clustered(5000, dim=16, seed=8)
+    plain = Codec.train(CodecConfig(kind="residual"), x)
+    finer = Codec.train(CodecConfig(kind="residual", centroid_scale=2), x)
+    assert plain.centroids is not None and finer.centroids is not None
+    assert len(finer.centroids) == 2 * len(plain.centroids)
+    fixed = Codec.train(CodecConfig(kind="residual", centroid_scale=4, n_centroids=32), x)
+    assert fixed.centroids is not None and len(fixed.centroids) == 32  # a count given is used as is
+    for bad in (0, 3, 2.0, True):
+        with pytest.raises(InvalidInputError, match="centroid_scale must be a power of two"):
+            CodecConfig(kind="pq", centroid_scale=bad)  # type: ignore[arg-type]
+
+
 def test_the_bit_allocation_fits_the_budget_in_whole_bytes() -> None:
     from ragplug.retrievers.late_interaction.codecs import WIDTHS, _allocate
 

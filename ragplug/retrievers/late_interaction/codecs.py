@@ -39,10 +39,13 @@ A store receives float32 token matrices from its encoder. A :class:`Codec` decid
   of a group's values, where buckets see one dimension at a time: on all of SciFact
   (``benchmarks/results/residual_pq.md``, 300 queries) exact MaxSim over the decoded vectors keeps
   recall@10 0.956 of float32's at 96 B/token (``rotated``: 0.946 at 95 B) and nDCG@10 within 0.004 of it,
-  with 25% less squared error. In a memory store (``benchmarks/results/codecs_pq``, one run) approximate
-  search keeps recall@10 0.952 and nDCG@10 0.7223 (float32 exact: 0.7249; ``rotated``: 0.939, 0.7166).
-  Groups of one width are stored together and decode by one table look-up per width. Training fits 256
-  codewords per byte of budget: SciFact's store took 288 s to build against ``rotated``'s 101 s.
+  with 25% less squared error (that study coded every group, with no norm byte). In a memory store at
+  95 B with 4,096 centroids (``benchmarks/results/codecs_default``, one run) approximate search keeps
+  recall@10 0.943 and nDCG@10 0.7173 (float32 exact: 0.7249) in 32 ms p50 against float32's 33 ms, where
+  decoding made it 87 against 31 ms (``codecs_pq``); with 8,192 centroids (the store's default codec,
+  :func:`default_codec`; ``codecs_pq_8192c``) 0.955 and 0.7214 in 22 ms against 25. Groups of one width
+  are stored together and decode by one table look-up per width. SciFact's store builds in 143 s with
+  4,096 centroids, 284 s with 8,192 (float32: 69-78 s).
 
 ``float16`` and ``float32`` may also keep each token's centroid id (``codes=True``): the vectors stay as
 precise as they are, and the ids serve candidate generation (a store's approximate index, the Postgres inverted lists
@@ -110,7 +113,11 @@ class CodecConfig:
         default=False, metadata={"help": "float kinds: also keep each token's centroid id (always, for residual)"}
     )
     n_centroids: int | None = field(
-        default=None, metadata={"help": "centroids; None: a power of two near 4*sqrt(n_tokens)"}
+        default=None,
+        metadata={"help": "centroids; None: a power of two near 4*sqrt(n_tokens), times centroid_scale"},
+    )
+    centroid_scale: int = field(
+        default=1, metadata={"help": "a power of two: the default centroid count is multiplied by it"}
     )
     train_tokens: int = field(
         default=16384, metadata={"help": "a store trains the codec once it holds this many tokens (or on save)"}
@@ -152,6 +159,13 @@ class CodecConfig:
             if value is not None and (type(value) is not int or value < 1):
                 msg = f"CodecConfig.{name} must be a positive integer or None, got {value!r}"
                 raise InvalidInputError(msg)
+        if (
+            type(self.centroid_scale) is not int
+            or self.centroid_scale < 1
+            or self.centroid_scale & (self.centroid_scale - 1)
+        ):
+            msg = f"CodecConfig.centroid_scale must be a power of two, got {self.centroid_scale!r}"
+            raise InvalidInputError(msg)
         for name in ("train_tokens", "kmeans_iterations", "kmeans_sample"):
             value = getattr(self, name)
             if type(value) is not int or value < 1:
@@ -215,14 +229,25 @@ def default_codec(dim: int | None = None) -> CodecConfig:
     """The memory store's codec when none is given: ``pq`` at 1/16 of float32's bytes per token with the
     store's per-document offsets counted (``dim / 4 - 1`` bytes: 95 at 384 dims, 31 at 128), trained once the
     store holds :data:`DEFAULT_TRAIN_TOKENS` tokens; a smaller store keeps float32 vectors, also when saved.
-    On all of SciFact its approximate search keeps recall@10 0.95 of exact float32 MaxSim at float32's speed
-    (see the module docstring). ``dim`` None: the budget is settled when the store learns its dimension.
+    Its centroids are twice the engine's default count (8,192 for SciFact's 1.7M tokens), fitted on twice
+    the sample: finer centroids leave smaller residuals, and on all of SciFact (one run,
+    ``benchmarks/results/codecs_pq_8192c``) approximate search keeps recall@10 0.955 of exact float32 MaxSim
+    and nDCG@10 0.7214 (float32 exact: 0.7249) in 22 ms p50 against float32's 25, where 4,096 centroids
+    kept 0.943 and 0.7173 (``codecs_default``). ``dim`` None: the budget is settled when the store learns
+    its dimension.
 
     >>> default_codec(384).token_bytes, default_codec(128).token_bytes, default_codec(16).token_bytes
     (95, 31, 4)
     """
     token_bytes = None if dim is None else max(dim // 4 - 1, 3 + -(-dim // PQ_MAX_WIDTH))
-    return CodecConfig(kind="pq", token_bytes=token_bytes, train_tokens=DEFAULT_TRAIN_TOKENS, train_on_save=False)
+    return CodecConfig(
+        kind="pq",
+        token_bytes=token_bytes,
+        centroid_scale=2,
+        kmeans_sample=2 * CodecConfig.kmeans_sample,
+        train_tokens=DEFAULT_TRAIN_TOKENS,
+        train_on_save=False,
+    )
 
 
 def codec_config(spec: CodecConfig | str | None) -> CodecConfig:
@@ -267,7 +292,8 @@ class Codec:
     storage order (widths 8, 4, 2, 1, then 0, each group a whole number of bytes). A ``pq`` codec keeps
     ``codebooks`` (one byte per group of dimensions: 256 codewords each, zero-padded to the widest group)
     and ``widths``: the dimensions of every group, in storage order (narrowest first, covering every
-    dimension once).
+    dimension once), and ``cutoffs`` and ``weights`` for its norm byte (255 cutoffs, 256 levels; a ``pq``
+    codec saved before the norm byte has neither).
     """
 
     def __init__(
@@ -429,7 +455,10 @@ class Codec:
         if not config.has_codes:
             return cls(config, input_dim, projection=projection)
         points = normalise(sample @ projection) if projection is not None else normalise(sample)
-        n_centroids = config.n_centroids or ApproximateConfig().centroids_for(n_tokens or len(vectors))
+        n_tokens = n_tokens or len(vectors)
+        n_centroids = config.n_centroids or min(
+            n_tokens, config.centroid_scale * ApproximateConfig().centroids_for(n_tokens)
+        )
         centroids = spherical_kmeans(
             points, n_centroids, iterations=config.kmeans_iterations, sample=config.kmeans_sample, seed=config.seed
         )
@@ -641,7 +670,7 @@ class Codec:
         return values
 
     def _norms(self, columns: Mapping[str, np.ndarray[Any, Any]]) -> FloatMatrix | None:
-        """The stored norms of decoded rows (a ``pq`` codec with norm buckets), else None."""
+        """The stored norms of decoded rows (a ``pq`` codec with norm levels), else None."""
         if self.config.kind != "pq" or self.weights is None:
             return None
         return self.weights[np.asarray(columns["residuals"], dtype=np.uint8)[:, len(self._offsets)]]
