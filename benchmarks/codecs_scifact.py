@@ -71,6 +71,7 @@ CODECS: dict[str, dict[str, Any] | str | None] = {
     "pq-96B": "pq",
     "pq-95B": {"kind": "pq", "token_bytes": 95},
     "pq-95B+float32": {"kind": "pq", "token_bytes": 95, "keep_float32": True},
+    "pq-95B-8192c": {"kind": "pq", "token_bytes": 95, "n_centroids": 8192, "kmeans_sample": 262144},
     "default": None,  # the memory store's default codec (codecs.default_codec: pq, 95 B at 384 dims)
 }
 TARGET_BYTES = 96
