@@ -486,6 +486,28 @@ def test_kept_float32_vectors_re_rank_the_final_top_k_exactly(tmp_path: Path) ->
         PgVectorStore(connection="postgresql://nobody@127.0.0.1:1/none", codec=config)
 
 
+def test_a_pq_search_computes_the_query_centroid_product_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Probing the centroids and scoring the candidates from their codes share one ``query @ centroids.T``:
+    the first stage asks the codec for it, and the scoring gets the same array back from its cache."""
+    store = InMemoryMultiVectorStore(mode="approximate", codec=CodecConfig(kind="pq", train_tokens=1200))
+    docs = _docs(200)
+    store.add(docs)
+    codec = store.codec
+    assert codec is not None
+    expected = [[(h.id, h.score) for h in store.search(d.vectors, k=3)] for d in docs[:5]]
+    returned: list[np.ndarray] = []
+    original = codec.centroid_sims
+
+    def spy(query: np.ndarray) -> np.ndarray:
+        returned.append(original(query))
+        return returned[-1]
+
+    monkeypatch.setattr(codec, "centroid_sims", spy)
+    got = [[(h.id, h.score) for h in store.search(d.vectors, k=3)] for d in docs[:5]]
+    assert got == expected
+    assert len(returned) == 10 and all(a is b for a, b in zip(returned[::2], returned[1::2], strict=True))
+
+
 def test_centroid_interaction_decodes_only_the_best_candidates() -> None:
     """``n_rescore`` keeps the candidates whose tokens' centroids match the query best, and only those are
     decoded: the hits are exact scores of a subset of the candidates, ranked as without the cut when the cut

@@ -726,7 +726,7 @@ class Codec:
         with torch_threads(1), torch.inference_mode():
             sums = torch.nn.functional.embedding_bag(torch.from_numpy(index), torch.from_numpy(tables), mode="sum")
         per_token = sums.numpy()[:, : len(query)]  # (rows, n_query)
-        per_token += self._centroid_sims(query)[codes]
+        per_token += self.centroid_sims(query)[codes]
         per_token /= norms[:, None]
         return np.ascontiguousarray(per_token.T)
 
@@ -743,9 +743,9 @@ class Codec:
             parts.append(np.matmul(b.table.reshape(b.n_groups, 256, b.width), part.transpose(1, 2, 0)))
         return np.ascontiguousarray(np.concatenate(parts).reshape(-1, padded), dtype=np.float32)
 
-    def _centroid_sims(self, query: FloatMatrix) -> FloatMatrix:
-        """``(query @ centroids.T).T``, kept for the last query seen (a search scores a query's candidates in
-        blocks)."""
+    def centroid_sims(self, query: FloatMatrix) -> FloatMatrix:
+        """``(query @ centroids.T).T`` for a prepared query, kept for the last query seen: a search's first
+        stage (probing the centroids) and its scoring of candidates in blocks share one product."""
         assert self.centroids is not None
         last = self._last_query
         if last is not None and last[0].shape == query.shape and np.array_equal(last[0], query):

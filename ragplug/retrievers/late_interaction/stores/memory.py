@@ -558,10 +558,13 @@ class InMemoryMultiVectorStore(ThreadedAsync):
         n_rescore = (
             n_cand if tokens.raw is not None else min(n_cand, options.n_rescore or settings.rescore_for(n_cand, k))
         )
-        results = []
+        results, codec = [], tokens.codec
         for query in (tokens.prepare_query(m) for m in matrices):
             if frozen is not None:
-                sims = query @ frozen.centroids.T
+                if codec is not None and codec.centroids is frozen.centroids:  # the codec's: one product shared
+                    sims = np.ascontiguousarray(codec.centroid_sims(query).T)
+                else:
+                    sims = query @ frozen.centroids.T
                 approx = frozen.approximate_scores(query, n_probe, sims)
                 if allowed is not None:
                     approx[~allowed] = -np.inf
