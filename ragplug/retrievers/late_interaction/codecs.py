@@ -232,8 +232,8 @@ def default_codec(dim: int | None = None) -> CodecConfig:
     Its centroids are twice the engine's default count (8,192 for SciFact's 1.7M tokens), fitted on twice
     the sample: finer centroids leave smaller residuals, and on all of SciFact (one run,
     ``benchmarks/results/codecs_pq_8192c``) approximate search keeps recall@10 0.955 of exact float32 MaxSim
-    and nDCG@10 0.7214 (float32 exact: 0.7249) in 22 ms p50 against float32's 25 (29.2 against 29.1 in a
-    second run, ``codecs_default_final``), where 4,096 centroids kept 0.943 and 0.7173 (``codecs_default``).
+    and nDCG@10 0.7214 (float32 exact: 0.7249) in 22 ms p50 against float32's 25 (24.8 against 27.4 as
+    shipped, ``codecs_default_shared``), where 4,096 centroids kept 0.943 and 0.7173 (``codecs_default``).
     ``dim`` None: the budget is settled when the store learns its dimension.
 
     >>> default_codec(384).token_bytes, default_codec(128).token_bytes, default_codec(16).token_bytes
