@@ -19,10 +19,22 @@ from typing import Any
 
 from ragplug.errors import InvalidInputError
 
-__all__ = ["PROGRESS_THRESHOLD", "format_bytes", "progress_bar", "quiet_transformers", "summary", "wants_progress"]
+__all__ = [
+    "LATE_BAR_SECONDS",
+    "PROGRESS_THRESHOLD",
+    "format_bytes",
+    "progress_bar",
+    "quiet_transformers",
+    "summary",
+    "wants_progress",
+]
 
 #: ``show_progress=None`` shows a bar for more than this many items, and stays silent below.
 PROGRESS_THRESHOLD = 256
+
+#: Work whose length is not known in advance (training a codec inside an ``add``) shows its bar only once
+#: it has run this long: quick work stays silent, long work does not look stuck.
+LATE_BAR_SECONDS = 2.0
 
 
 def wants_progress(show_progress: bool | None, n_items: int) -> bool:
@@ -36,13 +48,13 @@ def wants_progress(show_progress: bool | None, n_items: int) -> bool:
     return show_progress
 
 
-def progress_bar(total: int, *, desc: str, unit: str = "item", enabled: bool = True) -> Any:
+def progress_bar(total: int, *, desc: str, unit: str = "item", enabled: bool = True, delay: float = 0.0) -> Any:
     """A ``tqdm.auto`` bar over ``total`` items (advance it with ``bar.update(n)``; use it as a context
     manager). The rate is items/s and the time left is estimated from the average rate since the start;
-    a disabled bar prints nothing."""
+    a disabled bar prints nothing, and a bar with a ``delay`` nothing before that many seconds."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, smoothing=0.0, dynamic_ncols=True, disable=not enabled)
+    return tqdm(total=total, desc=desc, unit=unit, smoothing=0.0, dynamic_ncols=True, disable=not enabled, delay=delay)
 
 
 def _count(n: int, noun: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import mmap
 import os
@@ -380,6 +381,56 @@ def test_a_store_trains_its_codec_once_it_holds_enough_tokens() -> None:
     assert store.codec is not None and store.codec.config.kind == "residual"
     assert store.nbytes == store.n_tokens * (2 + DIM // 4)
     assert store.index_status == "ready"  # the codec's centroids are the approximate index
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        CodecConfig(kind="residual", kmeans_iterations=3),
+        CodecConfig(kind="rotated", token_bytes=10, kmeans_iterations=3),
+        CodecConfig(kind="pq", token_bytes=10, kmeans_iterations=3),
+        CodecConfig(kind="pq", dim=16, token_bytes=8, kmeans_iterations=3),
+        CodecConfig(kind="float16", codes=True, kmeans_iterations=3),
+        CodecConfig(kind="float16", dim=16),
+    ],
+    ids=str,
+)
+def test_training_reports_each_step_it_takes(config: CodecConfig) -> None:
+    """One report per step, ``done`` rising by one, the total only growing and reached at the end; k-means
+    counts its iterations, and a pq codec adds a step per group of dimensions and one for its norm levels."""
+    reports: list[tuple[int, int]] = []
+    codec = Codec.train(config, _clustered(3000), progress=lambda done, total: reports.append((done, total)))
+    done = [d for d, _ in reports]
+    totals = [t for _, t in reports]
+    assert all(b - a in (0, 1) for a, b in itertools.pairwise(done)) and done[0] <= 1
+    assert totals == sorted(totals) and reports[-1][0] == reports[-1][1]
+    kmeans = config.kmeans_iterations if config.has_codes else 0
+    expected = (config.dim is not None) + kmeans + config.compressed
+    if config.kind == "pq":
+        assert codec.widths is not None
+        expected += len(codec.widths) + 1
+    assert reports[-1][1] == expected
+    assert Codec.train(config, _clustered(3000)).same_as(codec)  # reporting changes nothing trained
+
+
+def test_a_store_training_its_codec_shows_a_bar_only_when_training_takes_long(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Training inside an ``add`` stays silent when quick, and shows the training and coding bars once it
+    has run ``LATE_BAR_SECONDS`` (here 0)."""
+    from ragplug.retrievers.late_interaction import codecs as codecs_module
+    from ragplug.retrievers.late_interaction.stores import memory
+
+    config = CodecConfig(kind="pq", token_bytes=10, train_tokens=1200)
+    InMemoryMultiVectorStore(codec=config).add(_docs(120))
+    assert "codec" not in capsys.readouterr().err
+    monkeypatch.setattr(codecs_module, "LATE_BAR_SECONDS", 0.0)
+    monkeypatch.setattr(memory, "LATE_BAR_SECONDS", 0.0)
+    store = InMemoryMultiVectorStore(codec=config)
+    store.add(_docs(120))
+    err = capsys.readouterr().err
+    assert store.codec is not None
+    assert "training the pq codec" in err and "coding tokens (pq)" in err and "1440/1440" in err
 
 
 def test_compressed_search_finds_what_exact_float32_finds(tmp_path: Path) -> None:

@@ -72,6 +72,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 import numpy as np
 
 from ragplug._extras import require
+from ragplug._progress import LATE_BAR_SECONDS, progress_bar
 from ragplug.errors import DuplicateIdError, EncoderMismatchError, InvalidInputError, StoreCorruptedError
 from ragplug.retrievers.colpali.pages import IMAGE_KEY
 from ragplug.retrievers.late_interaction.base import (
@@ -82,7 +83,7 @@ from ragplug.retrievers.late_interaction.base import (
     MultiVectorStore,
     Record,
 )
-from ragplug.retrievers.late_interaction.codecs import Codec, codec_config
+from ragplug.retrievers.late_interaction.codecs import Codec, codec_config, train_codec
 from ragplug.retrievers.late_interaction.stores.memory import InMemoryMultiVectorStore
 
 if TYPE_CHECKING:
@@ -667,16 +668,18 @@ def _memory_store(
     if config.needs_training:
         rows = np.sort(np.random.default_rng(config.seed).choice(n, min(n, config.training_rows), replace=False))
         logger.info("training the %s codec on %d of %d tokens", config.kind, len(rows), n)
-        codec = Codec.train(config, _sampled(embeddings, torch, rows), n_tokens=n)
+        codec = train_codec(config, _sampled(embeddings, torch, rows), n_tokens=n)
     else:
         codec = Codec.untrained(config, dim)
     columns = {name: np.empty((n, *col.shape[1:]), dtype=col.dtype) for name, col in codec.empty().items()}
     row = 0
-    for matrix in _pages(embeddings, torch):
-        part = codec.encode(codec.prepare(matrix))
-        for name, column in columns.items():
-            column[row : row + len(matrix)] = part[name]
-        row += len(matrix)
+    with progress_bar(n, desc=f"coding page vectors ({config.kind})", unit="vector", delay=LATE_BAR_SECONDS) as bar:
+        for matrix in _pages(embeddings, torch):
+            part = codec.encode(codec.prepare(matrix))
+            for name, column in columns.items():
+                column[row : row + len(matrix)] = part[name]
+            row += len(matrix)
+            bar.update(len(matrix))
     return InMemoryMultiVectorStore.from_columns(
         codec, columns, embeddings.lengths, ids, metadata=metadatas, parents=parents, encoder=encoder, **options
     )

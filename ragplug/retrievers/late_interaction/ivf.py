@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -201,9 +202,16 @@ def assign_codes(vectors: npt.NDArray[np.float32], centroids: npt.NDArray[np.flo
 
 
 def spherical_kmeans(
-    vectors: npt.NDArray[np.float32], n_centroids: int, *, iterations: int = 8, sample: int = 131072, seed: int = 0
+    vectors: npt.NDArray[np.float32],
+    n_centroids: int,
+    *,
+    iterations: int = 8,
+    sample: int = 131072,
+    seed: int = 0,
+    on_iteration: Callable[[], object] | None = None,
 ) -> npt.NDArray[np.float32]:
-    """``n_centroids`` unit centroids fitted by spherical k-means (Lloyd) on a sample of ``vectors``."""
+    """``n_centroids`` unit centroids fitted by spherical k-means (Lloyd) on a sample of ``vectors``
+    (``on_iteration`` is called after each of the ``iterations``)."""
     rng = np.random.default_rng(seed)
     n_centroids = max(1, min(n_centroids, len(vectors)))
     sample_size = min(len(vectors), max(sample, n_centroids))
@@ -218,6 +226,8 @@ def spherical_kmeans(
         if empty.any():  # re-seed empty clusters with random sample points
             sums[empty] = points[rng.choice(sample_size, int(empty.sum()), replace=False)]
         centroids = normalise(sums)
+        if on_iteration is not None:
+            on_iteration()
     logger.debug("k-means: %d centroids from %d sampled vectors", n_centroids, sample_size)
     return centroids
 

@@ -13,7 +13,7 @@ write copies them into memory.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -140,11 +140,15 @@ class TokenMatrix:
         self._columns = {name: np.ascontiguousarray(col[: self._n][mask]) for name, col in self._columns.items()}
         self._n = int(mask.sum())
 
-    def encoded(self, codec: Codec) -> TokenMatrix:
-        """A new matrix holding these tokens under ``codec`` (decoded and lifted from the current one first)."""
+    def encoded(self, codec: Codec, *, progress: Callable[[int], object] | None = None) -> TokenMatrix:
+        """A new matrix holding these tokens under ``codec`` (decoded and lifted from the current one first;
+        ``progress`` is told the rows of each chunk done)."""
         out = TokenMatrix(self.input_dim, codec)
         for lo in range(0, self._n, _CONVERT_ROWS):
-            out.append(self.lifted(lo, min(lo + _CONVERT_ROWS, self._n)))
+            hi = min(lo + _CONVERT_ROWS, self._n)
+            out.append(self.lifted(lo, hi))
+            if progress is not None:
+                progress(hi - lo)
         return out
 
     @classmethod

@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ragplug._progress import LATE_BAR_SECONDS, progress_bar
 from ragplug.errors import (
     EncoderMismatchError,
     InvalidInputError,
@@ -57,7 +58,7 @@ from ragplug.retrievers.late_interaction.base import (
     copy_metadata,
     plan_write,
 )
-from ragplug.retrievers.late_interaction.codecs import Codec, CodecConfig, codec_config, default_codec
+from ragplug.retrievers.late_interaction.codecs import Codec, CodecConfig, codec_config, default_codec, train_codec
 from ragplug.retrievers.late_interaction.filters import (
     Filter,
     FilterNode,
@@ -355,8 +356,9 @@ class InMemoryMultiVectorStore(ThreadedAsync):
         rows = np.sort(rng.choice(n, min(n, config.training_rows), replace=False))
         sample = self._tokens.lift(self._tokens[rows])
         logger.info("training the %s codec on %d of %d tokens", config.kind, len(rows), n)
-        codec = Codec.train(config, sample, n_tokens=n)
-        self._tokens = self._tokens.encoded(codec)
+        codec = train_codec(config, sample, n_tokens=n)
+        with progress_bar(n, desc=f"coding tokens ({config.kind})", unit="token", delay=LATE_BAR_SECONDS) as bar:
+            self._tokens = self._tokens.encoded(codec, progress=bar.update)
         self._ivf = self._codec_ivf()
         self._generation += 1
 

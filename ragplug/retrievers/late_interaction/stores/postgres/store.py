@@ -35,6 +35,7 @@ import numpy as np
 from ragplug._extras import require
 from ragplug._postgres import Connector
 from ragplug._postgres import embedded as start_embedded
+from ragplug._progress import LATE_BAR_SECONDS, progress_bar
 from ragplug.errors import InvalidInputError, StoreCorruptedError, StoreError, UnknownIdError
 from ragplug.retrievers.late_interaction.base import (
     EncoderIdentity,
@@ -49,7 +50,7 @@ from ragplug.retrievers.late_interaction.base import (
     check_records,
     plan_write,
 )
-from ragplug.retrievers.late_interaction.codecs import Codec, CodecConfig, codec_config
+from ragplug.retrievers.late_interaction.codecs import Codec, CodecConfig, codec_config, train_codec
 from ragplug.retrievers.late_interaction.fde import Summarizer, SummaryConfig
 from ragplug.retrievers.late_interaction.filters import (
     Filter,
@@ -522,29 +523,32 @@ class PgVectorStore:
                 (),
                 "all",
             )
-        codec = Codec.train(config, np.concatenate([self._lifted(info, *r) for r in sample_rows]), n_tokens=n_tokens)
+        codec = train_codec(config, np.concatenate([self._lifted(info, *r) for r in sample_rows]), n_tokens=n_tokens)
         yield Query("CREATE TEMP TABLE ragplug_recode (id text PRIMARY KEY, tokens bytea, codes bytea) ON COMMIT DROP")
         parts: list[tuple[int, bytes]] = []
         after = 0
-        while True:
-            page = yield Query(
-                sql.SQL(
-                    "SELECT seq, id, n_tokens, tokens, codes FROM {} WHERE {} AND seq > %s ORDER BY seq LIMIT 2000"
-                ).format(self._t["records"], self._where()),
-                [after],
-                "all",
-            )
-            if not page:
-                break
-            encoded = coded.encode_rows(codec, [self._lifted(info, r[2], r[3], r[4]) for r in page])
-            yield Copy(
-                sql.SQL("COPY ragplug_recode (id, tokens, codes) FROM STDIN (FORMAT BINARY)"),
-                ["text", "bytea", "bytea"],
-                [(r[1], c.tokens, c.codes) for r, c in zip(page, encoded, strict=True)],
-            )
-            if codec.centroids is not None:
-                parts += coded.postings_parts([r[0] for r in page], [c.codes or b"" for c in encoded], codec)
-            after = page[-1][0]
+        bar = progress_bar(n_tokens, desc=f"coding tokens ({config.kind})", unit="token", delay=LATE_BAR_SECONDS)
+        with bar:
+            while True:
+                page = yield Query(
+                    sql.SQL(
+                        "SELECT seq, id, n_tokens, tokens, codes FROM {} WHERE {} AND seq > %s ORDER BY seq LIMIT 2000"
+                    ).format(self._t["records"], self._where()),
+                    [after],
+                    "all",
+                )
+                if not page:
+                    break
+                encoded = coded.encode_rows(codec, [self._lifted(info, r[2], r[3], r[4]) for r in page])
+                yield Copy(
+                    sql.SQL("COPY ragplug_recode (id, tokens, codes) FROM STDIN (FORMAT BINARY)"),
+                    ["text", "bytea", "bytea"],
+                    [(r[1], c.tokens, c.codes) for r, c in zip(page, encoded, strict=True)],
+                )
+                if codec.centroids is not None:
+                    parts += coded.postings_parts([r[0] for r in page], [c.codes or b"" for c in encoded], codec)
+                after = page[-1][0]
+                bar.update(sum(int(r[2]) for r in page))
         yield Query(
             sql.SQL(
                 "UPDATE {} AS r SET tokens = t.tokens, codes = t.codes FROM ragplug_recode AS t "
