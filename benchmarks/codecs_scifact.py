@@ -73,6 +73,9 @@ CODECS: dict[str, dict[str, Any] | str | None] = {
     "pq-95B+float32": {"kind": "pq", "token_bytes": 95, "keep_float32": True},
     "pq-95B-8192c": {"kind": "pq", "token_bytes": 95, "n_centroids": 8192, "kmeans_sample": 262144},
     "default": None,  # the memory store's default codec (codecs.default_codec: pq, 95 B at 384 dims)
+    # the default codec's settings at 128 dims (31 B/token), on the vectors projected by PCA: a stand-in for
+    # 128-dim encoders (ColBERT checkpoints, ColPali pages), beside pca128-float16 (the projection's own loss)
+    "pca128-default": {"kind": "pq", "dim": 128, "token_bytes": 31, "centroid_scale": 2, "kmeans_sample": 262144},
 }
 TARGET_BYTES = 96
 TARGET_NDCG_DROP = 0.005
