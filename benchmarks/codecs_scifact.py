@@ -16,7 +16,12 @@ float32/float16, the centroid index), saves it, and measures:
 
 fast-plaid (PyLate's engine) indexes the same vectors in a separate virtual environment, as subprocesses
 of this script (``--fastplaid-python``; it needs exactly torch 2.11.0), at its default settings with 2
-and 4 bits.
+and 4 bits. The project pins that torch, so the committed run's environment borrowed it::
+
+    python3.11 -m venv /tmp/fastplaid-venv
+    .venv/bin/python -c "import site; print(site.getsitepackages()[0])" \
+        > "$(/tmp/fastplaid-venv/bin/python -c 'import site; print(site.getsitepackages()[0])')/ragplug-venv.pth"
+    /tmp/fastplaid-venv/bin/pip install fast-plaid==1.7.0.2110
 
 Usage::
 
@@ -428,7 +433,7 @@ def run_fastplaid(
 ) -> dict[str, Any]:
     """fast-plaid at its default settings on the same vectors, in its own venv; a row per ``nbits``."""
     if not python.is_file():
-        return {"error": f"{python} not found: fast-plaid was not installed (see the notes)"}
+        return {"error": f"{python} not found: fast-plaid was not installed (see the module docstring)"}
     script, rows = str(Path(__file__).resolve()), {}
     n_tokens = int(corpus["lengths"].sum())
     for nbits in nbits_list:
