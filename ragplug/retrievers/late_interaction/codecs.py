@@ -310,8 +310,8 @@ class _Steps:
 
 def train_codec(config: CodecConfig, vectors: FloatMatrix, *, n_tokens: int | None = None) -> Codec:
     """:meth:`Codec.train` with a bar on standard error that appears once training has run
-    :data:`~ragplug._progress.LATE_BAR_SECONDS` (a store training its codec inside an ``add``: tens of
-    seconds for the default codec at 200,000 tokens)."""
+    :data:`~ragplug._progress.LATE_BAR_SECONDS` (a store training its codec inside an ``add``: the default
+    codec on the first 200,000 SciFact tokens took 53 s to train and 6 s to code them, on 2 cores)."""
     with progress_bar(0, desc=f"training the {config.kind} codec", unit="step", delay=LATE_BAR_SECONDS) as bar:
 
         def report(done: int, total: int) -> None:
