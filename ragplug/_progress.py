@@ -48,12 +48,13 @@ def wants_progress(show_progress: bool | None, n_items: int) -> bool:
     return show_progress
 
 
-def progress_bar(total: int, *, desc: str, unit: str = "item", enabled: bool = True, delay: float = 0.0) -> Any:
+def progress_bar(total: int, *, desc: str, unit: str = "item", enabled: bool = True, late: bool = False) -> Any:
     """A ``tqdm.auto`` bar over ``total`` items (advance it with ``bar.update(n)``; use it as a context
     manager). The rate is items/s and the time left is estimated from the average rate since the start;
-    a disabled bar prints nothing, and a bar with a ``delay`` nothing before that many seconds."""
+    a disabled bar prints nothing, and a ``late`` one nothing before :data:`LATE_BAR_SECONDS`."""
     from tqdm.auto import tqdm
 
+    delay = LATE_BAR_SECONDS if late else 0.0
     return tqdm(total=total, desc=desc, unit=unit, smoothing=0.0, dynamic_ncols=True, disable=not enabled, delay=delay)
 
 

@@ -397,7 +397,7 @@ def test_a_store_trains_its_codec_once_it_holds_enough_tokens() -> None:
 )
 def test_training_reports_each_step_it_takes(config: CodecConfig) -> None:
     """One report per step, ``done`` rising by one, the total only growing and reached at the end; k-means
-    counts its iterations, and a pq codec adds a step per group of dimensions and one for its norm levels."""
+    counts its iterations, and a pq codec adds a step per group of dimensions."""
     reports: list[tuple[int, int]] = []
     codec = Codec.train(config, _clustered(3000), progress=lambda done, total: reports.append((done, total)))
     done = [d for d, _ in reports]
@@ -408,7 +408,7 @@ def test_training_reports_each_step_it_takes(config: CodecConfig) -> None:
     expected = (config.dim is not None) + kmeans + config.compressed
     if config.kind == "pq":
         assert codec.widths is not None
-        expected += len(codec.widths) + 1
+        expected += len(codec.widths)
     assert reports[-1][1] == expected
     assert Codec.train(config, _clustered(3000)).same_as(codec)  # reporting changes nothing trained
 
@@ -418,14 +418,12 @@ def test_a_store_training_its_codec_shows_a_bar_only_when_training_takes_long(
 ) -> None:
     """Training inside an ``add`` stays silent when quick, and shows the training and coding bars once it
     has run ``LATE_BAR_SECONDS`` (here 0)."""
-    from ragplug.retrievers.late_interaction import codecs as codecs_module
-    from ragplug.retrievers.late_interaction.stores import memory
+    import ragplug._progress
 
     config = CodecConfig(kind="pq", token_bytes=10, train_tokens=1200)
     InMemoryMultiVectorStore(codec=config).add(_docs(120))
     assert "codec" not in capsys.readouterr().err
-    monkeypatch.setattr(codecs_module, "LATE_BAR_SECONDS", 0.0)
-    monkeypatch.setattr(memory, "LATE_BAR_SECONDS", 0.0)
+    monkeypatch.setattr(ragplug._progress, "LATE_BAR_SECONDS", 0.0)
     store = InMemoryMultiVectorStore(codec=config)
     store.add(_docs(120))
     err = capsys.readouterr().err

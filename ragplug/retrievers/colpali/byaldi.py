@@ -72,7 +72,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 import numpy as np
 
 from ragplug._extras import require
-from ragplug._progress import LATE_BAR_SECONDS, progress_bar
+from ragplug._progress import progress_bar
 from ragplug.errors import DuplicateIdError, EncoderMismatchError, InvalidInputError, StoreCorruptedError
 from ragplug.retrievers.colpali.pages import IMAGE_KEY
 from ragplug.retrievers.late_interaction.base import (
@@ -673,7 +673,7 @@ def _memory_store(
         codec = Codec.untrained(config, dim)
     columns = {name: np.empty((n, *col.shape[1:]), dtype=col.dtype) for name, col in codec.empty().items()}
     row = 0
-    with progress_bar(n, desc=f"coding page vectors ({config.kind})", unit="vector", delay=LATE_BAR_SECONDS) as bar:
+    with progress_bar(n, desc=f"coding page vectors ({config.kind})", unit="vector", late=True) as bar:
         for matrix in _pages(embeddings, torch):
             part = codec.encode(codec.prepare(matrix))
             for name, column in columns.items():

@@ -75,7 +75,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ragplug._extras import is_available
-from ragplug._progress import LATE_BAR_SECONDS, progress_bar
+from ragplug._progress import progress_bar
 from ragplug._threads import torch_threads
 from ragplug.errors import InvalidInputError, StoreCorruptedError
 from ragplug.retrievers.late_interaction.ivf import ApproximateConfig, assign_codes, normalise, spherical_kmeans
@@ -312,7 +312,7 @@ def train_codec(config: CodecConfig, vectors: FloatMatrix, *, n_tokens: int | No
     """:meth:`Codec.train` with a bar on standard error that appears once training has run
     :data:`~ragplug._progress.LATE_BAR_SECONDS` (a store training its codec inside an ``add``: the default
     codec on the first 200,000 SciFact tokens took 53 s to train and 6 s to code them, on 2 cores)."""
-    with progress_bar(0, desc=f"training the {config.kind} codec", unit="step", delay=LATE_BAR_SECONDS) as bar:
+    with progress_bar(0, desc=f"training the {config.kind} codec", unit="step", late=True) as bar:
 
         def report(done: int, total: int) -> None:
             bar.total = total
@@ -528,19 +528,16 @@ class Codec:
             every = normalise(vectors @ projection) if projection is not None else normalise(vectors)
             residuals = every - centroids[assign_codes(every, centroids)]
             if config.kind == "rotated":
-                rotated = cls._train_rotated(config, input_dim, projection, centroids, residuals)
-                steps.step()
-                return rotated
-            steps.step()
-            codec = cls._train_pq(config, input_dim, projection, centroids, residuals, steps)
-            codec = codec._with_norms(vectors, rng)
-            steps.step()
-            return codec
-        residuals = points - centroids[assign_codes(points, centroids)]
-        n_buckets = 2**config.nbits
-        cutoffs, weights = _buckets(residuals, n_buckets)
-        steps.step()
-        return cls(config, input_dim, projection=projection, centroids=centroids, cutoffs=cutoffs, weights=weights)
+                codec = cls._train_rotated(config, input_dim, projection, centroids, residuals)
+            else:
+                codec = cls._train_pq(config, input_dim, projection, centroids, residuals, steps)
+                codec = codec._with_norms(vectors, rng)
+        else:
+            residuals = points - centroids[assign_codes(points, centroids)]
+            cutoffs, weights = _buckets(residuals, 2**config.nbits)
+            codec = cls(config, input_dim, projection=projection, centroids=centroids, cutoffs=cutoffs, weights=weights)
+        steps.step()  # the residual code (buckets, widths, or a pq codec's norm levels)
+        return codec
 
     @classmethod
     def _train_rotated(
@@ -617,7 +614,7 @@ class Codec:
         order = np.concatenate(groups)
         widths = np.array([len(g) for g in groups])
         codebooks = np.zeros((len(groups), 256, int(widths.max())), dtype=np.float32)
-        steps.grow(len(groups) + 1)  # the codewords of each group, then the norm levels
+        steps.grow(len(groups))  # the codewords of each group
         for i, group in enumerate(groups):
             codebooks[i, :, : len(group)] = _codewords(np.ascontiguousarray(rotated[:, group]), rng)
             steps.step()

@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ragplug._progress import LATE_BAR_SECONDS, progress_bar
+from ragplug._progress import progress_bar
 from ragplug.errors import (
     EncoderMismatchError,
     InvalidInputError,
@@ -357,7 +357,7 @@ class InMemoryMultiVectorStore(ThreadedAsync):
         sample = self._tokens.lift(self._tokens[rows])
         logger.info("training the %s codec on %d of %d tokens", config.kind, len(rows), n)
         codec = train_codec(config, sample, n_tokens=n)
-        with progress_bar(n, desc=f"coding tokens ({config.kind})", unit="token", delay=LATE_BAR_SECONDS) as bar:
+        with progress_bar(n, desc=f"coding tokens ({config.kind})", unit="token", late=True) as bar:
             self._tokens = self._tokens.encoded(codec, progress=bar.update)
         self._ivf = self._codec_ivf()
         self._generation += 1

@@ -35,7 +35,7 @@ import numpy as np
 from ragplug._extras import require
 from ragplug._postgres import Connector
 from ragplug._postgres import embedded as start_embedded
-from ragplug._progress import LATE_BAR_SECONDS, progress_bar
+from ragplug._progress import progress_bar
 from ragplug.errors import InvalidInputError, StoreCorruptedError, StoreError, UnknownIdError
 from ragplug.retrievers.late_interaction.base import (
     EncoderIdentity,
@@ -527,7 +527,7 @@ class PgVectorStore:
         yield Query("CREATE TEMP TABLE ragplug_recode (id text PRIMARY KEY, tokens bytea, codes bytea) ON COMMIT DROP")
         parts: list[tuple[int, bytes]] = []
         after = 0
-        bar = progress_bar(n_tokens, desc=f"coding tokens ({config.kind})", unit="token", delay=LATE_BAR_SECONDS)
+        bar = progress_bar(n_tokens, desc=f"coding tokens ({config.kind})", unit="token", late=True)
         with bar:
             while True:
                 page = yield Query(
